@@ -1,0 +1,157 @@
+"""The `tuimon` command. Exit codes: 0 done, 1 training failed, 2 bad usage or config,
+130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+
+DESCRIPTION = """\
+Run a training job from a config, or talk to a run:
+
+  tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
+  tuimon ctl RUN_DIR set-lr X | scale-lr F | pause | resume | stop | checkpoint | status
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "ctl":
+            return ctl_command(args[1:])
+        return config_command(args)
+    except UsageError as exc:
+        print(f"tuimon: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tuimon: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def config_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tuimon", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("config", help="YAML config of the training job")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config value (repeatable)",
+    )
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="no UI: progress lines on stdout (the default when stdout is not a terminal)",
+    )
+    parser.add_argument("--run-dir", help="directory of this run (default runs/NAME-TIME/)")
+    parser.add_argument("--quiet", action="store_true", help="print nothing; still log")
+    parser.add_argument("--version", action="version", version=_version())
+    options = parser.parse_args(args)
+
+    from tuimon.config import load_config
+
+    config = load_config(options.config, options.overrides)
+
+    from tuimon.worker import run_config
+
+    return run_config(config, run_dir=options.run_dir, quiet=options.quiet)
+
+
+def ctl_command(args: list[str]) -> int:
+    from tuimon.control.client import ControlClient, ControlError
+    from tuimon.control.protocol import ProtocolError, validate_factor, validate_lr
+
+    parser = argparse.ArgumentParser(
+        prog="tuimon ctl", description="Send a command to a running job."
+    )
+    parser.add_argument("run_dir", help="the run's directory")
+    parser.add_argument(
+        "command", choices=["set-lr", "scale-lr", "pause", "resume", "stop", "checkpoint", "status"]
+    )
+    parser.add_argument("value", nargs="?", help="the LR for set-lr, the factor for scale-lr")
+    parser.add_argument("--group", type=int, help="only this param group (set-lr, scale-lr)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the run to apply it (default 10)",
+    )
+    options = parser.parse_args(args)
+
+    fields: dict[str, Any] = {}
+    try:
+        if options.command == "set-lr":
+            fields["value"] = validate_lr(_required(options.value, "set-lr needs the new LR"))
+        elif options.command == "scale-lr":
+            fields["factor"] = validate_factor(
+                _required(options.value, "scale-lr needs the factor")
+            )
+        elif options.value is not None:
+            raise UsageError(f"{options.command} takes no value")
+    except ProtocolError as exc:
+        raise UsageError(str(exc)) from None
+    if options.group is not None:
+        if options.command not in ("set-lr", "scale-lr"):
+            raise UsageError("--group applies to set-lr and scale-lr only")
+        fields["group"] = options.group
+
+    try:
+        with ControlClient(Path(options.run_dir)) as client:
+            if options.command == "status":
+                status = client.request("status")["status"]
+                for key, value in status.items():
+                    print(f"{key}: {value}")
+                return EXIT_OK
+            client.subscribe()
+            reply = client.request(options.command, source="ctl", **fields)
+            return _await_applied(client, reply["id"], options.wait)
+    except ControlError as exc:
+        print(f"tuimon ctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _await_applied(client: Any, request_id: Any, wait: float) -> int:
+    """Print what the run did with our command, once it reaches a step boundary."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = client.next_event(timeout=remaining)
+        if event is None:
+            break
+        if event.get("type") == "control" and event.get("request_id") == request_id:
+            print(
+                f"applied at step {event.get('step')}: {event.get('command')} "
+                f"{_fmt(event.get('old'))} -> {_fmt(event.get('new'))}"
+            )
+            return EXIT_OK
+        if event.get("type") == "end":
+            print(f"the run ended ({event.get('status')}) before applying it")
+            return EXIT_FAILED
+    print(f"sent; the run applies it at its next step boundary (none reached in {wait:g}s)")
+    return EXIT_OK
+
+
+def _required(value: str | None, message: str) -> str:
+    if value is None:
+        raise UsageError(message)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _version() -> str:
+    import tuimon
+
+    return f"tuimon {tuimon.__version__}"

@@ -1,0 +1,260 @@
+"""Load, override and validate a config; every problem names its key and line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tuimon.config import callables
+from tuimon.config import schema as _schema_module
+from tuimon.config.schema import (
+    Config,
+    MLPOptions,
+    StrictModel,
+    TorchvisionOptions,
+    VGGSmallOptions,
+)
+from tuimon.config.source import ConfigSource, KeyPath, load_source
+from tuimon.config.suggest import did_you_mean
+from tuimon.errors import ConfigError
+
+# Model arguments that tuimon derives from the data; a custom model may accept them.
+MODEL_CONTEXT_ARGS = ("num_classes", "in_channels", "image_size")
+_SCHEMA_CLASS_NAMES = {
+    name
+    for name, obj in vars(_schema_module).items()
+    if isinstance(obj, type) and issubclass(obj, BaseModel)
+}
+BUILTIN_MODEL_OPTIONS: dict[str, type[StrictModel]] = {
+    "mlp": MLPOptions,
+    "vgg_small": VGGSmallOptions,
+}
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read `path`, apply `--set` overrides and validate everything, or raise ConfigError."""
+    source = load_source(path)
+    for override in overrides:
+        source.apply_override(override)
+    return validate(source)
+
+
+def validate(source: ConfigSource) -> Config:
+    try:
+        config = Config.model_validate(source.data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_problems(exc, source, (), Config)) from None
+    problems = _check_named_sections(config, source)
+    if problems:
+        raise ConfigError(problems)
+    if config.name is None:
+        config.name = _default_name(source.origin)
+    return config
+
+
+def model_options(config: Config) -> BaseModel | None:
+    """The validated options of a built-in or torchvision model; None for a custom callable."""
+    name = config.model.name
+    if ":" in name:
+        return None
+    schema = BUILTIN_MODEL_OPTIONS.get(name, TorchvisionOptions)
+    return schema.model_validate(config.model.kwargs)
+
+
+def _default_name(origin: str) -> str:
+    stem = Path(origin).stem if origin else "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "run"
+
+
+def _located(source: ConfigSource, path: KeyPath, message: str) -> str:
+    dotted = ".".join(str(p) for p in path)
+    where = source.where(path)
+    return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
+
+
+def _pydantic_problems(
+    exc: ValidationError, source: ConfigSource, prefix: KeyPath, schema: type[BaseModel]
+) -> list[str]:
+    by_path: dict[KeyPath, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        loc: KeyPath = tuple(p for p in error["loc"] if not _is_union_tag(p))
+        kind = error["type"]
+        if loc and loc[-1] == "[key]":
+            # A dict key that is not one of the allowed literals (e.g. an unknown rule id).
+            loc = loc[:-1]
+            choices = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
+            key = str(loc[-1])
+            message = f"unknown key{did_you_mean(key, choices)}; valid keys: {', '.join(choices)}"
+        elif kind == "extra_forbidden":
+            key = str(loc[-1])
+            choices = _fields_at(schema, loc[:-1])
+            message = f"unknown key{did_you_mean(key, choices)}; valid keys: {', '.join(choices)}"
+        elif kind == "missing":
+            message = "missing required key"
+        elif kind in ("model_type", "dict_type"):
+            message = f"must be a section (a mapping of keys), got {error['input']!r}"
+        else:
+            message = _value_message(error)
+        messages = by_path.setdefault(prefix + loc, [])
+        if message not in messages:
+            messages.append(message)
+    # A value that fits no member of a union gets one line listing what each member wanted.
+    return [_located(source, path, "; or ".join(messages)) for path, messages in by_path.items()]
+
+
+_UNION_TAGS = {"bool", "int", "float", "str", "none", "list", "dict"}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Pydantic adds the union member it tried ('bool', 'NormalizeSpec', …) to error locs."""
+    if not isinstance(part, str):
+        return False
+    return part in _UNION_TAGS or "[" in part or part in _SCHEMA_CLASS_NAMES
+
+
+def _value_message(error: Any) -> str:
+    message = str(error["msg"])
+    message = re.sub(r"^(Value error|Assertion failed), ", "", message)
+    message = message.replace("Input should be", "must be")
+    if "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _fields_at(schema: type[BaseModel], path: KeyPath) -> list[str]:
+    """The valid keys of the section at `path` in `schema`."""
+    model: Any = schema
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        model = _model_of(fields[part].annotation)
+    fields = getattr(model, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_named_sections(config: Config, source: ConfigSource) -> list[str]:
+    """Resolve model/optimizer/scheduler/loss names and check their arguments."""
+    problems: list[str] = []
+    problems += _check_model(config, source)
+    problems += _check_torch_section(
+        source,
+        "optimizer",
+        config.optimizer.name,
+        callables.optimizer_names,
+        {**config.optimizer.kwargs, "lr": config.optimizer.lr},
+        skip=("params",),
+    )
+    if config.scheduler is not None:
+        problems += _check_torch_section(
+            source,
+            "scheduler",
+            config.scheduler.name,
+            callables.scheduler_names,
+            config.scheduler.kwargs,
+            skip=("optimizer",),
+        )
+    problems += _check_torch_section(
+        source, "loss", config.loss.name, callables.loss_names, config.loss.kwargs, skip=()
+    )
+    if not problems:
+        problems += _trial_build(config, source)
+    return problems
+
+
+def _check_model(config: Config, source: ConfigSource) -> list[str]:
+    name = config.model.name
+    if ":" in name:
+        try:
+            builder = callables.resolve_callable(name)
+        except callables.UnknownNameError as exc:
+            return [_located(source, ("model", "name"), str(exc))]
+        return [
+            _located(source, ("model", key), message)
+            for key, message in callables.check_kwargs(
+                builder, config.model.kwargs, skip=MODEL_CONTEXT_ARGS
+            )
+        ]
+    if name not in BUILTIN_MODEL_OPTIONS:
+        from tuimon.training.models import torchvision_model_names
+
+        known = [*BUILTIN_MODEL_OPTIONS, *torchvision_model_names()]
+        if name not in known:
+            return [
+                _located(
+                    source,
+                    ("model", "name"),
+                    f"unknown model {name!r}{did_you_mean(name, known)}; use mlp, "
+                    "vgg_small, a torchvision model name or package.module:callable",
+                )
+            ]
+    schema = BUILTIN_MODEL_OPTIONS.get(name, TorchvisionOptions)
+    try:
+        schema.model_validate(config.model.kwargs)
+    except ValidationError as exc:
+        return _pydantic_problems(exc, source, ("model",), schema)
+    return []
+
+
+def _check_torch_section(
+    source: ConfigSource,
+    section: str,
+    name: str,
+    table: Any,
+    kwargs: dict[str, Any],
+    skip: tuple[str, ...],
+) -> list[str]:
+    try:
+        target = callables.resolve_name(section, name, table())
+    except callables.UnknownNameError as exc:
+        return [_located(source, (section, "name"), str(exc))]
+    return [
+        _located(source, (section, key), message)
+        for key, message in callables.check_kwargs(target, kwargs, skip=skip)
+    ]
+
+
+def _trial_build(config: Config, source: ConfigSource) -> list[str]:
+    """Build optimizer, scheduler and loss once on a dummy parameter.
+
+    Torch checks argument values (a negative momentum, betas out of range) only when the
+    object is made; doing it here turns those into config errors with a line number.
+    """
+    import torch
+
+    from tuimon.training import optimization
+
+    problems: list[str] = []
+    param = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = optimization.build_optimizer(config.optimizer, [param])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return [_located(source, ("optimizer",), f"{config.optimizer.name} rejected it: {exc}")]
+    if config.scheduler is not None:
+        try:
+            optimization.build_scheduler(
+                config.scheduler, optimizer, total_steps=100, steps_per_epoch=10
+            )
+        except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+            problems.append(
+                _located(source, ("scheduler",), f"{config.scheduler.name} rejected it: {exc}")
+            )
+    try:
+        optimization.build_loss(config.loss)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        problems.append(_located(source, ("loss",), f"{config.loss.name} rejected it: {exc}"))
+    return problems

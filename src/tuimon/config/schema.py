@@ -1,0 +1,224 @@
+"""The shape of a tuimon config file.
+
+Closed sections (`train`, `data`, `monitor`) forbid unknown keys here. Open sections
+(`model`, `optimizer`, `scheduler`, `loss`) take a `name` plus keyword arguments for the named
+thing; those arguments are checked against its signature in `config/callables.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tuimon.config.suggest import did_you_mean
+from tuimon.doctor.rule_ids import RULE_IDS
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class NamedCall(BaseModel):
+    """A section naming a callable; every other key is a keyword argument for it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(NamedCall):
+    """`name`: mlp | vgg_small | a torchvision model (vgg16_bn, …) | pkg.module:callable."""
+
+
+class MLPOptions(StrictModel):
+    """Options of the built-in `mlp`: inputs are flattened."""
+
+    hidden: list[int] = Field([512, 256], description="units of each hidden layer")
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    batchnorm: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(units <= 0 for units in value):
+            raise ValueError("every hidden layer needs at least one unit")
+        return value
+
+
+class VGGSmallOptions(StrictModel):
+    """Options of the built-in `vgg_small`: conv blocks, each followed by a 2x2 max-pool."""
+
+    blocks: list[list[int]] = Field([[64], [128], [256, 256], [512, 512]])
+    width: float = Field(1.0, gt=0, le=4, description="multiplies every block's channels")
+    batchnorm: bool = True
+    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
+    dropout: float = Field(0.5, ge=0, lt=1)
+    hidden: int = Field(512, ge=0, description="classifier hidden units; 0 = one linear layer")
+    head: Literal["avgpool", "flatten"] = Field(
+        "avgpool", description="global average pool, or flatten the last feature map"
+    )
+
+    @field_validator("blocks")
+    @classmethod
+    def _non_empty(cls, value: list[list[int]]) -> list[list[int]]:
+        if not value or any(not block for block in value):
+            raise ValueError("need at least one block, each with at least one conv layer")
+        if any(channels <= 0 for block in value for channels in block):
+            raise ValueError("every conv layer needs at least one channel")
+        return value
+
+
+class TorchvisionOptions(StrictModel):
+    """Options of a torchvision model; it is adapted to the data's shape and classes."""
+
+    pretrained: bool = False
+    dropout: float | None = Field(None, ge=0, lt=1, description="classifier dropout, if any")
+
+
+class OptimizerConfig(NamedCall):
+    name: str = "SGD"
+    lr: float = Field(0.01, gt=0)
+
+
+class SchedulerConfig(NamedCall):
+    interval: Literal["step", "epoch"] = "epoch"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _warmup_needs_steps(self) -> SchedulerConfig:
+        if self.warmup_steps and self.interval != "step":
+            raise ValueError("warmup_steps counts optimizer steps: set interval: step")
+        return self
+
+
+class LossConfig(NamedCall):
+    name: str = "CrossEntropyLoss"
+
+
+class NormalizeSpec(StrictModel):
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std need one value per channel each")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("every std must be > 0")
+        return self
+
+
+class AugmentConfig(StrictModel):
+    random_crop: int = Field(0, ge=0, description="padding in pixels for a random crop; 0 = off")
+    hflip: bool = False
+
+
+class SyntheticConfig(StrictModel):
+    num_samples: int | None = Field(None, gt=0, description="default 10000, or the real size")
+    channels: int = Field(3, gt=0)
+    image_size: int = Field(32, ge=4)
+    num_classes: int = Field(10, ge=2)
+    noise: float = Field(1.0, ge=0)
+    seed: int | None = None
+
+
+class DataConfig(StrictModel):
+    name: str
+    root: str = "data"
+    download: bool = True
+    fallback: Literal["synthetic"] | None = None
+    val_split: float = Field(0.1, ge=0, lt=1)
+    normalize: bool | NormalizeSpec = True
+    augment: AugmentConfig = AugmentConfig()
+    shuffle: bool = True
+    num_workers: int = Field(0, ge=0)
+    limit: int | None = Field(None, gt=0, description="use only this many training samples")
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            hint = did_you_mean(value, DATASETS)
+            raise ValueError(f"unknown dataset {value!r}{hint}; one of: {', '.join(DATASETS)}")
+        return value
+
+
+class TrainConfig(StrictModel):
+    epochs: int | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(64, gt=0)
+    device: str = "auto"
+    seed: int = 0
+    grad_clip: float | None = Field(None, gt=0)
+    accumulate: int = Field(1, gt=0)
+    val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch end")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at end")
+    resume: str | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _has_length(self) -> TrainConfig:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps (or both: whichever ends first)")
+        return self
+
+
+class ProbeConfig(StrictModel):
+    layer_norms_every: int = Field(20, gt=0, description="steps between per-layer gradient norms")
+
+
+RuleId = Literal[RULE_IDS]  # type: ignore[valid-type]
+
+
+class RuleOverride(BaseModel):
+    """`enabled` plus threshold overrides; thresholds are checked against each rule."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = True
+
+
+class MonitorConfig(StrictModel):
+    log_every: int = Field(10, gt=0, description="steps kept on the device per batched transfer")
+    print_every: float = Field(5.0, gt=0, description="seconds between headless progress lines")
+    system_interval: float = Field(1.0, gt=0, description="seconds between system samples")
+    smoothing: float = Field(0.9, ge=0, lt=1, description="EMA weight of the smoothed loss")
+    probes: ProbeConfig = ProbeConfig()
+    rules: dict[RuleId, RuleOverride] = {}
+    autofix: bool = False
+
+
+class Config(StrictModel):
+    name: str | None = Field(None, description="run name; default: the config file's stem")
+    model: ModelConfig
+    data: DataConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig | None = None
+    loss: LossConfig = LossConfig()
+    train: TrainConfig
+    monitor: MonitorConfig = MonitorConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
+        return value

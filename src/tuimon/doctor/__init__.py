@@ -1,0 +1,1 @@
+"""The training doctor: rules that name what is wrong with a run."""

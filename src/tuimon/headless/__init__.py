@@ -1,0 +1,1 @@
+"""The headless front end: progress lines on stdout. Never imports Textual."""

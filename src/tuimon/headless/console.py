@@ -1,0 +1,118 @@
+"""Prints a run's progress and its notable events, as a listener on the event log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tuimon.headless.progress import Progress, format_value
+
+
+class ConsoleReporter:
+    """A progress line every `print_every` seconds; alerts, controls and the end at once."""
+
+    def __init__(
+        self,
+        name: str,
+        print_every: float = 5.0,
+        stream: TextIO | None = None,
+        smoothing: float = 0.9,
+    ) -> None:
+        self.name = name
+        self.print_every = print_every
+        self._stream = stream
+        self._smoothing = smoothing
+        self.progress = Progress(smoothing=smoothing)
+        self._last_print = time.monotonic()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _print(self, text: str) -> None:
+        stream = self._stream or sys.stdout
+        print(text, file=stream, flush=True)
+
+    def _on_start(self, event: dict[str, Any]) -> None:
+        self.progress = Progress(
+            total_steps=event.get("total_steps"),
+            epochs=event.get("epochs"),
+            smoothing=self._smoothing,
+        )
+        device = (event.get("device") or {}).get("name", "?")
+        model = event.get("model") or {}
+        params = model.get("params")
+        size = f", {params / 1e6:.2f}M params" if isinstance(params, int) else ""
+        self._print(
+            f"[{self.name}] run {event.get('run_dir')} on {device}: "
+            f"{model.get('class', 'model')}{size}"
+        )
+        for note in event.get("notes") or []:
+            self._print(f"[{self.name}] note: {note}")
+        if event.get("resumed_from"):
+            self._print(
+                f"[{self.name}] resumed from {event['resumed_from']} at step "
+                f"{event.get('start_step')}"
+            )
+
+    def _on_step(self, event: dict[str, Any]) -> None:
+        self.progress.add_step(event)
+        now = time.monotonic()
+        if now - self._last_print >= self.print_every:
+            self._last_print = now
+            self.progress.close_window()
+            self._print(self.progress.line(self.name))
+
+    def _on_metrics(self, event: dict[str, Any]) -> None:
+        values = "  ".join(
+            f"{k} {format_value(v)}"
+            for k, v in event.items()
+            if k not in ("type", "step", "epoch", "time", "seq") and isinstance(v, int | float)
+        )
+        self._print(f"[{self.name}] step {event.get('step')}: {values}")
+
+    def _on_alert(self, event: dict[str, Any]) -> None:
+        severity = str(event.get("severity", "warning")).upper()
+        self._print(
+            f"[{self.name}] {severity} {event.get('rule')} at step {event.get('step')}: "
+            f"{event.get('message')}"
+        )
+        if event.get("suggestion"):
+            self._print(f"[{self.name}]   suggestion: {event['suggestion']}")
+
+    def _on_control(self, event: dict[str, Any]) -> None:
+        self._print(
+            f"[{self.name}] {event.get('command')} at step {event.get('step')}: "
+            f"{_show(event.get('old'))} -> {_show(event.get('new'))} "
+            f"(from {event.get('source')})"
+        )
+
+    def _on_checkpoint(self, event: dict[str, Any]) -> None:
+        self._print(f"[{self.name}] checkpoint at step {event.get('step')}: {event.get('path')}")
+
+    def _on_message(self, event: dict[str, Any]) -> None:
+        self._print(f"[{self.name}] {event.get('level', 'info')}: {event.get('text')}")
+
+    def _on_end(self, event: dict[str, Any]) -> None:
+        self.progress.close_window()
+        self._print(self.progress.line(self.name))
+        status = event.get("status")
+        elapsed = event.get("elapsed")
+        took = f" in {elapsed:.1f}s" if isinstance(elapsed, int | float) else ""
+        self._print(f"[{self.name}] {status} at step {event.get('step')}{took}")
+        if status == "failed" and event.get("error"):
+            # The full traceback is in the log and on stderr; one line says what it was.
+            self._print(f"[{self.name}] error: {str(event['error']).strip().splitlines()[-1]}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, float):
+        return format_value(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,1 @@
+"""`tuimon.Monitor` and the probes it runs inside a training loop."""

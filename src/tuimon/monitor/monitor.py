@@ -1,0 +1,527 @@
+"""`tuimon.Monitor`: two lines that bring any training loop into tuimon.
+
+The Monitor *is* the worker side of a run: it owns the run directory's event log, the
+system sampler and the control server, records every step without syncing the GPU, and
+applies commands (LR changes, pause, stop, checkpoint) only inside `step()`, on the
+training thread, at a step boundary. The built-in trainer uses exactly this object.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import platform
+import queue
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+import tuimon
+from tuimon.config.schema import MonitorConfig
+from tuimon.control.protocol import ProtocolError, Request
+from tuimon.control.server import ControlServer
+from tuimon.headless.console import ConsoleReporter
+from tuimon.monitor import lr_control
+from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
+from tuimon.monitor.grad_probe import GradientProbe
+from tuimon.monitor.step_timer import StepTimer
+from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
+from tuimon.run.event_log import EventLog
+from tuimon.run.run_dir import (
+    CHECKPOINT_DIR,
+    CONTROL_SOCKET,
+    EVENTS_FILE,
+    create_run_dir,
+    run_dir_from_env,
+)
+from tuimon.system.sampler import SystemSampler
+
+RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
+
+
+@dataclass
+class RunOptions:
+    """What the built-in trainer (or `tuimon run`) knows beyond the public signature."""
+
+    name: str | None = None
+    settings: MonitorConfig = field(default_factory=MonitorConfig)
+    config: dict[str, Any] | None = None
+    total_steps: int | None = None
+    steps_per_epoch: int | None = None
+    epochs: int | None = None
+    grad_clip: float | None = None
+    start_step: int = 0
+    start_epoch: int = 0
+    resumed_from: str | None = None
+    data: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Monitor:
+    """Watch a training loop: `with Monitor(model, optimizer) as mon: ... mon.step(loss)`."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        run_dir: str | Path | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=RunOptions())
+
+    @classmethod
+    def configured(
+        cls,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        run_dir: str | Path | None = None,
+        quiet: bool = False,
+        options: RunOptions,
+    ) -> Monitor:
+        """A Monitor with settings from a config (used by the built-in trainer)."""
+        monitor = cls.__new__(cls)
+        monitor._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=options)
+        return monitor
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was requested: end the loop (a checkpoint was already saved)."""
+        return self._stop_requested
+
+    def step(
+        self, loss: Any, *, inputs: Any = None, targets: Any = None, outputs: Any = None
+    ) -> None:
+        """Record one optimizer step; apply pending commands (a pause blocks here)."""
+        if self._closed:
+            raise RuntimeError("this Monitor is closed")
+        self.global_step += 1
+        step_time, data_time = self._timer.lap()
+        sample = self._grads.take()
+        lrs = sample.lrs if sample is not None else lr_control.current_lrs(self.optimizer)
+        samples = _batch_size(inputs if inputs is not None else targets)
+        meta: dict[str, Any] = {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "time": time.time(),
+            "lr": lrs[0] if lrs else None,
+            "step_time": step_time,
+            "data_time": data_time,
+            "samples": samples,
+        }
+        if len(lrs) > 1:
+            meta["lrs"] = lrs
+        if samples and step_time > 0:
+            meta["samples_per_s"] = samples / step_time
+        self._buffer.add(meta, loss, sample.norms if sample is not None else None)
+        if self._buffer.due():
+            self._buffer.start_transfer()
+        self._emit_steps(self._buffer.collect())
+        self._apply_commands()
+        self._timer.restart()
+
+    def log(self, **scalars: Any) -> None:
+        """Record scalars (validation loss, accuracy…) at the current step."""
+        reserved = RESERVED_METRIC_KEYS.intersection(scalars)
+        if reserved:
+            raise ValueError(f"mon.log(): {sorted(reserved)[0]!r} is a reserved name")
+        values = {key: _scalar(value) for key, value in scalars.items()}
+        # Steps before this point go first, so the log stays in step order.
+        self._emit_steps(self._buffer.drain())
+        self._log.emit({"type": "metrics", "step": self.global_step, "epoch": self.epoch, **values})
+
+    def checkpoint(self, reason: str = "manual") -> Path:
+        """Save model, optimizer, scheduler, step and RNG state now; returns the file."""
+        path = checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.global_step)
+        save_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.global_step,
+            epoch=self.epoch,
+        )
+        self._log.emit(
+            {"type": "checkpoint", "step": self.global_step, "path": str(path), "reason": reason}
+        )
+        return path
+
+    def note(self, text: str, level: str = "info") -> None:
+        """A line of text for the log, the console and the UI."""
+        self._log.emit({"type": "message", "step": self.global_step, "level": level, "text": text})
+
+    def request_stop(self, source: str = "api") -> None:
+        """Ask the run to stop at its next step boundary (safe from a signal handler)."""
+        self._inbox.put(Request(cmd="stop", source=source))
+
+    def close(
+        self, status: str | None = None, error: str | None = None, reason: str | None = None
+    ) -> None:
+        """End the run: write what is pending, the `end` event, and stop the services."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._emit_steps(self._buffer.drain())
+        except Exception as exc:  # a dead CUDA context must not lose the end event
+            self.note(f"could not fetch the last steps: {exc!r}", level="error")
+        if status is None:
+            status = "stopped" if self._stop_requested else "completed"
+        self.state = status
+        self._sampler.stop()
+        end: dict[str, Any] = {
+            "type": "end",
+            "status": status,
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "elapsed": time.time() - self._started,
+        }
+        if error:
+            end["error"] = error
+        if reason:
+            end["reason"] = reason
+        self._log.emit(end)
+        self._log.close()
+        self._server.close()
+        self._grads.remove()
+        self._timer.remove()
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook
+        atexit.unregister(self._close_at_exit)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close(status="stopped", reason="interrupted")
+        else:
+            self.close(
+                status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
+            )
+
+    # -- setup --------------------------------------------------------------------------
+
+    def _start(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        *,
+        run_dir: str | Path | None,
+        quiet: bool,
+        options: RunOptions,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Monitor needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.options = options
+        self.settings = options.settings
+        self.name = options.name or _default_name()
+        target = run_dir if run_dir is not None else run_dir_from_env()
+        self.run_dir = create_run_dir(self.name, target)
+        self.global_step = options.start_step
+        self.epoch = options.start_epoch
+        self.total_steps = options.total_steps
+        self.state = "running"
+        self._stop_requested = False
+        self._closed = False
+        self._started = time.time()
+        self._last_loss: float | None = None
+        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+
+        self._log = EventLog(self.run_dir / EVENTS_FILE)
+        if not quiet:
+            self._log.subscribe(
+                ConsoleReporter(
+                    self.name, self.settings.print_every, smoothing=self.settings.smoothing
+                )
+            )
+        self._grads = GradientProbe(model, optimizer)
+        self._grads.clip = options.grad_clip
+        self._timer = StepTimer(model)
+        self._buffer = DeviceBuffer(self.settings.log_every)
+        self._log.emit(self._start_event())
+        self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
+        self._sampler.start()
+        self._server = ControlServer(
+            self.run_dir / CONTROL_SOCKET, self._log, on_command=self._submit, status=self._status
+        )
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+        atexit.register(self._close_at_exit)
+
+    def _start_event(self) -> dict[str, Any]:
+        params = list(self.model.parameters())
+        options = self.options
+        return {
+            "type": "start",
+            "name": self.name,
+            "run_dir": str(self.run_dir),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv": list(sys.argv),
+            "config": options.config,
+            "versions": _versions(),
+            "device": _device_info(params[0].device if params else torch.device("cpu")),
+            "model": {
+                "class": type(self.model).__name__,
+                "params": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+                "layers": list(self._grads.layer_names),
+            },
+            "optimizer": {
+                "class": type(self.optimizer).__name__,
+                "param_groups": len(self.optimizer.param_groups),
+                "lrs": lr_control.current_lrs(self.optimizer),
+            },
+            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "total_steps": options.total_steps,
+            "steps_per_epoch": options.steps_per_epoch,
+            "epochs": options.epochs,
+            "start_step": options.start_step,
+            "resumed_from": options.resumed_from,
+            "grad_clip": options.grad_clip,
+            "data": options.data,
+            "notes": list(options.notes),
+            "settings": self.settings.model_dump(mode="json"),
+        }
+
+    # -- steps --------------------------------------------------------------------------
+
+    def _emit_steps(self, records: list[StepRecord]) -> None:
+        if not records:
+            return
+        layer_every = self.settings.probes.layer_norms_every
+        events = []
+        for record in records:
+            event: dict[str, Any] = {"type": "step", **record.meta, "loss": record.loss}
+            if record.norms:
+                event["grad_norm"] = record.norms[0]
+                step = record.meta["step"]
+                if step % layer_every == 0 or step == self.options.start_step + 1:
+                    event["layer_grad_norms"] = {
+                        name: value
+                        for name, value in zip(
+                            self._grads.layer_names, record.norms[1:], strict=False
+                        )
+                        if not math.isnan(value)
+                    }
+            events.append(event)
+        memory = _cuda_memory(self.model)
+        if memory:
+            events[-1]["cuda_memory"] = memory
+        self._last_loss = records[-1].loss
+        for event in events:
+            self._log.emit(event)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _submit(self, request: Request) -> dict[str, Any]:
+        """Called on a server thread: accept a run command for the next step boundary."""
+        if self._closed:
+            raise ProtocolError(f"the run has ended ({self.state})")
+        if self._stop_requested and request.cmd != "stop":
+            raise ProtocolError("the run is stopping")
+        self._inbox.put(request)
+        return {"queued": True, "step": self.global_step}
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(request)
+        if self.state == "paused":
+            self._wait_while_paused()
+
+    def _wait_while_paused(self) -> None:
+        self._emit_steps(self._buffer.drain())
+        while self.state == "paused":
+            try:
+                request = self._inbox.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            self._apply(request)
+        self._timer.exclude_pause()
+
+    def _apply(self, request: Request) -> None:
+        cmd = request.cmd
+        try:
+            if cmd in ("set-lr", "scale-lr"):
+                self._apply_lr(request)
+            elif cmd in ("pause", "resume"):
+                # Repeating a command is answered too (old == new), so a client always
+                # sees its command acknowledged at a step boundary.
+                old = self.state
+                if (old, cmd) in (("running", "pause"), ("paused", "resume")):
+                    self.state = "paused" if cmd == "pause" else "running"
+                self._control(request, old, self.state)
+            elif cmd == "stop":
+                old = self.state
+                path = None
+                if not self._stop_requested:
+                    self._stop_requested = True
+                    self.state = "stopping"
+                    path = self._checkpoint_or_note("stop")
+                self._control(request, old, self.state, path=path)
+            elif cmd == "checkpoint":
+                path = self._checkpoint_or_note("command")
+                self._control(request, None, path, path=path)
+        except Exception as exc:  # a command must never take the run down
+            self.note(f"{cmd} failed: {exc}", level="error")
+
+    def _apply_lr(self, request: Request) -> None:
+        group = request.args.get("group")
+        if request.cmd == "set-lr":
+            old, new = lr_control.set_lr(
+                self.optimizer, self.scheduler, request.args["value"], group
+            )
+        else:
+            old, new = lr_control.scale_lr(
+                self.optimizer, self.scheduler, request.args["factor"], group
+            )
+        extra = {"old_lrs": old, "new_lrs": new} if len(old) > 1 else {}
+        self._control(request, old[0], new[0], **extra)
+
+    def _checkpoint_or_note(self, reason: str) -> str | None:
+        self._emit_steps(self._buffer.drain())
+        try:
+            return str(self.checkpoint(reason))
+        except Exception as exc:
+            self.note(f"checkpoint failed: {exc}", level="error")
+            return None
+
+    def _control(self, request: Request, old: Any, new: Any, **extra: Any) -> None:
+        self._log.emit(
+            {
+                "type": "control",
+                "step": self.global_step,
+                "command": request.cmd,
+                "old": old,
+                "new": new,
+                "source": request.source,
+                "request_id": request.id,
+                **request.args,
+                **extra,
+            }
+        )
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "total_steps": self.total_steps,
+            "lrs": lr_control.current_lrs(self.optimizer),
+            "loss": self._last_loss,
+            "pid": os.getpid(),
+            "run_dir": str(self.run_dir),
+        }
+
+    # -- exits --------------------------------------------------------------------------
+
+    def _excepthook(
+        self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        # A script that never closed the Monitor and died: record why, then report as usual.
+        if not self._closed:
+            self.close(
+                status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
+            )
+        self._previous_excepthook(exc_type, exc, tb)
+
+    def _close_at_exit(self) -> None:
+        self.close()
+
+
+def _default_name() -> str:
+    script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return script if script and script not in ("-c", "pytest", "__main__") else "run"
+
+
+def _batch_size(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else None
+    if isinstance(batch, list | tuple) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    return None
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().mean().item() if value.numel() else None
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _versions() -> dict[str, Any]:
+    versions: dict[str, Any] = {
+        "tuimon": tuimon.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    if "torchvision" in sys.modules:
+        versions["torchvision"] = sys.modules["torchvision"].__version__
+    return versions
+
+
+def _device_info(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return {
+            "type": "cuda",
+            "index": index,
+            "name": props.name,
+            "total_memory": props.total_memory,
+        }
+    return {"type": device.type, "name": f"{device.type} ({torch.get_num_threads()} threads)"}
+
+
+def _cuda_memory(model: torch.nn.Module) -> dict[str, int] | None:
+    """Allocator counters: host-side bookkeeping, reading them does not sync the GPU."""
+    param = next(model.parameters(), None)
+    if param is None or not param.is_cuda:
+        return None
+    device = param.device
+    return {
+        "allocated": torch.cuda.memory_allocated(device),
+        "reserved": torch.cuda.memory_reserved(device),
+        "max_allocated": torch.cuda.max_memory_allocated(device),
+    }

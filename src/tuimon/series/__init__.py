@@ -1,0 +1,1 @@
+"""Pure series math shared by the console, the UI and the rules."""

@@ -1,0 +1,1 @@
+"""The built-in, config-driven trainer and the builders it uses."""

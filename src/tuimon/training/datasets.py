@@ -1,0 +1,258 @@
+"""Datasets by name: torchvision's MNIST/FashionMNIST/CIFAR, or the built-in synthetic set.
+
+Images are kept as uint8 tensors and turned into normalized floats per sample, with random
+crop and flip for training. A dataset that is absent and cannot be downloaded either falls
+back to synthetic data of the same shape (when the config says so, with a note saying what
+happened) or stops the run with a message saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from tuimon.config.schema import DataConfig
+from tuimon.errors import UsageError
+from tuimon.training.models import DataShape
+from tuimon.training.synthetic import SyntheticImages
+
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    torchvision_class: str
+    channels: int
+    image_size: int
+    num_classes: int
+    train_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+KNOWN = {
+    "mnist": KnownDataset("MNIST", 1, 28, 10, 60_000, (0.1307,), (0.3081,)),
+    "fashion_mnist": KnownDataset("FashionMNIST", 1, 28, 10, 60_000, (0.2860,), (0.3530,)),
+    "cifar10": KnownDataset(
+        "CIFAR10", 3, 32, 10, 50_000, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    ),
+    "cifar100": KnownDataset(
+        "CIFAR100", 3, 32, 100, 50_000, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    ),
+}
+
+
+class ImageSource(Protocol):
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> torch.Tensor: ...
+
+
+class TensorImages:
+    """A real dataset held in memory as uint8 NxCxHxW."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+class ImageTransform:
+    """uint8 image → float in [0, 1] → random crop / flip (training only) → normalized."""
+
+    def __init__(
+        self,
+        mean: tuple[float, ...] | None,
+        std: tuple[float, ...] | None,
+        crop_padding: int = 0,
+        hflip: bool = False,
+    ) -> None:
+        self.mean = torch.tensor(mean).view(-1, 1, 1) if mean is not None else None
+        self.std = torch.tensor(std).view(-1, 1, 1) if std is not None else None
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float().div_(255)
+        if self.crop_padding:
+            p = self.crop_padding
+            height, width = x.shape[-2:]
+            x = F.pad(x, (p, p, p, p))
+            top, left = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            x = x[:, top : top + height, left : left + width]
+        if self.hflip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.mean is not None and self.std is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    def __init__(
+        self, source: ImageSource, indices: torch.Tensor, transform: ImageTransform
+    ) -> None:
+        self.source = source
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(self.indices[i])
+        return self.transform(self.source.image(index)), self.source.labels[index]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.source.labels[self.indices]
+
+
+@dataclass
+class DataBundle:
+    train: ImageDataset
+    val: ImageDataset | None
+    shape: DataShape
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_data(config: DataConfig, seed: int) -> DataBundle:
+    notes: list[str] = []
+    known = KNOWN.get(config.name)
+    if known is None:
+        source: ImageSource = _synthetic(config, seed, default_size=10_000)
+        shape = DataShape(
+            config.synthetic.channels, config.synthetic.image_size, config.synthetic.num_classes
+        )
+        origin = "synthetic"
+    else:
+        shape = DataShape(known.channels, known.image_size, known.num_classes)
+        try:
+            source = _load_torchvision(config, known)
+            origin = config.name
+        except _Unavailable as exc:
+            if config.fallback != "synthetic":
+                raise UsageError(
+                    f"data: {known.torchvision_class} is not in {config.root}/ and {exc}. Put "
+                    "it there, allow data.download, or set data.fallback: synthetic to train "
+                    "on synthetic data of the same shape"
+                ) from None
+            synthetic = config.synthetic.model_copy(
+                update={
+                    "channels": known.channels,
+                    "image_size": known.image_size,
+                    "num_classes": known.num_classes,
+                }
+            )
+            source = _synthetic(
+                config.model_copy(update={"synthetic": synthetic}),
+                seed,
+                default_size=known.train_size,
+            )
+            origin = "synthetic"
+            notes.append(
+                f"{known.torchvision_class} is not in {config.root}/ and {exc}; training on "
+                f"synthetic data of the same shape ({known.channels}x{known.image_size}x"
+                f"{known.image_size}, {known.num_classes} classes, {len(source)} images) "
+                "instead, as data.fallback: synthetic asks"
+            )
+    mean, std = _normalization(config, known if origin != "synthetic" else None, source)
+    train_idx, val_idx = _split(len(source), config.val_split, config.limit, seed)
+    augment = ImageTransform(mean, std, config.augment.random_crop, config.augment.hflip)
+    plain = ImageTransform(mean, std)
+    train = ImageDataset(source, train_idx, augment)
+    val = ImageDataset(source, val_idx, plain) if len(val_idx) else None
+    info = {
+        "name": config.name,
+        "source": origin,
+        "shape": [shape.channels, shape.image_size, shape.image_size],
+        "num_classes": shape.num_classes,
+        "train_samples": len(train),
+        "val_samples": len(val) if val is not None else 0,
+        "mean": list(mean) if mean is not None else None,
+        "std": list(std) if std is not None else None,
+    }
+    return DataBundle(train=train, val=val, shape=shape, info=info, notes=notes)
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _load_torchvision(config: DataConfig, known: KnownDataset) -> TensorImages:
+    from torchvision import datasets
+
+    cls = getattr(datasets, known.torchvision_class)
+    root = Path(config.root).expanduser()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        dataset = cls(str(root), train=True, download=config.download)
+    except Exception as exc:
+        if not config.download:
+            raise _Unavailable("data.download is false") from None
+        raise _Unavailable(f"could not be downloaded ({type(exc).__name__}: {exc})") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    data = dataset.data
+    images = torch.as_tensor(data)
+    # MNIST-like sets are N x H x W; CIFAR is N x H x W x C.
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return TensorImages(images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.long))
+
+
+def _synthetic(config: DataConfig, seed: int, default_size: int) -> SyntheticImages:
+    options = config.synthetic
+    return SyntheticImages(
+        num_samples=options.num_samples or default_size,
+        channels=options.channels,
+        image_size=options.image_size,
+        num_classes=options.num_classes,
+        noise=options.noise,
+        seed=options.seed if options.seed is not None else seed,
+    )
+
+
+Stats = tuple[float, ...] | None
+
+
+def _normalization(
+    config: DataConfig, known: KnownDataset | None, source: ImageSource
+) -> tuple[Stats, Stats]:
+    if config.normalize is False:
+        return None, None
+    if config.normalize is not True:
+        return tuple(config.normalize.mean), tuple(config.normalize.std)
+    if known is not None:
+        return known.mean, known.std
+    # Synthetic data: measure on a fixed sample of images.
+    count = min(len(source), 256)
+    sample = torch.stack([source.image(i) for i in range(count)]).float() / 255
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _split(
+    size: int, val_split: float, limit: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    n_val = int(size * val_split)
+    val, train = order[:n_val], order[n_val:]
+    if limit is not None:
+        train = train[:limit]
+        if n_val:
+            val = val[: max(1, round(limit * val_split / (1 - val_split)))]
+    return train, val

@@ -1,0 +1,265 @@
+"""The built-in trainer: a plain PyTorch loop over a config, reporting through Monitor.
+
+There is no second code path: everything tuimon records and every command it obeys goes
+through the same `Monitor` a custom loop would use. The loop is ordered so that
+`mon.step()` is the last thing an iteration does (after the scheduler), which makes the
+step boundary — where commands and checkpoints happen — a clean place to resume from.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuimon.config.schema import Config
+from tuimon.errors import UsageError
+from tuimon.monitor.monitor import Monitor, RunOptions
+from tuimon.run.checkpoint import ResumeState, load_checkpoint
+from tuimon.training.datasets import DataBundle, build_data
+from tuimon.training.device import select_device
+from tuimon.training.models import build_model
+from tuimon.training.optimization import (
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    is_plateau,
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+class Trainer:
+    """Build everything a config names (`setup`), then train it under a Monitor (`run`)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.monitor: Monitor | None = None
+        self.resume: ResumeState | None = None
+        self._validated_at = -1
+        self._epoch_loss = torch.zeros(())
+        self._epoch_steps = 0
+
+    def setup(self) -> None:
+        """Build data, model, optimizer, scheduler, loss; load the checkpoint to resume."""
+        cfg, train = self.config, self.config.train
+        seed_everything(train.seed)
+        self.device = select_device(train.device)
+        self.data: DataBundle = build_data(cfg.data, train.seed)
+        self.model = build_model(cfg, self.data.shape).to(self.device)
+        self.loss_fn = build_loss(cfg.loss).to(self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
+        batches = math.ceil(len(self.data.train) / train.batch_size)
+        self.steps_per_epoch = batches // train.accumulate
+        if self.steps_per_epoch == 0:
+            raise UsageError(
+                f"data: {len(self.data.train)} training samples make no full step of "
+                f"train.batch_size × train.accumulate = {train.batch_size * train.accumulate}"
+            )
+        limits = [train.max_steps] if train.max_steps else []
+        if train.epochs:
+            limits.append(train.epochs * self.steps_per_epoch)
+        self.total_steps = min(limits)
+        self.scheduler = None
+        if cfg.scheduler is not None:
+            self.scheduler = build_scheduler(
+                cfg.scheduler,
+                self.optimizer,
+                total_steps=self.total_steps,
+                steps_per_epoch=self.steps_per_epoch,
+            )
+        if train.resume:
+            path = Path(train.resume).expanduser()
+            if not path.is_file():
+                raise UsageError(f"train.resume: no checkpoint at {path}")
+            try:
+                self.resume = load_checkpoint(
+                    path,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    map_location=self.device,
+                )
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise UsageError(f"train.resume: cannot resume from {path}: {exc}") from None
+
+    def run(self, run_dir: str | Path | None = None, quiet: bool = False) -> str:
+        """Train to the end (or a stop); returns the run's final status."""
+        cfg = self.config
+        start = self.resume.step if self.resume else 0
+        options = RunOptions(
+            name=cfg.name,
+            settings=cfg.monitor,
+            config=cfg.model_dump(mode="json"),
+            total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=cfg.train.epochs or math.ceil(self.total_steps / self.steps_per_epoch),
+            grad_clip=cfg.train.grad_clip,
+            start_step=start,
+            start_epoch=start // self.steps_per_epoch,
+            resumed_from=str(cfg.train.resume) if self.resume else None,
+            data=self.data.info,
+            notes=list(self.data.notes),
+        )
+        with Monitor.configured(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            run_dir=run_dir,
+            quiet=quiet,
+            options=options,
+        ) as mon:
+            self.monitor = mon
+            self._train(mon)
+        return mon.state
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _train(self, mon: Monitor) -> None:
+        spe = self.steps_per_epoch
+        epoch, done_in_epoch = divmod(mon.global_step, spe)
+        if mon.global_step >= self.total_steps:
+            return
+        if mon.global_step and done_in_epoch == 0:
+            # Checkpoints are taken at step boundaries, before an epoch's closing work.
+            self._end_epoch(mon, epoch - 1)
+        while mon.global_step < self.total_steps and not mon.should_stop:
+            mon.epoch = epoch
+            self._train_epoch(mon, epoch, skip=done_in_epoch)
+            done_in_epoch = 0
+            if mon.should_stop:
+                return
+            if mon.global_step % spe == 0:
+                self._end_epoch(mon, epoch)
+            epoch += 1
+        if self.data.val is not None and self._validated_at != mon.global_step:
+            self._validate(mon)
+        mon.checkpoint("final")
+
+    def _train_epoch(self, mon: Monitor, epoch: int, skip: int) -> None:
+        """Train one epoch, starting at its step `skip` (non-zero when resuming)."""
+        train, sched_cfg = self.config.train, self.config.scheduler
+        step_scheduler = (
+            self.scheduler is not None
+            and sched_cfg is not None
+            and sched_cfg.interval == "step"
+            and not is_plateau(self.scheduler)
+        )
+        batches = iter(self._loader(epoch, skip_batches=skip * train.accumulate))
+        self._epoch_loss = torch.zeros((), device=self.device)
+        self._epoch_steps = 0
+        self.model.train()
+        for _ in range(self.steps_per_epoch - skip):
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            for _micro in range(train.accumulate):
+                inputs, targets = next(batches)
+                inputs = inputs.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                outputs = self.model(inputs)
+                loss = self.loss_fn(outputs, targets)
+                (loss / train.accumulate).backward()
+                total += loss.detach()
+            self.optimizer.step()
+            if step_scheduler:
+                self.scheduler.step()
+            mean_loss = total / train.accumulate
+            self._epoch_loss += mean_loss
+            self._epoch_steps += 1
+            mon.step(mean_loss, inputs=inputs, targets=targets, outputs=outputs)
+            step = mon.global_step
+            if train.val_every and step % train.val_every == 0 and self.data.val is not None:
+                self._validate(mon)
+            if train.checkpoint_every and step % train.checkpoint_every == 0:
+                mon.checkpoint("periodic")
+            if mon.should_stop or step >= self.total_steps:
+                break
+
+    def _end_epoch(self, mon: Monitor, epoch: int) -> None:
+        """An epoch's closing work: validation and the per-epoch scheduler step."""
+        val_every, has_val = self.config.train.val_every, self.data.val is not None
+        val_loss = self._validate(mon) if val_every == 0 and has_val else None
+        sched_cfg = self.config.scheduler
+        if self.scheduler is None or sched_cfg is None:
+            return
+        if is_plateau(self.scheduler):
+            if val_every and has_val:
+                return  # `_validate` feeds it after every validation
+            if val_loss is None:
+                # No validation set: the plateau is judged on the epoch's training loss.
+                val_loss = float(self._epoch_loss / max(self._epoch_steps, 1))
+            self.scheduler.step(val_loss)
+        elif sched_cfg.interval == "epoch":
+            self.scheduler.step()
+
+    @torch.no_grad()
+    def _validate(self, mon: Monitor) -> float:
+        assert self.data.val is not None
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        classify = True
+        loader = torch.utils.data.DataLoader(
+            self.data.val,
+            batch_size=self.config.train.batch_size,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for inputs, targets in loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            outputs = self.model(inputs)
+            loss_sum += self.loss_fn(outputs, targets) * len(targets)
+            if classify and outputs.dim() == 2 and targets.dim() == 1:
+                correct += (outputs.argmax(dim=1) == targets).sum()
+            else:
+                classify = False
+            count += len(targets)
+        self.model.train()
+        val_loss = float(loss_sum / max(count, 1))
+        metrics: dict[str, Any] = {"val_loss": val_loss}
+        if classify:
+            metrics["val_acc"] = float(correct) / max(count, 1)
+        mon.log(**metrics)
+        self._validated_at = mon.global_step
+        if is_plateau(self.scheduler) and self.config.train.val_every:
+            self.scheduler.step(val_loss)
+        return val_loss
+
+    def _loader(self, epoch: int, skip_batches: int) -> torch.utils.data.DataLoader:
+        """This epoch's batches, in an order fixed by (seed, epoch), from batch `skip_batches`.
+
+        The loader has its own generator so that making it does not draw from the global
+        RNG: a run resumed mid-epoch then sees exactly the batches and augmentations of the
+        original.
+        """
+        cfg = self.config
+        seed = cfg.train.seed * 100_003 + epoch
+        size = len(self.data.train)
+        if cfg.data.shuffle:
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(size)
+        order = order[skip_batches * cfg.train.batch_size :].tolist()
+        return torch.utils.data.DataLoader(
+            self.data.train,
+            batch_size=cfg.train.batch_size,
+            sampler=order,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=False,
+        )
