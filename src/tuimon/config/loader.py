@@ -113,6 +113,8 @@ def _is_union_tag(part: Any) -> bool:
     """Pydantic adds the union member it tried ('bool', 'NormalizeSpec', …) to error locs."""
     if not isinstance(part, str):
         return False
+    if part == "[key]":  # not a union member: marks a bad dict key, handled above
+        return False
     return part in _UNION_TAGS or "[" in part or part in _SCHEMA_CLASS_NAMES
 
 
@@ -243,18 +245,25 @@ def _trial_build(config: Config, source: ConfigSource) -> list[str]:
     try:
         optimizer = optimization.build_optimizer(config.optimizer, [param])
     except (ValueError, TypeError, RuntimeError) as exc:
-        return [_located(source, ("optimizer",), f"{config.optimizer.name} rejected it: {exc}")]
+        where = ("optimizer", *_named_key(str(exc), config.optimizer.kwargs))
+        return [_located(source, where, f"{config.optimizer.name} rejected it: {exc}")]
     if config.scheduler is not None:
         try:
             optimization.build_scheduler(
                 config.scheduler, optimizer, total_steps=100, steps_per_epoch=10
             )
         except (ValueError, TypeError, RuntimeError, KeyError) as exc:
-            problems.append(
-                _located(source, ("scheduler",), f"{config.scheduler.name} rejected it: {exc}")
-            )
+            where = ("scheduler", *_named_key(str(exc), config.scheduler.kwargs))
+            problems.append(_located(source, where, f"{config.scheduler.name} rejected it: {exc}"))
     try:
         optimization.build_loss(config.loss)
     except (ValueError, TypeError, RuntimeError) as exc:
-        problems.append(_located(source, ("loss",), f"{config.loss.name} rejected it: {exc}"))
+        where = ("loss", *_named_key(str(exc), config.loss.kwargs))
+        problems.append(_located(source, where, f"{config.loss.name} rejected it: {exc}"))
     return problems
+
+
+def _named_key(message: str, kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """The one given argument a torch error names ("Invalid momentum value: -1"), if any."""
+    named = [key for key in kwargs if re.search(rf"\b{re.escape(key)}\b", message)]
+    return (named[0],) if len(named) == 1 else ()

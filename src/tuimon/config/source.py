@@ -68,6 +68,7 @@ class ConfigSource:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+                self.locations[tuple(parts[: depth + 1])] = where  # a section the --set made
             elif not isinstance(child, dict):
                 prefix = ".".join(parts[: depth + 1])
                 raise ConfigError([f"{where}: {prefix} is a {type(child).__name__}, not a section"])

@@ -52,12 +52,13 @@ def set_lr(
 ) -> tuple[list[float], list[float]]:
     """Make the LR `value` now (of `group`, or of group 0 with the others keeping their
     ratio to it) and let the schedule continue in its shape from there."""
-    reference = current_lrs(optimizer)[group or 0]
+    groups = _group_indices(optimizer, group)
+    reference = current_lrs(optimizer)[groups[0]]
     if reference > 0:
         return scale_lr(optimizer, scheduler, value / reference, group)
     # Nothing to scale from (an LR of exactly 0): set it and its schedule base outright.
     old = current_lrs(optimizer)
-    for index in _group_indices(optimizer, group):
+    for index in groups:
         pg = optimizer.param_groups[index]
         _assign(pg, "lr", value)
         if "initial_lr" in pg:

@@ -145,6 +145,7 @@ class Monitor:
 
     def checkpoint(self, reason: str = "manual") -> Path:
         """Save model, optimizer, scheduler, step and RNG state now; returns the file."""
+        self._emit_steps(self._buffer.drain())
         path = checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.global_step)
         save_checkpoint(
             path,
@@ -254,6 +255,7 @@ class Monitor:
         self._closed = False
         self._started = time.time()
         self._last_loss: float | None = None
+        self._layer_norms_logged = False
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
 
         self._log = EventLog(self.run_dir / EVENTS_FILE)
@@ -325,7 +327,8 @@ class Monitor:
             if record.norms:
                 event["grad_norm"] = record.norms[0]
                 step = record.meta["step"]
-                if step % layer_every == 0 or step == self.options.start_step + 1:
+                if step % layer_every == 0 or not self._layer_norms_logged:
+                    self._layer_norms_logged = True
                     event["layer_grad_norms"] = {
                         name: value
                         for name, value in zip(
@@ -363,7 +366,6 @@ class Monitor:
             self._wait_while_paused()
 
     def _wait_while_paused(self) -> None:
-        self._emit_steps(self._buffer.drain())
         while self.state == "paused":
             try:
                 request = self._inbox.get(timeout=0.25)
@@ -374,6 +376,8 @@ class Monitor:
 
     def _apply(self, request: Request) -> None:
         cmd = request.cmd
+        # Every step before the command goes to the log before the command's event does.
+        self._emit_steps(self._buffer.drain())
         try:
             if cmd in ("set-lr", "scale-lr"):
                 self._apply_lr(request)
@@ -412,7 +416,6 @@ class Monitor:
         self._control(request, old[0], new[0], **extra)
 
     def _checkpoint_or_note(self, reason: str) -> str | None:
-        self._emit_steps(self._buffer.drain())
         try:
             return str(self.checkpoint(reason))
         except Exception as exc:

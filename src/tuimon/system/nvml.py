@@ -102,8 +102,9 @@ class NVML:
     def _process_memory(self, handle: Any, pid: int) -> int | None:
         """GPU memory this process holds on a device; None if NVML cannot tell.
 
-        Inside a container without the host's PID namespace NVML reports host PIDs, so our
-        own PID is absent and the answer is "n/a", not 0.
+        No process on the GPU means this run holds nothing there (0). Processes without us
+        may mean we do not use it, or that we run in a container without the host's PID
+        namespace (NVML reports host PIDs): that is "n/a", not 0.
         """
         processes = self._query("nvmlDeviceGetComputeRunningProcesses", handle)
         if processes is None:
@@ -112,7 +113,7 @@ class NVML:
             if getattr(process, "pid", None) == pid:
                 used = getattr(process, "usedGpuMemory", None)
                 return used if isinstance(used, int) else None
-        return 0 if processes else None
+        return None if processes else 0
 
     def _query(self, name: str, *args: Any) -> Any:
         if name in self._missing_functions or self._module is None:

@@ -68,7 +68,7 @@ def _torchvision(name: str, options: TorchvisionOptions, shape: DataShape) -> nn
     from torchvision import models
 
     kwargs: dict[str, Any] = {}
-    if options.dropout is not None and not name.startswith("vgg"):
+    if options.dropout is not None:
         kwargs["dropout"] = options.dropout
     try:
         if options.pretrained:

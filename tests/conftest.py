@@ -1,0 +1,167 @@
+"""Shared fixtures: small real configs and real worker processes with their sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuimon.control.client import ControlClient
+from tuimon.run.event_log import read_events
+
+TESTS_DIR = Path(__file__).parent
+REPO = TESTS_DIR.parent
+
+# A run that never ends by itself (tests stop it) and steps fast on a CPU.
+ENDLESS_CONFIG = """\
+name: endless
+model:
+  name: mlp
+  hidden: [32]
+data:
+  name: synthetic
+  synthetic: {num_samples: 512, channels: 1, image_size: 8, num_classes: 4}
+  val_split: 0.25
+optimizer:
+  name: SGD
+  lr: 0.1
+  momentum: 0.9
+train:
+  max_steps: 100000000
+  batch_size: 32
+  seed: 0
+monitor:
+  log_every: 1
+  system_interval: 0.1
+  print_every: 0.5
+"""
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config (default: ENDLESS_CONFIG) into tmp_path and return its path."""
+
+    def write(text: str = ENDLESS_CONFIG, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Custom models used by tests live in tests/; the worker imports them by name.
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")])
+    return env
+
+
+class Worker:
+    """A `tuimon CONFIG --headless` process and its run directory."""
+
+    def __init__(self, process: subprocess.Popen[str], run_dir: Path) -> None:
+        self.process = process
+        self.run_dir = run_dir
+
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / "events.jsonl"
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(read_events(self.events_path))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the control socket answers (or the process dies: then fail with its output)."""
+        deadline = time.monotonic() + timeout
+        socket_path = self.run_dir / "control.sock"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                out, err = self.process.communicate()
+                pytest.fail(f"worker exited {self.process.returncode}:\n{out}\n{err}")
+            if socket_path.exists():
+                try:
+                    with ControlClient(self.run_dir, timeout=2) as client:
+                        client.request("ping")
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        pytest.fail("worker's control socket never answered")
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.run_dir, timeout=30)
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+            pytest.fail(f"worker did not exit:\n{out}\n{err}")
+
+    def output(self) -> tuple[str, str]:
+        return self.process.communicate(timeout=30)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(config: Path, *args: str, run_dir: Path | None = None, ready: bool = True) -> Worker:
+        run_dir = run_dir or tmp_path / f"run{len(started)}"
+        command = [
+            sys.executable,
+            "-m",
+            "tuimon",
+            str(config),
+            "--headless",
+            "--run-dir",
+            str(run_dir),
+            *args,
+        ]
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+            cwd=tmp_path,
+        )
+        worker = Worker(process, run_dir)
+        started.append(worker)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait(timeout=30)
+        for stream in (worker.process.stdout, worker.process.stderr):
+            if stream:
+                stream.close()
+
+
+def wait_for(
+    client: ControlClient, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Read streamed events until one matches; returns it and every event before it."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        event = client.next_event(timeout=remaining)
+        if event is None:
+            break
+        if predicate(event):
+            return event, seen
+        seen.append(event)
+    types = [e.get("type") for e in seen[-20:]]
+    pytest.fail(f"no matching event within {timeout}s; last seen: {types}")

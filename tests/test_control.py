@@ -1,0 +1,238 @@
+"""The control channel against a real worker process: real socket, real training."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tuimon.control.client import ControlClient, ControlError
+
+from conftest import ENDLESS_CONFIG, wait_for, worker_env
+
+
+def is_step(event):
+    return event.get("type") == "step"
+
+
+def control_of(cmd):
+    return lambda e: e.get("type") == "control" and e.get("command") == cmd
+
+
+def test_set_lr_applies_at_a_step_boundary(write_config, start_worker):
+    worker = start_worker(write_config())
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, is_step)
+        reply = client.request("set-lr", value=0.01, source="test")
+        assert reply["ok"] and reply["queued"]
+        control, before = wait_for(client, control_of("set-lr"))
+        assert control["old"] == pytest.approx(0.1)
+        assert control["new"] == pytest.approx(0.01)
+        assert control["source"] == "test"
+        assert control["request_id"] == reply["id"]
+        # Steps up to the boundary ran at the old LR, every later one at the new.
+        assert all(e["lr"] == pytest.approx(0.1) for e in before if is_step(e))
+        after = [wait_for(client, is_step)[0] for _ in range(3)]
+        assert [e["step"] for e in after] == [control["step"] + i for i in (1, 2, 3)]
+        assert all(e["lr"] == pytest.approx(0.01) for e in after)
+        client.request("stop")
+    assert worker.wait_exit() == 0
+
+
+COSINE = ENDLESS_CONFIG.replace(
+    "train:\n  max_steps: 100000000",
+    "scheduler:\n  name: CosineAnnealingLR\n  interval: step\n  T_max: 400\n"
+    "train:\n  max_steps: 100000000",
+)
+
+
+def cosine(step: int, base: float = 0.1, t_max: int = 400) -> float:
+    return base * (1 + math.cos(math.pi * step / t_max)) / 2
+
+
+def test_scale_lr_keeps_the_cosine_schedule_shape(write_config, start_worker):
+    worker = start_worker(write_config(COSINE))
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 5)
+        client.request("scale-lr", factor=0.5)
+        control, before = wait_for(client, control_of("scale-lr"))
+        boundary = control["step"]
+        after = [wait_for(client, is_step)[0] for _ in range(30)]
+        client.request("stop")
+    assert worker.wait_exit() == 0
+    # The LR logged for step s is the one its optimizer step used: the cosine at s - 1.
+    for event in (e for e in before if is_step(e)):
+        assert event["lr"] == pytest.approx(cosine(event["step"] - 1), rel=1e-6)
+    assert [e["step"] for e in after] == list(range(boundary + 1, boundary + 31))
+    for event in after:
+        assert event["lr"] == pytest.approx(0.5 * cosine(event["step"] - 1), rel=1e-6)
+
+
+def test_pause_stops_steps_until_resume(write_config, start_worker):
+    worker = start_worker(write_config())
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, is_step)
+        client.request("pause")
+        paused, _ = wait_for(client, control_of("pause"))
+        assert (paused["old"], paused["new"]) == ("running", "paused")
+        assert client.request("status")["status"]["state"] == "paused"
+        # The sampler keeps its 0.1 s clock while paused: five samples with no step between.
+        seen = []
+        for _ in range(5):
+            _, between = wait_for(client, lambda e: e.get("type") == "system")
+            seen += between
+        assert not [e for e in seen if is_step(e)]
+        client.request("resume")
+        resumed, between = wait_for(client, control_of("resume"))
+        assert not [e for e in between if is_step(e)]
+        assert resumed["step"] == paused["step"]
+        first, _ = wait_for(client, is_step)
+        assert first["step"] == paused["step"] + 1
+        client.request("stop")
+    assert worker.wait_exit() == 0
+
+
+def test_stop_saves_a_checkpoint_and_exits_zero(write_config, start_worker):
+    worker = start_worker(write_config())
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 3)
+        client.request("stop", source="test")
+        control, _ = wait_for(client, control_of("stop"))
+        end, _ = wait_for(client, lambda e: e.get("type") == "end")
+    assert worker.wait_exit() == 0
+    assert control["new"] == "stopping"
+    assert end["status"] == "stopped"
+    assert end["step"] == control["step"]
+    checkpoint = torch.load(control["path"], weights_only=False)
+    assert checkpoint["step"] == control["step"]
+    # Nothing after the stop: the log ends with `end`, and its steps end at the stop.
+    events = worker.events()
+    assert events[-1]["type"] == "end"
+    assert max(e["step"] for e in events if is_step(e)) == control["step"]
+    assert not (worker.run_dir / "control.sock").exists()
+
+
+def test_garbage_gets_error_replies_and_the_run_continues(write_config, start_worker):
+    worker = start_worker(write_config())
+    garbage = {
+        b"not json at all\n": "not JSON",
+        b"[1, 2, 3]\n": "must be a JSON object",
+        b'{"no_cmd": 1}\n': 'needs a "cmd"',
+        b'{"cmd": "fly"}\n': "unknown command 'fly'",
+        b'{"cmd": "paus"}\n': "did you mean pause?",
+        b'{"cmd": "set-lr", "value": "abc"}\n': "must be a number",
+        b'{"cmd": "set-lr", "value": -1}\n': "must be > 0",
+        b'{"cmd": "set-lr", "value": NaN}\n': "must be finite",
+        b'{"cmd": "set-lr"}\n': 'needs "value"',
+        b'{"cmd": "scale-lr", "factor": 0}\n': "must be > 0",
+        b'{"cmd": "pause", "extra": 1}\n': "takes no argument 'extra'",
+        b"\xff\xfe\xfd\n": "not UTF-8",
+    }
+    with worker.client() as client:
+        client.subscribe()
+        for data, expected in garbage.items():
+            client.send_raw(data)
+            reply = client.wait_reply()
+            assert reply["ok"] is False, data
+            assert expected in reply["error"], (data, reply["error"])
+        client.send_raw(b'{"cmd": "ping"' + b" " * (70 * 1024) + b"}\n")
+        assert "longer than" in client.wait_reply()["error"]
+        # The same connection still works, and the run is still training.
+        status = client.request("status")["status"]
+        assert status["state"] == "running"
+        first, _ = wait_for(client, is_step)
+        wait_for(client, lambda e: is_step(e) and e["step"] > first["step"])
+        client.request("stop")
+    assert worker.wait_exit() == 0
+    assert not [e for e in worker.events() if e["type"] == "control" and e["command"] != "stop"]
+
+
+def test_checkpoint_command_writes_a_loadable_checkpoint(write_config, start_worker):
+    worker = start_worker(write_config())
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 2)
+        client.request("checkpoint")
+        control, before = wait_for(client, control_of("checkpoint"))
+        client.request("stop")
+    [noted] = [e for e in before if e["type"] == "checkpoint"]
+    assert worker.wait_exit() == 0
+    assert control["new"] == noted["path"]
+    state = torch.load(noted["path"], weights_only=False)
+    assert state["step"] == control["step"] == noted["step"]
+    assert set(state) >= {"model", "optimizer", "scheduler", "rng", "step", "epoch"}
+
+
+def test_sigint_stops_gracefully_with_exit_130(write_config, start_worker):
+    worker = start_worker(write_config())
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, is_step)
+        worker.process.send_signal(signal.SIGINT)
+        end, _ = wait_for(client, lambda e: e.get("type") == "end")
+    assert worker.wait_exit() == 130
+    assert end["status"] == "stopped"
+    assert [e for e in worker.events() if e["type"] == "checkpoint"]
+
+
+def test_ctl_cli_applies_and_refuses(write_config, start_worker):
+    worker = start_worker(write_config())
+    ctl = [sys.executable, "-m", "tuimon", "ctl", str(worker.run_dir)]
+    done = subprocess.run(
+        [*ctl, "set-lr", "0.02"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "applied at step" in done.stdout and "0.1 -> 0.02" in done.stdout
+    for bad, message in (
+        ("abc", "must be a number"),
+        ("-1", "must be > 0"),
+        ("nan", "must be finite"),
+        ("1e9", "absurdly large"),
+    ):
+        refused = subprocess.run(
+            [*ctl, "set-lr", bad], capture_output=True, text=True, env=worker_env(), timeout=60
+        )
+        assert refused.returncode == 2
+        assert message in refused.stderr
+        assert "Traceback" not in refused.stderr
+    status = subprocess.run(
+        [*ctl, "status"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert "state: running" in status.stdout
+    stop = subprocess.run(
+        [*ctl, "stop"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert "stopping" in stop.stdout
+    assert worker.wait_exit() == 0
+    lrs = [e["new"] for e in worker.events() if e["type"] == "control" and e["command"] == "set-lr"]
+    assert lrs == [pytest.approx(0.02)]
+
+
+def test_ctl_on_a_missing_run_fails_clearly(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "tuimon", "ctl", str(tmp_path), "pause"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "no control socket" in done.stderr
+
+
+def test_client_refuses_a_socket_nobody_listens_on(tmp_path):
+    import socket
+
+    path = tmp_path / "control.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()  # a stale socket file left by a killed worker
+    with pytest.raises(ControlError, match="refuses connections"):
+        ControlClient(tmp_path)

@@ -1,0 +1,108 @@
+"""LR changes keep the schedule's shape: after scaling by f the curve is f x the original."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.optim import lr_scheduler
+
+from tuimon.monitor.lr_control import current_lrs, scale_lr, set_lr
+
+
+def make(schedule, lrs=(0.1,), optimizer=torch.optim.SGD, **opt_kwargs):
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    opt = optimizer(groups, **opt_kwargs)
+    return opt, schedule(opt)
+
+
+def curve(opt, sched, steps, at=None, factor=None, plateau_metric=None):
+    """LRs over `steps` scheduler steps; scale by `factor` after step `at`."""
+    lrs = []
+    for step in range(steps):
+        lrs.append(current_lrs(opt))
+        opt.step()
+        if plateau_metric is not None:
+            sched.step(plateau_metric(step))
+        else:
+            sched.step()
+        if step == at:
+            scale_lr(opt, sched, factor)
+    return lrs
+
+
+SCHEDULES = {
+    "cosine": lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=50),
+    "cosine_eta_min": lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=50, eta_min=1e-3),
+    "step": lambda o: lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+    "multistep": lambda o: lr_scheduler.MultiStepLR(o, milestones=[10, 30], gamma=0.1),
+    "exponential": lambda o: lr_scheduler.ExponentialLR(o, gamma=0.95),
+    "lambda": lambda o: lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + e)),
+    "onecycle": lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=60),
+    "warmup_cosine": lambda o: lr_scheduler.SequentialLR(
+        o,
+        [
+            lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=10),
+            lr_scheduler.CosineAnnealingLR(o, T_max=40),
+        ],
+        milestones=[10],
+    ),
+    "polynomial": lambda o: lr_scheduler.PolynomialLR(o, total_iters=50, power=2.0),
+    "warm_restarts": lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=15, eta_min=1e-4),
+    "cyclic": lambda o: lr_scheduler.CyclicLR(o, base_lr=0.01, max_lr=0.1, step_size_up=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("at", [3, 12, 25])
+def test_scaled_schedule_is_f_times_the_original(name, at):
+    factor = 0.5
+    reference = curve(*make(SCHEDULES[name], lrs=(0.1, 0.02)), steps=55)
+    scaled = curve(*make(SCHEDULES[name], lrs=(0.1, 0.02)), steps=55, at=at, factor=factor)
+    for step in range(55):
+        expected = reference[step] if step <= at else [factor * lr for lr in reference[step]]
+        assert scaled[step] == pytest.approx(expected, rel=1e-9, abs=1e-15), (name, step)
+
+
+def test_reduce_on_plateau_continues_from_the_new_value():
+    metric = lambda step: 1.0  # noqa: E731 - never improves: the LR drops every 3 epochs
+    opt, sched = make(lambda o: lr_scheduler.ReduceLROnPlateau(o, factor=0.5, patience=2))
+    lrs = curve(opt, sched, steps=12, at=4, factor=0.1, plateau_metric=metric)
+    after_scale = lrs[5][0]
+    assert after_scale == pytest.approx(lrs[4][0] * 0.1)
+    # Later reductions halve the new value.
+    assert min(lr[0] for lr in lrs[5:]) == pytest.approx(after_scale * 0.5**2)
+
+
+def test_set_lr_sets_group_zero_and_keeps_other_ratios():
+    opt, sched = make(lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=10), lrs=(0.1, 0.01))
+    old, new = set_lr(opt, sched, 0.05)
+    assert old == pytest.approx([0.1, 0.01]) and new == pytest.approx([0.05, 0.005])
+    assert sched.base_lrs == pytest.approx([0.05, 0.005])
+
+
+def test_set_lr_of_one_group_leaves_the_others():
+    opt, sched = make(lambda o: lr_scheduler.StepLR(o, 5), lrs=(0.1, 0.01))
+    set_lr(opt, sched, 0.03, group=1)
+    assert current_lrs(opt) == pytest.approx([0.1, 0.03])
+    assert sched.base_lrs == pytest.approx([0.1, 0.03])
+    with pytest.raises(ValueError, match="param group 2 does not exist"):
+        set_lr(opt, sched, 0.03, group=2)
+
+
+def test_set_lr_from_zero_sets_it_outright():
+    opt, sched = make(lambda o: lr_scheduler.LambdaLR(o, lambda e: 0.0 if e == 0 else 1.0))
+    assert current_lrs(opt) == [0.0]
+    set_lr(opt, sched, 0.2)
+    assert current_lrs(opt) == [0.2] and sched.base_lrs == [0.2]
+
+
+def test_without_scheduler_and_with_tensor_lr():
+    opt, _ = make(lambda o: None, optimizer=torch.optim.Adam)
+    set_lr(opt, None, 0.003)
+    assert current_lrs(opt) == pytest.approx([0.003])
+    param = torch.nn.Parameter(torch.zeros(1))
+    tensor_lr = torch.optim.Adam([param], lr=torch.tensor(0.01))
+    lr_tensor = tensor_lr.param_groups[0]["lr"]
+    scale_lr(tensor_lr, None, 2.0)
+    assert tensor_lr.param_groups[0]["lr"] is lr_tensor  # still the same tensor
+    assert float(lr_tensor) == pytest.approx(0.02)
