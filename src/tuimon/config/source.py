@@ -71,7 +71,7 @@ class ConfigSource:
                 self.locations[tuple(parts[: depth + 1])] = where  # a section the --set made
             elif not isinstance(child, dict):
                 prefix = ".".join(parts[: depth + 1])
-                raise ConfigError([f"{where}: {prefix} is a {type(child).__name__}, not a section"])
+                raise ConfigError([f"{where}: {prefix} is {child!r}, not a section"])
             node = child
         node[parts[-1]] = value
         path: KeyPath = tuple(parts)
