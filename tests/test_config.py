@@ -453,3 +453,17 @@ def test_cli_bad_override_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2, result
     assert "--set train.epocs=3: train.epocs: unknown key (did you mean epochs?)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_problems_in_different_sections_are_reported_together_in_file_order(tmp_path):
+    text = BASE.replace("  batch_size: 8", "  batch_size: 0").replace(
+        "  momentum: 0.9", "  momentun: 0.9"
+    )
+    path = tmp_path / "both.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = caught.value.problems
+    assert len(problems) == 2
+    assert "optimizer.momentun: unknown key (did you mean momentum?)" in problems[0]
+    assert "train.batch_size: must be greater than 0" in problems[1]

@@ -13,7 +13,11 @@ from tuimon.config import callables
 from tuimon.config import schema as _schema_module
 from tuimon.config.schema import (
     Config,
+    LossConfig,
     MLPOptions,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
     StrictModel,
     TorchvisionOptions,
     VGGSmallOptions,
@@ -44,16 +48,43 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def validate(source: ConfigSource) -> Config:
+    """The validated config, or a ConfigError listing every problem in the file at once."""
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, source, (), Config)) from None
-    problems = _check_named_sections(config, source)
+        problems = _pydantic_problems(exc, source, (), Config)
+        # The named sections that did parse can still be checked against torch, so that one
+        # run reports a bad batch_size and a misspelt optimizer argument together.
+        sections = _parsed_sections(source.data)
+        problems += _check_named_sections(source, **sections, trial=False)
+        raise ConfigError(sorted(problems, key=_position)) from None
+    problems = _check_named_sections(
+        source, config.model, config.optimizer, config.scheduler, config.loss
+    )
     if problems:
         raise ConfigError(problems)
     if config.name is None:
         config.name = _default_name(source.origin)
     return config
+
+
+def _position(problem: str) -> tuple[int, int, int]:
+    """Sort key: problems in file order, then those from --set."""
+    match = re.match(r"[^:]*:(\d+):(\d+): ", problem)
+    return (0, int(match[1]), int(match[2])) if match else (1, 0, 0)
+
+
+def _parsed_sections(data: dict[str, Any]) -> dict[str, Any]:
+    sections: dict[str, Any] = {}
+    for key in ("model", "optimizer", "scheduler", "loss"):
+        schema = Config.model_fields[key].annotation
+        model_class = _model_of(schema)
+        raw = data.get(key)
+        try:
+            sections[key] = model_class.model_validate(raw) if isinstance(raw, dict) else None
+        except ValidationError:
+            sections[key] = None
+    return sections
 
 
 def model_options(config: Config) -> BaseModel | None:
@@ -149,37 +180,48 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def _check_named_sections(config: Config, source: ConfigSource) -> list[str]:
-    """Resolve model/optimizer/scheduler/loss names and check their arguments."""
+def _check_named_sections(
+    source: ConfigSource,
+    model: ModelConfig | None,
+    optimizer: OptimizerConfig | None,
+    scheduler: SchedulerConfig | None,
+    loss: LossConfig | None,
+    trial: bool = True,
+) -> list[str]:
+    """Resolve model/optimizer/scheduler/loss names and check their arguments (a section
+    given as None could not be parsed and is skipped)."""
     problems: list[str] = []
-    problems += _check_model(config, source)
-    problems += _check_torch_section(
-        source,
-        "optimizer",
-        config.optimizer.name,
-        callables.optimizer_names,
-        {**config.optimizer.kwargs, "lr": config.optimizer.lr},
-        skip=("params",),
-    )
-    if config.scheduler is not None:
+    if model is not None:
+        problems += _check_model(model, source)
+    if optimizer is not None:
+        problems += _check_torch_section(
+            source,
+            "optimizer",
+            optimizer.name,
+            callables.optimizer_names,
+            {**optimizer.kwargs, "lr": optimizer.lr},
+            skip=("params",),
+        )
+    if scheduler is not None:
         problems += _check_torch_section(
             source,
             "scheduler",
-            config.scheduler.name,
+            scheduler.name,
             callables.scheduler_names,
-            config.scheduler.kwargs,
+            scheduler.kwargs,
             skip=("optimizer",),
         )
-    problems += _check_torch_section(
-        source, "loss", config.loss.name, callables.loss_names, config.loss.kwargs, skip=()
-    )
-    if not problems:
-        problems += _trial_build(config, source)
+    if loss is not None:
+        problems += _check_torch_section(
+            source, "loss", loss.name, callables.loss_names, loss.kwargs, skip=()
+        )
+    if trial and not problems and optimizer is not None and loss is not None:
+        problems += _trial_build(source, optimizer, scheduler, loss)
     return problems
 
 
-def _check_model(config: Config, source: ConfigSource) -> list[str]:
-    name = config.model.name
+def _check_model(model: ModelConfig, source: ConfigSource) -> list[str]:
+    name = model.name
     if ":" in name:
         try:
             builder = callables.resolve_callable(name)
@@ -188,7 +230,7 @@ def _check_model(config: Config, source: ConfigSource) -> list[str]:
         return [
             _located(source, ("model", key), message)
             for key, message in callables.check_kwargs(
-                builder, config.model.kwargs, skip=MODEL_CONTEXT_ARGS
+                builder, model.kwargs, skip=MODEL_CONTEXT_ARGS
             )
         ]
     if name not in BUILTIN_MODEL_OPTIONS:
@@ -206,7 +248,7 @@ def _check_model(config: Config, source: ConfigSource) -> list[str]:
             ]
     schema = BUILTIN_MODEL_OPTIONS.get(name, TorchvisionOptions)
     try:
-        schema.model_validate(config.model.kwargs)
+        schema.model_validate(model.kwargs)
     except ValidationError as exc:
         return _pydantic_problems(exc, source, ("model",), schema)
     return []
@@ -230,7 +272,12 @@ def _check_torch_section(
     ]
 
 
-def _trial_build(config: Config, source: ConfigSource) -> list[str]:
+def _trial_build(
+    source: ConfigSource,
+    optimizer_config: OptimizerConfig,
+    scheduler_config: SchedulerConfig | None,
+    loss_config: LossConfig,
+) -> list[str]:
     """Build optimizer, scheduler and loss once on a dummy parameter.
 
     Torch checks argument values (a negative momentum, betas out of range) only when the
@@ -243,23 +290,23 @@ def _trial_build(config: Config, source: ConfigSource) -> list[str]:
     problems: list[str] = []
     param = torch.nn.Parameter(torch.zeros(1))
     try:
-        optimizer = optimization.build_optimizer(config.optimizer, [param])
+        optimizer = optimization.build_optimizer(optimizer_config, [param])
     except (ValueError, TypeError, RuntimeError) as exc:
-        where = ("optimizer", *_named_key(str(exc), config.optimizer.kwargs))
-        return [_located(source, where, f"{config.optimizer.name} rejected it: {exc}")]
-    if config.scheduler is not None:
+        where = ("optimizer", *_named_key(str(exc), optimizer_config.kwargs))
+        return [_located(source, where, f"{optimizer_config.name} rejected it: {exc}")]
+    if scheduler_config is not None:
         try:
             optimization.build_scheduler(
-                config.scheduler, optimizer, total_steps=100, steps_per_epoch=10
+                scheduler_config, optimizer, total_steps=100, steps_per_epoch=10
             )
         except (ValueError, TypeError, RuntimeError, KeyError) as exc:
-            where = ("scheduler", *_named_key(str(exc), config.scheduler.kwargs))
-            problems.append(_located(source, where, f"{config.scheduler.name} rejected it: {exc}"))
+            where = ("scheduler", *_named_key(str(exc), scheduler_config.kwargs))
+            problems.append(_located(source, where, f"{scheduler_config.name} rejected it: {exc}"))
     try:
-        optimization.build_loss(config.loss)
+        optimization.build_loss(loss_config)
     except (ValueError, TypeError, RuntimeError) as exc:
-        where = ("loss", *_named_key(str(exc), config.loss.kwargs))
-        problems.append(_located(source, where, f"{config.loss.name} rejected it: {exc}"))
+        where = ("loss", *_named_key(str(exc), loss_config.kwargs))
+        problems.append(_located(source, where, f"{loss_config.name} rejected it: {exc}"))
     return problems
 
 

@@ -57,7 +57,8 @@ class DeviceBuffer:
         self._metas.append(meta)
         if isinstance(loss, torch.Tensor):
             self._loss_slots.append(len(self._loss_tensors))
-            self._loss_tensors.append(loss.detach().reshape(()).float())
+            value = loss.detach()
+            self._loss_tensors.append(value if value.dim() == 0 else value.reshape(()))
         else:
             self._loss_slots.append(_to_float(loss))
         if norms is None:
@@ -111,8 +112,8 @@ class DeviceBuffer:
 
 
 def _records(batch: _Batch) -> list[StepRecord]:
-    losses = batch.losses.tolist() if batch.losses is not None else []
-    norms = batch.norms.tolist() if batch.norms is not None else []
+    losses = batch.losses.float().tolist() if batch.losses is not None else []
+    norms = batch.norms.float().tolist() if batch.norms is not None else []
     records = []
     for meta, loss_slot, norm_slot in zip(
         batch.metas, batch.loss_slots, batch.norm_slots, strict=True

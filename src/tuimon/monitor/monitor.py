@@ -9,7 +9,6 @@ training thread, at a step boundary. The built-in trainer uses exactly this obje
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import platform
 import queue
@@ -321,21 +320,24 @@ class Monitor:
         if not records:
             return
         layer_every = self.settings.probes.layer_norms_every
+        with_norms = [r for r in records if r.norms]
+        summaries = dict(
+            zip(
+                map(id, with_norms),
+                self._grads.summarize([r.norms for r in with_norms]),
+                strict=True,
+            )
+        )
         events = []
         for record in records:
             event: dict[str, Any] = {"type": "step", **record.meta, "loss": record.loss}
-            if record.norms:
-                event["grad_norm"] = record.norms[0]
+            if id(record) in summaries:
+                total, layers = summaries[id(record)]
+                event["grad_norm"] = total
                 step = record.meta["step"]
-                if step % layer_every == 0 or not self._layer_norms_logged:
+                if layers and (step % layer_every == 0 or not self._layer_norms_logged):
                     self._layer_norms_logged = True
-                    event["layer_grad_norms"] = {
-                        name: value
-                        for name, value in zip(
-                            self._grads.layer_names, record.norms[1:], strict=False
-                        )
-                        if not math.isnan(value)
-                    }
+                    event["layer_grad_norms"] = layers
             events.append(event)
         memory = _cuda_memory(self.model)
         if memory:
