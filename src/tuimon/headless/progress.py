@@ -93,7 +93,7 @@ class Progress:
         return max(0, self.total_steps - self.step) * self.seconds_per_step
 
     def line(self, name: str) -> str:
-        parts = [f"[{name}]"]
+        parts = []
         epochs = f"/{self.epochs}" if self.epochs else ""
         parts.append(f"epoch {self.epoch + 1}{epochs}")
         if self.total_steps:
@@ -108,4 +108,4 @@ class Progress:
             parts.append(f"{self.samples_per_s:.0f} samples/s")
         if self.total_steps:
             parts.append(f"ETA {format_duration(self.eta)}")
-        return "  ".join(parts)
+        return f"[{name}] " + "  ".join(parts)
