@@ -262,3 +262,46 @@ def test_wrong_arguments_are_refused(tmp_path):
         Monitor(model, "sgd", run_dir=tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"nn\.Module"):
         Monitor(lambda x: x, torch.optim.SGD(model.parameters(), lr=0.1))  # type: ignore
+
+
+def test_update_to_weight_ratio_is_measured_on_probe_steps(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    settings = RunOptions().settings.model_copy(deep=True)
+    settings.probes.update_ratio_every = 3
+    expected = {}
+    with Monitor.configured(
+        model, opt, run_dir=tmp_path / "run", quiet=True, options=RunOptions(settings=settings)
+    ) as mon:
+        for step, (x, y) in enumerate(batches(6), start=1):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            if step % 3 == 0:
+                after = dict(model.named_parameters())
+                delta = {n: (after[n] - before[n]).detach() for n in before}
+                expected[step] = {
+                    layer: float(
+                        torch.sqrt(
+                            sum(delta[n].pow(2).sum() for n in delta if n.startswith(layer + "."))
+                        )
+                        / torch.sqrt(
+                            sum(
+                                after[n].detach().pow(2).sum()
+                                for n in after
+                                if n.startswith(layer + ".")
+                            )
+                        )
+                    )
+                    for layer in ("0", "3")
+                }
+            mon.step(loss)
+    steps = {e["step"]: e for e in events_of(mon) if e["type"] == "step"}
+    assert [s for s, e in steps.items() if "update_ratio" in e] == [3, 6]
+    for step, layers in expected.items():
+        for layer, ratio in layers.items():
+            assert steps[step]["layer_update_ratios"][layer] == pytest.approx(ratio, rel=1e-5)
+        # SGD without momentum: the update is exactly lr x gradient.
+        assert steps[step]["update_ratio"] > 0

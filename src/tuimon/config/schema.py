@@ -183,6 +183,12 @@ class TrainConfig(StrictModel):
 
 class ProbeConfig(StrictModel):
     layer_norms_every: int = Field(20, gt=0, description="steps between per-layer gradient norms")
+    update_ratio_every: int = Field(
+        50, ge=0, description="steps between update-to-weight ratio probes; 0 = off"
+    )
+    update_ratio_every: int = Field(
+        50, ge=0, description="steps between update-to-weight ratio probes; 0 = off"
+    )
 
 
 RuleId = Literal[RULE_IDS]  # type: ignore[valid-type]

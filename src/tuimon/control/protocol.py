@@ -22,7 +22,7 @@ MAX_SCALE = 1000.0
 # Commands that change the run, applied by the training thread at a step boundary.
 RUN_COMMANDS = ("set-lr", "scale-lr", "pause", "resume", "stop", "checkpoint")
 # Commands the server answers itself, at once.
-SERVER_COMMANDS = ("status", "subscribe", "ping")
+SERVER_COMMANDS = ("status", "subscribe", "history", "ping")
 COMMANDS = RUN_COMMANDS + SERVER_COMMANDS
 
 

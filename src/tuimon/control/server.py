@@ -22,6 +22,8 @@ from tuimon.run.event_log import EventLog
 # Handles a validated run command; returns the reply's extra fields or raises ProtocolError.
 CommandHandler = Callable[[protocol.Request], dict[str, Any]]
 StatusProvider = Callable[[], dict[str, Any]]
+# The run so far as one compact snapshot (see run/run_state.py), for clients that attach.
+HistoryProvider = Callable[[], dict[str, Any]]
 
 CLIENT_QUEUE_SIZE = 20_000
 
@@ -33,11 +35,13 @@ class ControlServer:
         log: EventLog,
         on_command: CommandHandler,
         status: StatusProvider,
+        history: HistoryProvider,
     ) -> None:
         self.path = path
         self._log = log
         self._on_command = on_command
         self._status = status
+        self._history = history
         self._sock = listen(path)
         self._clients: set[_Client] = set()
         self._lock = threading.Lock()
@@ -95,6 +99,8 @@ class ControlServer:
                 fields = {"status": self._status()}
             elif request.cmd == "subscribe":
                 fields = {"seq": self._log.subscribe(client.push_event)}
+            elif request.cmd == "history":
+                fields = {"snapshot": self._history()}
             else:
                 fields = self._on_command(request)
             client.send(protocol.reply(request_id, True, **fields))

@@ -1,9 +1,10 @@
 """Per-step values kept on the device and fetched in batches, never one sync per step.
 
-Each step leaves its loss and gradient norms as device tensors. Every `log_every` steps (or
-once a second when steps are slow) they are stacked and copied to the host in one transfer.
-On CUDA the copy goes to pinned memory without blocking and is picked up on a later step
-once its event has completed; on the CPU it is immediate.
+Each step leaves its loss and probe vectors (gradient norms, update norms) as device
+tensors. Every `log_every` steps (or once a second when steps are slow) they are stacked
+and copied to the host in one transfer per kind. On CUDA the copy goes to pinned memory
+without blocking and is picked up on a later step once its event has completed; on the CPU
+it is immediate.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,34 +27,37 @@ class StepRecord:
 
     meta: dict[str, Any]
     loss: float
-    norms: list[float] | None
+    values: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
 class _Batch:
     metas: list[dict[str, Any]]
     loss_slots: list[int | float]  # index into the loss tensor, or the loss itself
-    norm_slots: list[int | None]  # index into the norms tensor
+    slots: list[dict[str, tuple[int, int]]]  # per step: kind -> (row, width) in its tensor
     losses: torch.Tensor | None = None
-    norms: torch.Tensor | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     ready: Any = None  # torch.cuda.Event for an asynchronous copy
 
 
 class DeviceBuffer:
     def __init__(self, log_every: int) -> None:
         self.log_every = log_every
+        self._reset()
+        self._in_flight: deque[_Batch] = deque()
+        self._last_fetch = time.monotonic()
+
+    def _reset(self) -> None:
         self._metas: list[dict[str, Any]] = []
         self._loss_tensors: list[torch.Tensor] = []
         self._loss_slots: list[int | float] = []
-        self._norm_tensors: list[torch.Tensor] = []
-        self._norm_slots: list[int | None] = []
-        self._in_flight: deque[_Batch] = deque()
-        self._last_fetch = time.monotonic()
+        self._rows: dict[str, list[torch.Tensor]] = {}
+        self._slots: list[dict[str, tuple[int, int]]] = []
 
     def __len__(self) -> int:
         return len(self._metas)
 
-    def add(self, meta: dict[str, Any], loss: Any, norms: torch.Tensor | None) -> None:
+    def add(self, meta: dict[str, Any], loss: Any, tensors: dict[str, torch.Tensor | None]) -> None:
         self._metas.append(meta)
         if isinstance(loss, torch.Tensor):
             self._loss_slots.append(len(self._loss_tensors))
@@ -61,11 +65,13 @@ class DeviceBuffer:
             self._loss_tensors.append(value if value.dim() == 0 else value.reshape(()))
         else:
             self._loss_slots.append(_to_float(loss))
-        if norms is None:
-            self._norm_slots.append(None)
-        else:
-            self._norm_slots.append(len(self._norm_tensors))
-            self._norm_tensors.append(norms)
+        slots = {}
+        for kind, tensor in tensors.items():
+            if tensor is not None:
+                rows = self._rows.setdefault(kind, [])
+                slots[kind] = (len(rows), tensor.numel())
+                rows.append(tensor)
+        self._slots.append(slots)
 
     def due(self) -> bool:
         if not self._metas:
@@ -78,18 +84,17 @@ class DeviceBuffer:
         """Stack what is pending and start moving it to the host."""
         if not self._metas:
             return
-        batch = _Batch(self._metas, self._loss_slots, self._norm_slots)
-        batch.losses = _stack(self._loss_tensors)
-        batch.norms = _stack_ragged(self._norm_tensors)
-        device_tensors = [t for t in (batch.losses, batch.norms) if t is not None]
-        if any(t.is_cuda for t in device_tensors):
+        batch = _Batch(self._metas, self._loss_slots, self._slots)
+        batch.losses = torch.stack(self._loss_tensors) if self._loss_tensors else None
+        batch.tensors = {kind: _stack_ragged(rows) for kind, rows in self._rows.items()}
+        on_gpu = [t for t in (batch.losses, *batch.tensors.values()) if t is not None and t.is_cuda]
+        if on_gpu:
             batch.losses = _async_to_host(batch.losses)
-            batch.norms = _async_to_host(batch.norms)
+            batch.tensors = {k: _async_to_host(t) for k, t in batch.tensors.items()}
             batch.ready = torch.cuda.Event()
             batch.ready.record()
         self._in_flight.append(batch)
-        self._metas, self._loss_tensors, self._loss_slots = [], [], []
-        self._norm_tensors, self._norm_slots = [], []
+        self._reset()
         self._last_fetch = time.monotonic()
 
     def collect(self, wait: bool = False) -> list[StepRecord]:
@@ -113,25 +118,17 @@ class DeviceBuffer:
 
 def _records(batch: _Batch) -> list[StepRecord]:
     losses = batch.losses.float().tolist() if batch.losses is not None else []
-    norms = batch.norms.float().tolist() if batch.norms is not None else []
+    rows = {kind: tensor.float().tolist() for kind, tensor in batch.tensors.items()}
     records = []
-    for meta, loss_slot, norm_slot in zip(
-        batch.metas, batch.loss_slots, batch.norm_slots, strict=True
-    ):
+    for meta, loss_slot, slots in zip(batch.metas, batch.loss_slots, batch.slots, strict=True):
         loss = losses[loss_slot] if isinstance(loss_slot, int) else loss_slot
-        row = norms[norm_slot] if norm_slot is not None else None
-        records.append(StepRecord(meta=meta, loss=loss, norms=row))
+        values = {kind: rows[kind][row][:width] for kind, (row, width) in slots.items()}
+        records.append(StepRecord(meta=meta, loss=loss, values=values))
     return records
 
 
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    return torch.stack(tensors) if tensors else None
-
-
-def _stack_ragged(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    """Stack norm vectors; a layer added mid-run makes later rows longer, so pad with NaN."""
-    if not tensors:
-        return None
+def _stack_ragged(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack vectors; a parameter added mid-run makes later rows longer, so pad with NaN."""
     width = max(t.numel() for t in tensors)
     if all(t.numel() == width for t in tensors):
         return torch.stack(tensors)

@@ -31,7 +31,9 @@ from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
 from tuimon.monitor.grad_probe import GradientProbe
+from tuimon.monitor.param_layout import ParamLayout
 from tuimon.monitor.step_timer import StepTimer
+from tuimon.monitor.update_probe import UpdateProbe
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
 from tuimon.run.event_log import EventLog
 from tuimon.run.run_dir import (
@@ -41,6 +43,7 @@ from tuimon.run.run_dir import (
     create_run_dir,
     run_dir_from_env,
 )
+from tuimon.run.run_state import RunState
 from tuimon.system.sampler import SystemSampler
 
 RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
@@ -125,7 +128,11 @@ class Monitor:
             meta["lrs"] = lrs
         if samples and step_time > 0:
             meta["samples_per_s"] = samples / step_time
-        self._buffer.add(meta, loss, sample.norms if sample is not None else None)
+        self._buffer.add(
+            meta,
+            loss,
+            {"grad": sample.norms if sample is not None else None, "update": self._updates.take()},
+        )
         if self._buffer.due():
             self._buffer.start_transfer()
         self._emit_steps(self._buffer.collect())
@@ -197,6 +204,7 @@ class Monitor:
         self._log.close()
         self._server.close()
         self._grads.remove()
+        self._updates.remove()
         self._timer.remove()
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._previous_excepthook
@@ -258,21 +266,32 @@ class Monitor:
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
 
         self._log = EventLog(self.run_dir / EVENTS_FILE)
+        # Kept up to date on the log's writer thread, served whole to clients that attach.
+        self.history = RunState(smoothing=self.settings.smoothing)
+        self._log.subscribe(self.history.apply)
         if not quiet:
             self._log.subscribe(
                 ConsoleReporter(
                     self.name, self.settings.print_every, smoothing=self.settings.smoothing
                 )
             )
-        self._grads = GradientProbe(model, optimizer)
+        self._layout = ParamLayout(model, optimizer)
+        self._grads = GradientProbe(self._layout, optimizer)
         self._grads.clip = options.grad_clip
+        self._updates = UpdateProbe(
+            self._layout, optimizer, self.settings.probes.update_ratio_every
+        )
         self._timer = StepTimer(model)
         self._buffer = DeviceBuffer(self.settings.log_every)
         self._log.emit(self._start_event())
         self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
         self._sampler.start()
         self._server = ControlServer(
-            self.run_dir / CONTROL_SOCKET, self._log, on_command=self._submit, status=self._status
+            self.run_dir / CONTROL_SOCKET,
+            self._log,
+            on_command=self._submit,
+            status=self._status,
+            history=self.history.snapshot,
         )
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
@@ -295,7 +314,7 @@ class Monitor:
                 "class": type(self.model).__name__,
                 "params": sum(p.numel() for p in params),
                 "trainable": sum(p.numel() for p in params if p.requires_grad),
-                "layers": list(self._grads.layer_names),
+                "layers": list(self._layout.layer_names),
             },
             "optimizer": {
                 "class": type(self.optimizer).__name__,
@@ -320,24 +339,28 @@ class Monitor:
         if not records:
             return
         layer_every = self.settings.probes.layer_norms_every
-        with_norms = [r for r in records if r.norms]
-        summaries = dict(
+        with_grads = [r for r in records if "grad" in r.values]
+        grads = dict(
             zip(
-                map(id, with_norms),
-                self._grads.summarize([r.norms for r in with_norms]),
+                map(id, with_grads),
+                self._layout.reduce([r.values["grad"] for r in with_grads]),
                 strict=True,
             )
         )
         events = []
         for record in records:
             event: dict[str, Any] = {"type": "step", **record.meta, "loss": record.loss}
-            if id(record) in summaries:
-                total, layers = summaries[id(record)]
+            if id(record) in grads:
+                total, layers = grads[id(record)]
                 event["grad_norm"] = total
                 step = record.meta["step"]
                 if layers and (step % layer_every == 0 or not self._layer_norms_logged):
                     self._layer_norms_logged = True
                     event["layer_grad_norms"] = layers
+            if "update" in record.values:
+                ratio, layer_ratios = self._updates.reduce(record.values["update"])
+                event["update_ratio"] = ratio
+                event["layer_update_ratios"] = layer_ratios
             events.append(event)
         memory = _cuda_memory(self.model)
         if memory:

@@ -1,0 +1,139 @@
+"""A run's state from its events, and the snapshot a worker hands to clients that attach."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tuimon.run.run_state import RunState, load_run_state
+
+
+def events(steps=50, start_time=1000.0):
+    seq = iter(range(1, 10_000))
+    out = [
+        {
+            "type": "start",
+            "seq": next(seq),
+            "time": start_time,
+            "name": "demo",
+            "total_steps": 100,
+            "steps_per_epoch": 20,
+            "settings": {"smoothing": 0.5},
+        }
+    ]
+    for step in range(1, steps + 1):
+        out.append(
+            {
+                "type": "step",
+                "seq": next(seq),
+                "time": start_time + step,
+                "step": step,
+                "epoch": (step - 1) // 20,
+                "loss": 1.0 / step,
+                "lr": 0.1,
+                "grad_norm": 2.0,
+                "step_time": 1.0,
+                "data_time": 0.25,
+                "samples": 32,
+            }
+        )
+        if step % 10 == 0:
+            out.append(
+                {
+                    "type": "metrics",
+                    "seq": next(seq),
+                    "time": start_time + step,
+                    "step": step,
+                    "val_loss": 0.5,
+                    "val_acc": 0.8,
+                }
+            )
+        if step % 7 == 0:
+            out.append(
+                {
+                    "type": "system",
+                    "seq": next(seq),
+                    "time": start_time + step,
+                    "host": {"cpu_percent": 50.0},
+                    "gpus": [{"index": 0, "util": 90, "mem_used": 4, "mem_total": 8}],
+                }
+            )
+    out.append(
+        {
+            "type": "control",
+            "seq": next(seq),
+            "time": start_time + steps,
+            "command": "pause",
+            "old": "running",
+            "new": "paused",
+            "step": steps,
+        }
+    )
+    return out
+
+
+def test_state_from_events():
+    state = RunState()
+    state.apply_many(events())
+    assert state.name == "demo" and state.status == "paused" and state.step == 50
+    assert state.series["loss"].total == 50 and state.series["lr/0"].latest == 0.1
+    assert state.series["metrics/val_loss"].total == 5
+    assert state.series["loss"].column("time")[-1] == 50.0  # elapsed since start
+    assert state.series["loss"].column("epoch")[-1] == 2.5  # fractional: 50 / 20
+    rates = state.rates()
+    assert rates["samples_per_s"] == 32 and rates["data_wait_share"] == 0.25
+    assert state.eta() == pytest.approx(50.0)
+    assert list(state.gpu_history[0]["mem"]) == [50.0] * 7
+    # Smoothing follows the run's own setting: 0.5, debiased.
+    assert state.series["loss_ema"].latest == pytest.approx(
+        _debiased([1.0 / s for s in range(1, 51)], 0.5)
+    )
+
+
+def _debiased(values, weight):
+    biased = 0.0
+    for value in values:
+        biased = weight * biased + (1 - weight) * value
+    return biased / (1 - weight ** len(values))
+
+
+def test_snapshot_round_trips_through_json_and_skips_what_it_holds():
+    all_events = events(60)
+    state = RunState()
+    state.apply_many(all_events[:40])
+    wire = json.loads(json.dumps(state.snapshot()))
+    again = RunState.from_snapshot(wire)
+    assert again.seq == state.seq and again.step == state.step
+    # Live events arrive from an earlier seq than the snapshot's: the overlap is skipped.
+    again.apply_many(all_events[30:])
+    reference = RunState()
+    reference.apply_many(all_events)
+    assert again.series["loss"].total == reference.series["loss"].total == 60
+    for name in ("loss", "loss_ema", "grad_norm", "lr/0"):
+        assert again.series[name].column("hi").tolist() == pytest.approx(
+            reference.series[name].column("hi").tolist()
+        )
+    assert again.status == reference.status == "paused"
+
+
+def test_end_failed_and_non_finite_loss():
+    state = RunState()
+    state.apply_many(
+        [
+            *events(5),
+            {"type": "step", "seq": 100, "step": 6, "loss": math.nan, "time": 1006},
+            {"type": "end", "seq": 101, "status": "failed", "error": "Traceback...", "elapsed": 6},
+        ]
+    )
+    assert state.status == "failed" and state.end["error"] == "Traceback..."
+    assert state.series["loss"].non_finite == 1
+    assert state.eta() is None and state.elapsed() == 6
+
+
+def test_load_from_a_log_file(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events(30)))
+    state = load_run_state(path)
+    assert state.step == 30 and state.series["loss"].total == 30
