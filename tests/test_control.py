@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tuimon.control.client import ControlClient, ControlError
+from tuimon.run.run_state import RunState
 
 from conftest import ENDLESS_CONFIG, wait_for, worker_env
 
@@ -40,6 +41,11 @@ def test_set_lr_applies_at_a_step_boundary(write_config, start_worker):
         after = [wait_for(client, is_step)[0] for _ in range(3)]
         assert [e["step"] for e in after] == [control["step"] + i for i in (1, 2, 3)]
         assert all(e["lr"] == pytest.approx(0.01) for e in after)
+        # An attaching client gets the whole run so far as one snapshot.
+        history = RunState.from_snapshot(client.request("history")["snapshot"])
+        assert history.name == "endless" and history.series["loss"].total >= after[-1]["step"]
+        assert [c["command"] for c in history.controls] == ["set-lr"]
+        assert history.series["lr/0"].latest == pytest.approx(0.01)
         client.request("stop")
     assert worker.wait_exit() == 0
 

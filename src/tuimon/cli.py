@@ -15,15 +15,20 @@ DESCRIPTION = """\
 Run a training job from a config, or talk to a run:
 
   tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
+  tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor
+  tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
+  tuimon replay RUN_DIR                  a run's whole history, read-only
   tuimon ctl RUN_DIR set-lr X | scale-lr F | pause | resume | stop | checkpoint | status
 """
+
+SUBCOMMANDS = ("ctl", "run", "attach", "replay")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] == "ctl":
-            return ctl_command(args[1:])
+        if args and args[0] in SUBCOMMANDS:
+            return COMMANDS[args[0]](args[1:])
         return config_command(args)
     except UsageError as exc:
         print(f"tuimon: error: {exc}", file=sys.stderr)
@@ -31,6 +36,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tuimon: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _lr_factor(value: str) -> float:
+    from tuimon.control.protocol import ProtocolError, validate_factor
+
+    try:
+        factor = validate_factor(value)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if factor == 1:
+        raise argparse.ArgumentTypeError("an LR factor of 1 changes nothing")
+    return factor
+
+
+def _add_lr_factor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lr-factor",
+        type=_lr_factor,
+        default=2.0,
+        metavar="F",
+        help="what + and - multiply and divide the LR by (default 2)",
+    )
 
 
 def config_command(args: list[str]) -> int:
@@ -53,16 +80,68 @@ def config_command(args: list[str]) -> int:
     )
     parser.add_argument("--run-dir", help="directory of this run (default runs/NAME-TIME/)")
     parser.add_argument("--quiet", action="store_true", help="print nothing; still log")
+    _add_lr_factor(parser)
+    # Set by the UI for the worker it starts: output already goes to the run's log.
+    parser.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=_version())
     options = parser.parse_args(args)
 
     from tuimon.config import load_config
 
     config = load_config(options.config, options.overrides)
+    if not options.headless and sys.stdout.isatty():
+        from tuimon.launch import launch_config
+
+        assert config.name is not None
+        return launch_config(
+            options.config, options.overrides, config.name, options.run_dir, options.lr_factor
+        )
 
     from tuimon.worker import run_config
 
-    return run_config(config, run_dir=options.run_dir, quiet=options.quiet)
+    return run_config(
+        config, run_dir=options.run_dir, quiet=options.quiet, capture_output=not options.detached
+    )
+
+
+def run_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tuimon run",
+        description="Run your own training script (which uses "
+        "tuimon.Monitor) as the worker, with the UI attached.",
+    )
+    _add_lr_factor(parser)
+    parser.add_argument("script", help="the Python script")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    options = parser.parse_args(args)
+    from tuimon.launch import launch_script
+
+    return launch_script(options.script, options.args, options.lr_factor)
+
+
+def attach_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tuimon attach", description="Open the UI on a running job."
+    )
+    parser.add_argument(
+        "run_dir", nargs="?", help="the run (default: the newest still running under runs/)"
+    )
+    _add_lr_factor(parser)
+    options = parser.parse_args(args)
+    from tuimon.launch import attach
+
+    return attach(options.run_dir, options.lr_factor)
+
+
+def replay_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tuimon replay", description="Show a run's whole history, read-only."
+    )
+    parser.add_argument("run_dir", help="the run's directory")
+    options = parser.parse_args(args)
+    from tuimon.launch import replay
+
+    return replay(options.run_dir)
 
 
 def ctl_command(args: list[str]) -> int:
@@ -117,6 +196,14 @@ def ctl_command(args: list[str]) -> int:
     except ControlError as exc:
         print(f"tuimon ctl: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+COMMANDS = {
+    "ctl": ctl_command,
+    "run": run_command,
+    "attach": attach_command,
+    "replay": replay_command,
+}
 
 
 def _await_applied(client: Any, request_id: Any, wait: float) -> int:

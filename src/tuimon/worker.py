@@ -6,6 +6,7 @@ in a detached process and attaches to it through the control socket.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import traceback
@@ -27,6 +28,7 @@ def run_config(
     run_dir: str | Path | None = None,
     quiet: bool = False,
     handle_signals: bool = True,
+    capture_output: bool = True,
 ) -> int:
     """Set up and train; returns the process exit code. Bad setup raises UsageError."""
     trainer = Trainer(config)
@@ -37,7 +39,8 @@ def run_config(
         yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
     interrupted = _SignalStop(trainer)
-    with tee_output(path / OUTPUT_FILE):
+    # A detached worker's stdout and stderr already are the run's output file.
+    with tee_output(path / OUTPUT_FILE) if capture_output else contextlib.nullcontext():
         if handle_signals:
             interrupted.install()
         try:

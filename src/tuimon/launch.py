@@ -1,0 +1,128 @@
+"""Start a worker detached from this terminal, and open the UI on a run.
+
+The worker runs in its own process session with its output going to the run directory,
+so closing the terminal (an SSH drop, SIGHUP) ends only the UI; `tuimon attach` comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuimon.control.client import is_alive
+from tuimon.errors import EXIT_OK, UsageError
+from tuimon.run.run_dir import (
+    DEFAULT_BASE,
+    EVENTS_FILE,
+    OUTPUT_FILE,
+    RUN_DIR_ENV,
+    create_run_dir,
+)
+
+
+def launch_config(
+    config_path: str, overrides: Sequence[str], name: str, run_dir: str | None, lr_factor: float
+) -> int:
+    """`tuimon CONFIG` in a terminal: the job in a detached worker, the UI attached to it."""
+    path = create_run_dir(name, run_dir)
+    command = [
+        sys.executable,
+        "-m",
+        "tuimon",
+        config_path,
+        "--headless",
+        "--detached",
+        "--run-dir",
+        str(path),
+    ]
+    for override in overrides:
+        command += ["--set", override]
+    worker = _spawn(command, path, dict(os.environ))
+    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+
+
+def launch_script(script: str, args: Sequence[str], lr_factor: float) -> int:
+    """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
+    source = Path(script)
+    if not source.is_file():
+        raise UsageError(f"{script}: no such script")
+    path = create_run_dir(source.stem or "run")
+    env = dict(os.environ, **{RUN_DIR_ENV: str(path)})
+    worker = _spawn([sys.executable, str(source), *args], path, env)
+    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+
+
+def attach(run_dir: str | None, lr_factor: float) -> int:
+    """`tuimon attach [RUN_DIR]`: the UI on a running job (default: the newest alive)."""
+    path = Path(run_dir) if run_dir else newest_alive_run()
+    if not (path / EVENTS_FILE).exists() and not is_alive(path):
+        raise UsageError(f"{path} is not a run directory (no {EVENTS_FILE}, no live worker)")
+    return run_app(path, lr_factor=lr_factor)
+
+
+def replay(run_dir: str) -> int:
+    """`tuimon replay RUN_DIR`: a run's whole history from its log, read-only."""
+    path = Path(run_dir)
+    if not (path / EVENTS_FILE).is_file():
+        raise UsageError(f"{path}: no {EVENTS_FILE} here, so nothing to replay")
+    return run_app(path, replay=True)
+
+
+def find_runs(base: Path = DEFAULT_BASE) -> list[Path]:
+    """Run directories under `base`, newest first (by when their log last changed)."""
+    if not base.is_dir():
+        return []
+    runs = [p for p in base.iterdir() if (p / EVENTS_FILE).is_file()]
+    return sorted(runs, key=lambda p: (p / EVENTS_FILE).stat().st_mtime, reverse=True)
+
+
+def newest_alive_run(base: Path = DEFAULT_BASE) -> Path:
+    for path in find_runs(base):
+        if is_alive(path):
+            return path
+    raise UsageError(
+        f"no running run found under {base}/ (tuimon attach RUN_DIR for "
+        "another place; tuimon replay RUN_DIR shows a finished run)"
+    )
+
+
+def run_app(
+    run_dir: Path,
+    *,
+    replay: bool = False,
+    launched: bool = False,
+    worker: subprocess.Popen[bytes] | None = None,
+    lr_factor: float = 2.0,
+) -> int:
+    if os.environ.get("SSH_CONNECTION"):
+        # Fewer, cheaper frames over the network; must be set before Textual is imported.
+        os.environ.setdefault("TEXTUAL_FPS", "5")
+        os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
+    from tuimon.ui.app import TuimonApp
+
+    app = TuimonApp(run_dir, replay=replay, launched=launched, worker=worker, lr_factor=lr_factor)
+    app.run()
+    if launched and worker is not None and worker.poll() is None:
+        if app.stopped_run:
+            print(f"Stopping the run; it saves a checkpoint in {run_dir}")
+        else:
+            print(f"The run goes on in the background. Reattach with: tuimon attach {run_dir}")
+    return EXIT_OK
+
+
+def _spawn(command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    output = (run_dir / OUTPUT_FILE).open("ab")
+    try:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        output.close()

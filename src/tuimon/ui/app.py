@@ -1,0 +1,350 @@
+"""The tuimon app: live panels for one run, and keys that steer it.
+
+Data flow: a connection thread (ui/connection.py) applies the run's events to a RunState
+and posts coalesced messages; a timer redraws the panels at most `fps` times a second, each
+only if what it shows changed. Keys send commands over the run's control socket from
+short-lived thread workers; their effect comes back as `control` events like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.containers import Container, Horizontal
+from textual.events import Resize
+from textual.widgets import Footer
+
+from tuimon.control.client import ControlClient, ControlError
+from tuimon.headless.progress import format_value
+from tuimon.run.run_dir import OUTPUT_FILE
+from tuimon.run.run_state import RunState
+from tuimon.ui import keymap
+from tuimon.ui.connection import ReplayLoader, RunConnection
+from tuimon.ui.messages import CommandResult, ConnectionChanged, StateChanged, StateReplaced
+from tuimon.ui.plotting import ViewOptions
+from tuimon.ui.screens.choice_screen import ChoiceScreen
+from tuimon.ui.screens.help_screen import HelpScreen
+from tuimon.ui.screens.lr_screen import LRScreen
+from tuimon.ui.screens.text_screen import TextScreen
+from tuimon.ui.widgets.doctor_panel import DoctorPanel, describe_action
+from tuimon.ui.widgets.gpu_panel import GpuPanel
+from tuimon.ui.widgets.grad_panel import GradPanel
+from tuimon.ui.widgets.host_panel import HostPanel
+from tuimon.ui.widgets.loss_panel import LossPanel
+from tuimon.ui.widgets.lr_panel import LRPanel
+from tuimon.ui.widgets.panel import Panel
+from tuimon.ui.widgets.status_bar import StatusBar
+
+NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
+SHORT_HEIGHT = 32  # below this GPU | Host shrink to two lines each
+FINAL_STATES = ("completed", "stopped", "failed")
+OUTPUT_TAIL_LINES = 2000
+
+
+def default_fps() -> float:
+    """Redraws per second: 10 locally, 4 over SSH where every frame crosses the network."""
+    return 4.0 if os.environ.get("SSH_CONNECTION") else 10.0
+
+
+class TuimonApp(App[None]):
+    CSS_PATH = "styles.tcss"
+    TITLE = "tuimon"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = keymap.bindings()
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        replay: bool = False,
+        launched: bool = False,
+        worker: subprocess.Popen[bytes] | None = None,
+        lr_factor: float = 2.0,
+        fps: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.replay = replay
+        self.launched = launched
+        self.worker = worker
+        self.lr_factor = lr_factor
+        self.fps = fps or default_fps()
+        self.state = RunState()
+        self.options = ViewOptions()
+        self.connection_status = "loading" if replay else "connecting"
+        self.connection_detail = ""
+        self.stopped_run = False  # the user quit with "stop the run"
+        self._announced_controls = 0
+        self._announced_alerts = 0
+        self._connection: RunConnection | ReplayLoader | None = None
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        with Horizontal(id="top"):
+            yield LossPanel(id="loss")
+            yield DoctorPanel(id="doctor")
+        with Container(id="middle"):
+            yield LRPanel(id="lr")
+            yield GradPanel(id="grad")
+            with Container(id="system"):
+                yield GpuPanel(id="gpu")
+                yield HostPanel(id="host")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.replay:
+            self._connection = ReplayLoader(self.run_dir, self.post_message)
+        else:
+            self._connection = RunConnection(self.run_dir, self.post_message, self._worker_alive)
+        self._connection.start()
+        self._fit_layout()
+        self.query_one(DoctorPanel).focus()
+        self.set_interval(1 / self.fps, self.refresh_panels)
+
+    def on_unmount(self) -> None:
+        if self._connection is not None:
+            self._connection.stop()
+
+    def on_resize(self, event: Resize) -> None:
+        self._fit_layout()
+
+    def _fit_layout(self) -> None:
+        self.screen.set_class(self.size.width < NARROW_WIDTH, "-narrow")
+        self.screen.set_class(self.size.height < SHORT_HEIGHT, "-short")
+
+    # -- drawing --------------------------------------------------------------------------
+
+    def refresh_panels(self) -> None:
+        self.query_one(StatusBar).shown_state = self.shown_state
+        for panel in self.query(Panel):
+            panel.refresh_view(self.state, self.options)
+        self._announce_news()
+
+    @property
+    def shown_state(self) -> str:
+        """The run's state as the user should see it, connection included."""
+        if self.replay:
+            return "replay"
+        status = self.state.status
+        if status in FINAL_STATES:
+            return status
+        if self.connection_status == "worker-exited":
+            return "failed"
+        if self.connection_status in ("connecting", "starting") and self.state.start is None:
+            return "starting"
+        if self.connection_status == "disconnected":
+            return "disconnected"
+        return status
+
+    def _announce_news(self) -> None:
+        """Toasts for what changed: applied commands and new alerts."""
+        controls = list(self.state.controls)
+        for control in controls[self._announced_controls :]:
+            old, new = control.get("old"), control.get("new")
+            self.notify(
+                f"{control.get('command')} at step {control.get('step')}: "
+                f"{_show(old)} → {_show(new)}",
+                title=f"applied ({control.get('source')})",
+            )
+        self._announced_controls = len(controls)
+        alerts = list(self.state.alerts)
+        for alert in alerts[self._announced_alerts :]:
+            self.notify(
+                str(alert.get("message", "")),
+                title=str(alert.get("rule")),
+                severity="error" if alert.get("severity") == "error" else "warning",
+            )
+        self._announced_alerts = len(alerts)
+
+    # -- messages from the connection -----------------------------------------------------
+
+    @on(StateReplaced)
+    def replace_state(self, message: StateReplaced) -> None:
+        self.state = message.state
+        # History is not news: only what happens from now on gets a toast.
+        self._announced_controls = len(self.state.controls)
+        self._announced_alerts = len(self.state.alerts)
+        self.refresh_panels()
+
+    @on(StateChanged)
+    def state_changed(self) -> None:
+        pass  # the timer redraws; the message only wakes the app
+
+    @on(ConnectionChanged)
+    def connection_changed(self, message: ConnectionChanged) -> None:
+        before, self.connection_status = self.connection_status, message.status
+        self.connection_detail = message.detail
+        if message.status == "disconnected" and before == "connected":
+            self.notify("lost the run's socket; reconnecting…", severity="warning")
+        elif message.status == "connected" and before == "disconnected":
+            self.notify("reconnected to the run")
+        elif message.status == "worker-exited":
+            code = self.worker.poll() if self.worker is not None else None
+            self.notify(
+                f"the worker exited (code {code}) before the run started: press e",
+                severity="error",
+                timeout=30,
+            )
+        elif message.status == "ended":
+            self.notify(f"the run has ended: {self.state.status}")
+        self.refresh_panels()
+
+    @on(CommandResult)
+    def command_result(self, message: CommandResult) -> None:
+        if message.ok:
+            self.notify(message.detail, title=message.command)
+        else:
+            self.notify(message.detail, title=f"{message.command} refused", severity="error")
+
+    def _worker_alive(self) -> bool | None:
+        if self.worker is None:
+            return None
+        return self.worker.poll() is None
+
+    # -- commands -------------------------------------------------------------------------
+
+    def send(self, cmd: str, **args: Any) -> None:
+        if self.replay:
+            self.notify("a replay is read-only", severity="warning")
+            return
+        if self.shown_state in FINAL_STATES:
+            self.notify(f"the run has ended ({self.shown_state})", severity="warning")
+            return
+        self._send(cmd, args)
+
+    @work(thread=True, group="commands", exit_on_error=False)
+    def _send(self, cmd: str, args: dict[str, Any]) -> None:
+        try:
+            with ControlClient(self.run_dir, timeout=5) as client:
+                client.request(cmd, source="ui", **args)
+            detail = f"sent {describe_action({'cmd': cmd, **args})}: applies at the next step"
+            self.post_message(CommandResult(cmd, True, detail))
+        except (ControlError, OSError) as exc:
+            self.post_message(CommandResult(cmd, False, str(exc)))
+
+    def action_scale_lr_up(self) -> None:
+        self.send("scale-lr", factor=self.lr_factor)
+
+    def action_scale_lr_down(self) -> None:
+        self.send("scale-lr", factor=1 / self.lr_factor)
+
+    def action_type_lr(self) -> None:
+        lr = self.state.series.get("lr/0")
+
+        def chosen(value: float | None) -> None:
+            if value is not None:
+                self.send("set-lr", value=value)
+
+        self.push_screen(LRScreen(lr.latest if lr else None), chosen)
+
+    def action_toggle_pause(self) -> None:
+        self.send("resume" if self.state.status == "paused" else "pause")
+
+    def action_checkpoint(self) -> None:
+        self.send("checkpoint")
+
+    def action_stop_run(self) -> None:
+        if self.replay or self.shown_state in FINAL_STATES:
+            self.notify("there is no running run to stop", severity="warning")
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                self.send("stop")
+
+        self.push_screen(
+            ChoiceScreen(
+                "Stop the run? It saves a checkpoint, then ends.",
+                [("stop", "Stop the run", "error"), ("cancel", "Keep training", "default")],
+            ),
+            chosen,
+        )
+
+    def action_apply_alert(self) -> None:
+        alert = self.query_one(DoctorPanel).selected_alert
+        if not alert or not alert.get("action"):
+            self.notify("the selected alert has no action to apply", severity="warning")
+            return
+        action = dict(alert["action"])
+        self.send(action.pop("cmd"), **action)
+
+    def action_toggle_log(self) -> None:
+        self.options = ViewOptions(not self.options.log_y, self.options.x_mode)
+        self.refresh_panels()
+
+    def action_cycle_x(self) -> None:
+        self.options = self.options.next_x_mode()
+        self.notify(f"x axis: {self.options.x_mode}")
+        self.refresh_panels()
+
+    def action_show_error(self) -> None:
+        error = (self.state.end or {}).get("error")
+        if error:
+            self.push_screen(TextScreen("The run failed with this traceback", str(error)))
+        elif self.connection_status == "worker-exited":
+            self.push_screen(
+                TextScreen(
+                    "The worker exited before the run started: its output", self.output_tail()
+                )
+            )
+        else:
+            self.notify("no error: the run has not failed", severity="information")
+
+    def action_show_output(self) -> None:
+        self.push_screen(
+            TextScreen(f"Output of the run ({self.run_dir / OUTPUT_FILE})", self.output_tail())
+        )
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_quit_ui(self) -> None:
+        if not (self.launched and self.shown_state in ("running", "paused", "starting")):
+            self.exit()
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                try:
+                    with ControlClient(self.run_dir, timeout=5) as client:
+                        client.request("stop", source="ui")
+                except (ControlError, OSError) as exc:
+                    self.notify(f"could not stop the run: {exc}", severity="error")
+                    return
+                self.stopped_run = True
+                self.exit()
+            elif choice == "leave":
+                self.exit()
+
+        self.push_screen(
+            ChoiceScreen(
+                "Quit tuimon. Stop the run too, or leave it running (tuimon attach reconnects)?",
+                [
+                    ("stop", "Stop the run", "error"),
+                    ("leave", "Leave it running", "primary"),
+                    ("cancel", "Cancel", "default"),
+                ],
+            ),
+            chosen,
+        )
+
+    def output_tail(self) -> str:
+        path = self.run_dir / OUTPUT_FILE
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            return f"(no output: {exc})"
+        return "\n".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output yet)"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return format_value(value)
+    return str(value)

@@ -1,0 +1,51 @@
+"""Every key of the app in one place: the bindings and the help screen both read this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    keys: str  # Textual key names, comma-separated
+    action: str
+    description: str
+    id: str
+    display: str
+    help: str
+    show: bool = True
+
+
+KEYS: tuple[Key, ...] = (
+    Key("plus", "scale_lr_up", "LR ×f", "lr-up", "+", "multiply the LR by the factor (default 2)"),
+    Key("minus", "scale_lr_down", "LR ÷f", "lr-down", "-", "divide the LR by the factor"),
+    Key("l", "type_lr", "Set LR", "lr-set", "l", "type an exact learning rate"),
+    Key("p", "toggle_pause", "Pause", "pause", "p", "pause or resume at the next step"),
+    Key("s", "checkpoint", "Checkpoint", "checkpoint", "s", "save a checkpoint now"),
+    Key("x", "stop_run", "Stop", "stop", "x", "stop the run (asks first; saves a checkpoint)"),
+    Key(
+        "a",
+        "apply_alert",
+        "Apply fix",
+        "apply",
+        "a",
+        "apply the selected alert's suggested action (↑/↓ select)",
+    ),
+    Key("y", "toggle_log", "Log y", "log-y", "y", "log scale for the loss plot"),
+    Key("t", "cycle_x", "X axis", "x-axis", "t", "x axis: step → epoch → elapsed time"),
+    Key("e", "show_error", "Error", "error", "e", "show the traceback of a failed run"),
+    Key("o", "show_output", "Output", "output", "o", "show the run's stdout/stderr"),
+    Key("question_mark", "help", "Help", "help", "?", "this help"),
+    Key(
+        "q", "quit_ui", "Quit", "quit", "q", "quit the UI (asks whether to stop a run it launched)"
+    ),
+)
+
+
+def bindings() -> list[Binding]:
+    return [
+        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.display, id=k.id)
+        for k in KEYS
+    ]

@@ -1,0 +1,169 @@
+"""Curves from a RunState, decimated to the plot's width, drawn by plotext into Rich Text.
+
+plotext keeps its figure in module state, so it is only ever called from the UI thread.
+It never sees more than about 2 x width points per curve (see series/decimate.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotext as plt
+from rich.text import Text
+
+from tuimon.headless.progress import format_value
+from tuimon.run.run_state import RunState
+from tuimon.series.decimate import minmax_columns
+
+X_MODES = ("step", "epoch", "time")
+X_LABELS = {"step": "step", "epoch": "epoch", "time": "elapsed s"}
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    log_y: bool = False
+    x_mode: str = "step"
+
+    def next_x_mode(self) -> ViewOptions:
+        mode = X_MODES[(X_MODES.index(self.x_mode) + 1) % len(X_MODES)]
+        return ViewOptions(self.log_y, mode)
+
+
+@dataclass
+class Curve:
+    xs: np.ndarray
+    ys: np.ndarray
+    color: str
+    points: bool = False  # scatter instead of a line
+
+
+@dataclass
+class PlotSpec:
+    curves: list[Curve] = field(default_factory=list)
+    vlines: list[tuple[float, str]] = field(default_factory=list)
+    log_y: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not any(c.xs.size for c in self.curves)
+
+
+def series_curve(
+    state: RunState,
+    name: str,
+    options: ViewOptions,
+    width: int,
+    color: str,
+    points: bool = False,
+    log_y: bool = False,
+) -> Curve | None:
+    series = state.series.get(name)
+    if series is None or not len(series):
+        return None
+    x = series.column(options.x_mode)
+    if points:
+        ys = series.column("last")
+        keep = np.isfinite(x) & np.isfinite(ys) & ((ys > 0) if log_y else True)
+        return Curve(x[keep], ys[keep], color, points=True)
+    lo, hi = series.column("lo"), series.column("hi")
+    if log_y:
+        lo = np.where(lo > 0, lo, np.where(hi > 0, hi, np.nan))
+        hi = np.where(hi > 0, hi, np.nan)
+    xs, ys = minmax_columns(x, lo, hi, width)
+    return Curve(xs, ys, color)
+
+
+def x_of(state: RunState, event: dict, options: ViewOptions) -> float | None:
+    """Where an event (a control, an alert) falls on the current x axis."""
+    step = event.get("step")
+    if options.x_mode == "time":
+        elapsed = state.elapsed_at(event.get("time"))
+        return None if math.isnan(elapsed) else elapsed
+    if not isinstance(step, int | float):
+        return None
+    if options.x_mode == "epoch":
+        per_epoch = (state.start or {}).get("steps_per_epoch")
+        return step / per_epoch if isinstance(per_epoch, int) and per_epoch else None
+    return float(step)
+
+
+def render_plot(spec: PlotSpec, width: int, height: int, x_label: str = "") -> Text:
+    """The plot as Rich Text of exactly `height` lines no wider than `width`."""
+    if width < 10 or height < 3:
+        return Text("")
+    if spec.empty:
+        return Text("waiting for data…", style="dim")
+    plt.clf()
+    plt.limitsize(False, False)  # plotext would otherwise clip to its idea of the terminal
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    plt.frame(False)
+    for curve in spec.curves:
+        if not curve.xs.size:
+            continue
+        xs, ys = curve.xs.tolist(), curve.ys.tolist()
+        if curve.points:
+            plt.scatter(xs, ys, marker="dot", color=curve.color)
+        else:
+            plt.plot(xs, ys, marker="braille", color=curve.color)
+    for x, color in spec.vlines:
+        plt.vline(x, color)
+    if spec.log_y:
+        plt.yscale("log")
+    ticks = y_ticks(spec, max(2, min(5, height // 3)))
+    if ticks:
+        plt.yticks(ticks, tick_labels(ticks))
+    if x_label and height >= 8:
+        plt.xlabel(x_label)
+    text = Text.from_ansi(plt.build().rstrip("\n"))
+    text.no_wrap = True
+    text.overflow = "crop"
+    return text
+
+
+def y_ticks(spec: PlotSpec, count: int) -> list[float]:
+    """A few evenly spaced y ticks (log-spaced on a log axis) with short labels."""
+    values = [c.ys[np.isfinite(c.ys)] for c in spec.curves if c.ys.size]
+    ys = np.concatenate(values) if values else np.empty(0)
+    if spec.log_y:
+        ys = ys[ys > 0]
+    if ys.size == 0:
+        return []
+    low, high = float(ys.min()), float(ys.max())
+    if high <= low:
+        return [low]
+    if spec.log_y:
+        return [float(v) for v in np.logspace(math.log10(low), math.log10(high), count)]
+    return [float(v) for v in np.linspace(low, high, count)]
+
+
+def tick_labels(ticks: list[float]) -> list[str]:
+    """Short labels, with just enough digits that neighbouring ticks read differently."""
+    for digits in range(3, 9):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def sparkline(values: Sequence[float], width: int, top: float | None = None) -> str:
+    """A one-line chart of the last `width` values (▁ to █)."""
+    blocks = "▁▂▃▄▅▆▇█"
+    recent = [v for v in list(values)[-width:] if math.isfinite(v)]
+    if not recent:
+        return ""
+    high = top if top is not None else max(recent)
+    if high <= 0:
+        return blocks[0] * len(recent)
+    return "".join(blocks[min(7, max(0, int(v / high * 7.999)))] for v in recent)
+
+
+def bar(fraction: float | None, width: int) -> str:
+    """A fixed-width bar: ███████░░░."""
+    if fraction is None or not math.isfinite(fraction) or width <= 0:
+        return "·" * max(width, 0)
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "█" * filled + "░" * (width - filled)

@@ -1,0 +1,1 @@
+"""Modal screens: help, questions, the LR prompt, and long text (traceback, output)."""

@@ -1,0 +1,28 @@
+"""`?`: every key and what it does, from the same registry as the bindings."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from tuimon.ui.keymap import KEYS
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold cyan", justify="right")
+        table.add_column()
+        for key in KEYS:
+            table.add_row(key.display, key.help)
+        table.add_row("↑ ↓", "select an alert in the Doctor panel")
+        with Vertical(id="dialog"):
+            yield Static("tuimon keys", classes="dialog-title")
+            yield Static(table)
+            yield Static("Esc closes", classes="dialog-hint")

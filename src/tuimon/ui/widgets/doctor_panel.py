@@ -1,0 +1,96 @@
+"""The training doctor's alerts, newest first, with the key that applies each fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import RenderableType
+from rich.text import Text
+from textual.binding import Binding
+
+from tuimon.run.run_state import RunState
+from tuimon.ui.plotting import ViewOptions
+from tuimon.ui.widgets.lines import fit, wrap
+from tuimon.ui.widgets.panel import Panel
+
+SEVERITY_STYLE = {
+    "error": "bold white on red",
+    "warning": "bold black on yellow",
+    "info": "bold white on blue",
+}
+
+
+def describe_action(action: dict[str, Any] | None) -> str:
+    """A control command in words: scale-lr ×0.1, set-lr 0.003, stop…"""
+    if not action:
+        return ""
+    cmd = action.get("cmd", "?")
+    if cmd == "scale-lr":
+        return f"scale LR ×{action.get('factor'):g}"
+    if cmd == "set-lr":
+        return f"set LR to {action.get('value'):g}"
+    extra = " ".join(f"{k}={v}" for k, v in action.items() if k != "cmd")
+    return f"{cmd} {extra}".strip()
+
+
+class DoctorPanel(Panel):
+    TITLE = "Doctor"
+    can_focus = True
+    BINDINGS = [
+        Binding("up", "select(-1)", "Previous alert", show=False),
+        Binding("down", "select(1)", "Next alert", show=False),
+    ]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.selected = 0  # index into the alerts, newest first
+        self._alerts: list[dict[str, Any]] = []
+
+    def signature(self, state: RunState, options: ViewOptions) -> Any:
+        return len(state.alerts), len(state.messages), self.selected, state.status
+
+    @property
+    def selected_alert(self) -> dict[str, Any] | None:
+        return self._alerts[self.selected] if 0 <= self.selected < len(self._alerts) else None
+
+    def action_select(self, delta: int) -> None:
+        if self._alerts:
+            self.selected = max(0, min(len(self._alerts) - 1, self.selected + delta))
+            self._drawn = None
+            self.app.refresh_panels()  # type: ignore[attr-defined]
+
+    def view(
+        self, state: RunState, options: ViewOptions, width: int, height: int
+    ) -> RenderableType:
+        self._alerts = list(reversed(state.alerts))
+        self.selected = min(self.selected, max(0, len(self._alerts) - 1))
+        lines: list[Text] = []
+        if not self._alerts:
+            lines += wrap("No alerts: nothing wrong seen so far.", width, style="green")
+        for index, alert in enumerate(self._alerts):
+            lines += self.alert_lines(alert, width, selected=index == self.selected)
+        notes = [m.get("text") for m in state.messages if m.get("level") != "debug"]
+        for note in [*reversed(notes), *((state.start or {}).get("notes") or [])]:
+            lines += wrap(f"note: {note}", width, style="dim", indent="  ")
+        return fit(lines, width, height)
+
+    def alert_lines(self, alert: dict[str, Any], width: int, selected: bool) -> list[Text]:
+        severity = str(alert.get("severity", "warning"))
+        head = Text(no_wrap=True)
+        head.append(f" {severity.upper()} ", style=SEVERITY_STYLE.get(severity, "bold"))
+        head.append(f" {alert.get('rule')} ", style="bold")
+        head.append(f"at step {alert.get('step')}", style="dim")
+        lines = [head, *wrap(str(alert.get("message", "")), width, indent="  ")]
+        if alert.get("suggestion"):
+            lines += wrap(f"→ {alert['suggestion']}", width, style="italic", indent="  ")
+        if alert.get("action"):
+            lines.append(
+                Text(
+                    f"[a] apply: {describe_action(alert['action'])}",
+                    style="bold green" if selected else "green",
+                )
+            )
+        if selected and len(self._alerts) > 1:  # show which one [a] applies
+            for line in lines:
+                line.stylize("reverse", 0, len(line))
+        return lines

@@ -1,0 +1,63 @@
+"""One line: run name, state, epoch, step progress, throughput, ETA, elapsed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import RenderableType
+from rich.text import Text
+
+from tuimon.headless.progress import format_duration
+from tuimon.run.run_state import RunState
+from tuimon.ui.plotting import ViewOptions, bar
+from tuimon.ui.widgets.lines import fit
+from tuimon.ui.widgets.panel import Panel
+
+STATE_STYLE = {
+    "running": "bold white on green",
+    "paused": "bold black on yellow",
+    "stopping": "bold black on yellow",
+    "completed": "bold white on blue",
+    "stopped": "bold white on blue",
+    "failed": "bold white on red",
+    "disconnected": "bold white on red",
+    "starting": "bold black on cyan",
+    "replay": "bold white on magenta",
+}
+
+
+class StatusBar(Panel):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shown_state = "starting"
+
+    def signature(self, state: RunState, options: ViewOptions) -> Any:
+        elapsed = state.elapsed()
+        return state.version, self.shown_state, int(elapsed) if elapsed is not None else None
+
+    def view(
+        self, state: RunState, options: ViewOptions, width: int, height: int
+    ) -> RenderableType:
+        line = Text(no_wrap=True)
+        line.append(f" {state.name} ", style="bold")
+        line.append(f" {self.shown_state} ", style=STATE_STYLE.get(self.shown_state, "bold"))
+        start = state.start or {}
+        epoch = (state.last_step or {}).get("epoch", 0)
+        epochs = start.get("epochs")
+        line.append(f"  epoch {int(epoch) + 1}" + (f"/{epochs}" if epochs else ""))
+        total = state.total_steps
+        if total:
+            fraction = state.step / total
+            line.append("  ")
+            line.append(bar(fraction, 12 if width < 100 else 24), style="cyan")
+            line.append(f" {state.step}/{total} {100 * fraction:.1f}%")
+        else:
+            line.append(f"  step {state.step}")
+        rates = state.rates()
+        if rates["samples_per_s"]:
+            line.append(f"  {rates['samples_per_s']:.0f} samples/s")
+        eta = state.eta()
+        if eta is not None:
+            line.append(f"  ETA {format_duration(eta)}")
+        line.append(f"  elapsed {format_duration(state.elapsed())}", style="dim")
+        return fit([line], width, height)
