@@ -46,8 +46,10 @@ def test_a_spike_in_a_million_points_survives():
         series.append(step, step, 0, 1e6 if step == 654_321 else 1.0)
     assert len(series) <= 512
     assert series.column("hi").max() == 1e6
-    xs, ys = minmax_columns(series.column("step"), series.column("lo"), series.column("hi"), 80)
-    assert ys.max() == 1e6 and len(xs) <= 160
+    xs, lows, highs = minmax_columns(
+        series.column("step"), series.column("lo"), series.column("hi"), 80
+    )
+    assert highs.max() == 1e6 and lows.min() == 1.0 and len(xs) <= 80
 
 
 def test_non_finite_values_are_counted_not_plotted():
@@ -73,16 +75,19 @@ def test_round_trip_through_a_dict():
 def test_decimation_keeps_each_columns_extremes():
     x = np.arange(1000, dtype=float)
     y = np.sin(x / 30)
-    xs, ys = minmax_columns(x, y, y, width=10)
-    assert len(xs) == 20
+    xs, lows, highs = minmax_columns(x, y, y, width=10)
+    assert len(xs) == 10
     for column in range(10):
         chunk = y[column * 100 : (column + 1) * 100]
-        assert ys[2 * column] == chunk.min() and ys[2 * column + 1] == chunk.max()
-        assert xs[2 * column] == column * 100 + 99
+        assert lows[column] == chunk.min() and highs[column] == chunk.max()
+        assert xs[column] == column * 100 + 99
 
 
 def test_decimation_of_few_points_returns_them_all():
     x = np.array([1.0, 2.0, 3.0])
-    xs, ys = minmax_columns(x, np.array([1.0, np.nan, 2.0]), np.array([1.0, np.nan, 4.0]), 50)
-    assert xs.tolist() == [1.0, 3.0, 3.0] and ys.tolist() == [1.0, 2.0, 4.0]
+    xs, lows, highs = minmax_columns(
+        x, np.array([1.0, np.nan, 2.0]), np.array([1.0, np.nan, 4.0]), 50
+    )
+    assert xs.tolist() == [1.0, 3.0] and lows.tolist() == [1.0, 2.0]
+    assert highs.tolist() == [1.0, 4.0]
     assert minmax_columns(np.empty(0), np.empty(0), np.empty(0), 50)[0].size == 0

@@ -15,6 +15,8 @@ PROTOTYPE_GRID = 4  # prototypes vary on a 4x4 grid, upsampled: smooth, learnabl
 # Class signal relative to unit pixel noise: an MLP reaches about 90% in an epoch, not 100%
 # in ten steps, so curves look like real training.
 SIGNAL = 0.2
+# Sets up to this size (uint8 bytes) are generated once at start; larger ones per sample.
+MATERIALIZE_BYTES = 64 * 2**20
 
 
 class SyntheticImages:
@@ -43,12 +45,21 @@ class SyntheticImages:
         self.prototypes /= self.prototypes.std(dim=(1, 2, 3), keepdim=True)
         self.labels = torch.arange(num_samples) % num_classes
         self._generator = torch.Generator()
+        self._images: torch.Tensor | None = None
+        if num_samples * channels * image_size**2 <= MATERIALIZE_BYTES:
+            # Small sets are made once, up front, so the training loop does not wait on them.
+            self._images = torch.stack([self._make(i) for i in range(num_samples)])
 
     def __len__(self) -> int:
         return self.num_samples
 
     def image(self, index: int) -> torch.Tensor:
         """The uint8 CxHxW image of sample `index`."""
+        if self._images is not None:
+            return self._images[index]
+        return self._make(index)
+
+    def _make(self, index: int) -> torch.Tensor:
         self._generator.manual_seed(self.seed * 1_000_003 + index + 1)
         draw = torch.randn(3 + self.prototypes[0].numel(), generator=self._generator)
         shift_y, shift_x = draw[:2].round().clamp(-2, 2).int().tolist()

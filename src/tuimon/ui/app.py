@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class TuimonApp(App[None]):
         self._announced_controls = 0
         self._announced_alerts = 0
         self._connection: RunConnection | ReplayLoader | None = None
+        self._plot_drawn_at: dict[str | None, float] = {}
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class TuimonApp(App[None]):
 
     def on_resize(self, event: Resize) -> None:
         self._fit_layout()
+        self.call_after_refresh(self.refresh_panels, True)
 
     def _fit_layout(self) -> None:
         self.screen.set_class(self.size.width < NARROW_WIDTH, "-narrow")
@@ -121,10 +124,22 @@ class TuimonApp(App[None]):
 
     # -- drawing --------------------------------------------------------------------------
 
-    def refresh_panels(self) -> None:
+    def refresh_panels(self, everything: bool = False) -> None:
+        """Redraw what changed. Text panels every tick; at most one plot per tick (the one
+        longest out of date), unless `everything` (a resize, a new view option, a new state),
+        so a tick never costs more than one plotext drawing."""
         self.query_one(StatusBar).shown_state = self.shown_state
+        plots = []
         for panel in self.query(Panel):
-            panel.refresh_view(self.state, self.options)
+            if panel.PLOT and not everything:
+                plots.append(panel)
+            else:
+                panel.refresh_view(self.state, self.options)
+        stale = [p for p in plots if p.is_stale(self.state, self.options)]
+        if stale:
+            oldest = min(stale, key=lambda p: self._plot_drawn_at.get(p.id, 0.0))
+            oldest.refresh_view(self.state, self.options)
+            self._plot_drawn_at[oldest.id] = time.monotonic()
         self._announce_news()
 
     @property
@@ -171,7 +186,7 @@ class TuimonApp(App[None]):
         # History is not news: only what happens from now on gets a toast.
         self._announced_controls = len(self.state.controls)
         self._announced_alerts = len(self.state.alerts)
-        self.refresh_panels()
+        self.refresh_panels(everything=True)
 
     @on(StateChanged)
     def state_changed(self) -> None:
@@ -192,6 +207,8 @@ class TuimonApp(App[None]):
                 severity="error",
                 timeout=30,
             )
+        elif message.status == "unreadable":
+            self.notify(message.detail, severity="error", timeout=30)
         elif message.status == "ended":
             self.notify(f"the run has ended: {self.state.status}")
         self.refresh_panels()
@@ -277,12 +294,12 @@ class TuimonApp(App[None]):
 
     def action_toggle_log(self) -> None:
         self.options = ViewOptions(not self.options.log_y, self.options.x_mode)
-        self.refresh_panels()
+        self.refresh_panels(everything=True)
 
     def action_cycle_x(self) -> None:
         self.options = self.options.next_x_mode()
         self.notify(f"x axis: {self.options.x_mode}")
-        self.refresh_panels()
+        self.refresh_panels(everything=True)
 
     def action_show_error(self) -> None:
         error = (self.state.end or {}).get("error")

@@ -111,7 +111,11 @@ class ReplayLoader(threading.Thread):
 
     def run(self) -> None:
         self._post(ConnectionChanged("loading", f"reading {self.run_dir / EVENTS_FILE}"))
-        state = load_run_state(self.run_dir / EVENTS_FILE)
+        try:
+            state = load_run_state(self.run_dir / EVENTS_FILE)
+        except OSError as exc:
+            self._post(ConnectionChanged("unreadable", f"cannot read the log: {exc}"))
+            return
         self._post(StateReplaced(state))
         self._post(ConnectionChanged("replay"))
 

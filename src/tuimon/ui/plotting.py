@@ -14,7 +14,6 @@ import numpy as np
 import plotext as plt
 from rich.text import Text
 
-from tuimon.headless.progress import format_value
 from tuimon.run.run_state import RunState
 from tuimon.series.decimate import minmax_columns
 
@@ -51,7 +50,7 @@ class PlotSpec:
         return not any(c.xs.size for c in self.curves)
 
 
-def series_curve(
+def series_curves(
     state: RunState,
     name: str,
     options: ViewOptions,
@@ -59,21 +58,26 @@ def series_curve(
     color: str,
     points: bool = False,
     log_y: bool = False,
-) -> Curve | None:
+) -> list[Curve]:
+    """A series as curves of at most `width` points: its per-column max and min (one curve
+    where they agree), or the latest value of each bucket as points."""
     series = state.series.get(name)
     if series is None or not len(series):
-        return None
+        return []
     x = series.column(options.x_mode)
     if points:
         ys = series.column("last")
         keep = np.isfinite(x) & np.isfinite(ys) & ((ys > 0) if log_y else True)
-        return Curve(x[keep], ys[keep], color, points=True)
+        return [Curve(x[keep], ys[keep], color, points=True)]
     lo, hi = series.column("lo"), series.column("hi")
     if log_y:
         lo = np.where(lo > 0, lo, np.where(hi > 0, hi, np.nan))
         hi = np.where(hi > 0, hi, np.nan)
-    xs, ys = minmax_columns(x, lo, hi, width)
-    return Curve(xs, ys, color)
+    xs, lows, highs = minmax_columns(x, lo, hi, width)
+    curves = [Curve(xs, highs, color)]
+    if not np.array_equal(lows, highs):
+        curves.append(Curve(xs, lows, color))
+    return curves
 
 
 def x_of(state: RunState, event: dict, options: ViewOptions) -> float | None:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from tuimon.headless.progress import format_value
 from tuimon.run.run_state import RunState
-from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curve
+from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves
 from tuimon.ui.widgets.lines import fit
 from tuimon.ui.widgets.panel import Panel
 
@@ -20,6 +20,7 @@ TABLE_MIN_WIDTH = 60  # below this the per-layer view shrinks to one summary lin
 
 class GradPanel(Panel):
     TITLE = "Gradients"
+    PLOT = True
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         grad = state.series.get("grad_norm")
@@ -42,9 +43,7 @@ class GradPanel(Panel):
         wide = width >= TABLE_MIN_WIDTH and layers
         plot_width = int(width * 0.55) if wide else width
         spec = PlotSpec(log_y=True)
-        curve = series_curve(state, "grad_norm", options, plot_width, "orange", log_y=True)
-        if curve is not None:
-            spec.curves.append(curve)
+        spec.curves += series_curves(state, "grad_norm", options, plot_width, "orange", log_y=True)
         if not wide:
             summary = self.extremes_line(layers)
             plot = render_plot(

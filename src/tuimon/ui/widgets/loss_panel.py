@@ -9,12 +9,13 @@ from rich.text import Text
 
 from tuimon.headless.progress import format_value
 from tuimon.run.run_state import RunState
-from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curve
+from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves
 from tuimon.ui.widgets.panel import Panel
 
 
 class LossPanel(Panel):
     TITLE = "Loss"
+    PLOT = True
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         return tuple(
@@ -49,10 +50,8 @@ class LossPanel(Panel):
             ("loss_ema", "cyan", False),
             ("metrics/val_loss", "yellow", True),
         ):
-            curve = series_curve(
+            spec.curves += series_curves(
                 state, name, options, plot_width, color, points=points, log_y=options.log_y
             )
-            if curve is not None:
-                spec.curves.append(curve)
         plot = render_plot(spec, width, height - 1, X_LABELS[options.x_mode])
         return Group(header, plot)

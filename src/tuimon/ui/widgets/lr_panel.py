@@ -9,7 +9,7 @@ from rich.text import Text
 
 from tuimon.headless.progress import format_value
 from tuimon.run.run_state import RunState
-from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curve, x_of
+from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves, x_of
 from tuimon.ui.widgets.panel import Panel
 
 GROUP_COLORS = ("green", "magenta", "blue", "orange", "cyan", "yellow")
@@ -18,6 +18,7 @@ LR_COMMANDS = ("set-lr", "scale-lr")
 
 class LRPanel(Panel):
     TITLE = "Learning rate"
+    PLOT = True
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         totals = tuple(s.total for n, s in state.series.items() if n.startswith("lr/"))
@@ -53,8 +54,8 @@ class LRPanel(Panel):
             )
         spec = PlotSpec()
         for group in range(groups):
-            curve = series_curve(state, f"lr/{group}", options, width, GROUP_COLORS[group % 6])
-            if curve is not None:
-                spec.curves.append(curve)
+            spec.curves += series_curves(
+                state, f"lr/{group}", options, width, GROUP_COLORS[group % 6]
+            )
         spec.vlines = [(x, "red") for x in self.markers(state, options)]
         return Group(header, render_plot(spec, width, height - 1, X_LABELS[options.x_mode]))

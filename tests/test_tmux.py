@@ -1,0 +1,163 @@
+"""End to end in a real terminal: tmux runs `tuimon`, we type keys and read the screen."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tuimon.control.client import is_alive
+from tuimon.run.event_log import read_events
+
+from conftest import REPO, worker_env
+
+TMUX = shutil.which("tmux")
+MLP = str(REPO / "configs" / "mlp.yaml")
+
+
+class Tmux:
+    """A private tmux server (its own socket), so tests never touch the user's sessions."""
+
+    def __init__(self, name: str, cwd: Path) -> None:
+        self.socket = f"tuimon-test-{os.getpid()}-{name}"
+        self.cwd = cwd
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TMUX, "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            cwd=self.cwd,
+            env=worker_env(),
+            timeout=30,
+        )
+
+    def start(self, session: str, command: str, width: int = 120, height: int = 40) -> None:
+        done = self.run(
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            "-c",
+            str(self.cwd),
+            command,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def screen(self, session: str) -> str:
+        return self.run("capture-pane", "-p", "-t", session).stdout
+
+    def wait_for(self, session: str, predicate: Callable[[str], bool], timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.screen(session)
+            if predicate(text):
+                return text
+            time.sleep(0.2)
+        pytest.fail(f"screen never matched; last screen:\n{self.screen(session)}")
+
+    def kill_server(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.fixture
+def tmux(tmp_path):
+    if TMUX is None:
+        pytest.fail("tmux is not installed (.ci/run installs it): apt-get install tmux")
+    server = Tmux("e2e", tmp_path)
+    yield server
+    server.kill_server()
+    for run in (tmp_path / "runs").glob("*"):  # never leave a worker behind
+        if is_alive(run):
+            subprocess.run(
+                [sys.executable, "-m", "tuimon", "ctl", str(run), "stop"],
+                capture_output=True,
+                env=worker_env(),
+                timeout=60,
+            )
+
+
+def step_count(run: Path) -> int:
+    return sum(1 for e in read_events(run / "events.jsonl") if e["type"] == "step")
+
+
+def test_launch_steer_detach_and_attach(tmux, tmp_path):
+    command = f"{sys.executable} -m tuimon {MLP} --set train.epochs=100000 --set scheduler=null"
+    tmux.start("ui", command)
+    titles = ("Loss", "Learning rate", "Gradients", "GPU", "Doctor", "Host")
+    screen = tmux.wait_for("ui", lambda s: all(t in s for t in titles) and "running" in s)
+    assert "no NVIDIA GPU" in screen  # this machine has none, and the panel says why
+    [run] = list((tmp_path / "runs").iterdir())
+
+    tmux.run("send-keys", "-t", "ui", "-")
+    tmux.wait_for("ui", lambda s: "scale-lr" in s)  # the toast and the LR panel's header
+    changes = [e for e in read_events(run / "events.jsonl") if e["type"] == "control"]
+    assert [(c["command"], c["source"]) for c in changes] == [("scale-lr", "ui")]
+
+    # Close the terminal: the UI gets SIGHUP and dies; the run must go on.
+    tmux.run("kill-session", "-t", "ui")
+    before = step_count(run)
+    deadline = time.monotonic() + 30
+    while step_count(run) <= before + 20:
+        assert time.monotonic() < deadline, "the run stopped with its terminal"
+        time.sleep(0.2)
+    assert is_alive(run)
+
+    tmux.start("again", f"{sys.executable} -m tuimon attach")
+    screen = tmux.wait_for("again", lambda s: "mlp" in s and "running" in s and "Loss" in s)
+    assert "scale-lr" in screen  # the history came along: the LR change is still shown
+
+    stop = subprocess.run(
+        [sys.executable, "-m", "tuimon", "ctl", str(run), "stop"],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=60,
+    )
+    assert stop.returncode == 0, stop.stderr
+    tmux.wait_for("again", lambda s: "stopped" in s)
+    end = list(read_events(run / "events.jsonl"))[-1]
+    assert end["type"] == "end" and end["status"] == "stopped"
+
+
+def test_replay_shows_a_finished_run_at_80x24(tmux, tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuimon",
+            MLP,
+            "--headless",
+            "--run-dir",
+            "run",
+            "--set",
+            "train.max_steps=50",
+        ],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    tmux.start("replay", f"{sys.executable} -m tuimon replay run", width=80, height=24)
+    screen = tmux.wait_for("replay", lambda s: "replay" in s and "Loss" in s)
+    lines = screen.splitlines()
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+    for title in ("Loss", "Learning rate", "Gradients", "GPU", "Doctor", "Host"):
+        assert title in screen
+    tmux.run("send-keys", "-t", "replay", "q")
+    deadline = time.monotonic() + 10
+    while tmux.run("has-session", "-t", "replay").returncode == 0:
+        assert time.monotonic() < deadline, "q did not quit a replay"
+        time.sleep(0.1)

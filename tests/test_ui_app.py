@@ -1,0 +1,250 @@
+"""The app through Pilot, attached to a real worker running configs/mlp.yaml."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+import pytest
+from rich.console import Console
+from textual.widgets import Button, Input, Static
+
+from tuimon.control.client import is_alive
+from tuimon.ui.app import TuimonApp
+from tuimon.ui.screens.choice_screen import ChoiceScreen
+from tuimon.ui.screens.lr_screen import LRScreen
+from tuimon.ui.screens.text_screen import TextScreen
+from tuimon.ui.widgets.lr_panel import LRPanel
+
+from conftest import ENDLESS_CONFIG, REPO
+
+MLP = str(REPO / "configs" / "mlp.yaml")
+# The shipped MLP job, made endless, with a constant LR so every change is easy to see.
+MLP_ARGS = (
+    "--set",
+    "train.epochs=100000",
+    "--set",
+    "scheduler=null",
+    "--set",
+    "monitor.system_interval=0.2",
+)
+
+
+async def until(pilot, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let the app run until `predicate` holds (fails the test after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await pilot.pause(0.05)
+
+
+def rendered(renderable) -> str:
+    """A Rich renderable as plain text (wide enough not to wrap)."""
+    console = Console(width=200, color_system=None, file=io.StringIO())
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get()
+
+
+def controls(app, command):
+    return [c for c in app.state.controls if c.get("command") == command]
+
+
+def logged_steps(worker):
+    return [e for e in worker.events() if e["type"] == "step"]
+
+
+async def test_minus_halves_the_lr_and_the_plot_marks_it(start_worker):
+    worker = start_worker(MLP, *MLP_ARGS)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        assert app.shown_state == "running"
+        await pilot.press("minus")
+        await until(pilot, lambda: controls(app, "scale-lr"))
+        [change] = controls(app, "scale-lr")
+        assert change["source"] == "ui" and change["factor"] == 0.5
+        assert change["new"] == pytest.approx(change["old"] / 2)
+        await until(pilot, lambda: app.state.step > change["step"] + 3)
+        panel = app.query_one(LRPanel)
+        assert panel.markers(app.state, app.options) == [change["step"]]
+        await until(
+            pilot,
+            lambda: panel._drawn is not None and panel._drawn[0][1] == len(app.state.controls),
+        )
+        assert "scale-lr" in panel.plain_lines()[0]  # the header names the change
+        await pilot.press("x")
+        await pilot.click("#stop")
+    assert worker.wait_exit() == 0
+    steps = logged_steps(worker)
+    before = [e["lr"] for e in steps if e["step"] <= change["step"]]
+    after = [e["lr"] for e in steps if e["step"] > change["step"]]
+    assert before == pytest.approx([1e-3] * len(before))
+    assert after and after == pytest.approx([5e-4] * len(after))
+
+
+async def test_p_pauses_until_p_again(start_worker):
+    worker = start_worker(MLP, *MLP_ARGS)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        await pilot.press("p")
+        await until(pilot, lambda: app.shown_state == "paused")
+        paused_at = controls(app, "pause")[0]["step"]
+        # The system sampler keeps ticking (0.2 s) while the run is paused.
+        seq = app.state.system["seq"]
+        await until(pilot, lambda: app.state.system["seq"] >= seq + 15)
+        assert app.state.step == paused_at
+        assert max(e["step"] for e in logged_steps(worker)) == paused_at
+        await pilot.press("p")
+        await until(pilot, lambda: app.state.step > paused_at + 5)
+        assert app.shown_state == "running"
+        assert [c["command"] for c in app.state.controls] == ["pause", "resume"]
+        worker.client().request("stop")
+        await until(pilot, lambda: app.shown_state == "stopped")
+
+
+async def test_l_refuses_bad_learning_rates_in_place(start_worker):
+    worker = start_worker(MLP, *MLP_ARGS)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LRScreen))
+        screen = app.screen
+        for text, reason in (
+            ("abc", "must be a number"),
+            ("-1", "must be > 0"),
+            ("nan", "must be finite"),
+            ("1e6", "absurdly large"),
+        ):
+            field = screen.query_one(Input)
+            field.value = text
+            await pilot.press("enter")
+            await pilot.pause()
+            error = rendered(screen.query_one("#lr-error", Static).content)
+            assert reason in error, (text, error)
+            assert app.screen is screen  # still asking
+        assert not app.state.controls
+        screen.query_one(Input).value = "0.003"
+        await pilot.press("enter")
+        await until(pilot, lambda: controls(app, "set-lr"))
+        assert not isinstance(app.screen, LRScreen)
+        [change] = controls(app, "set-lr")
+        assert change["new"] == pytest.approx(0.003) and change["source"] == "ui"
+        worker.client().request("stop")
+        await until(pilot, lambda: app.shown_state == "stopped")
+    assert [e["command"] for e in worker.events() if e["type"] == "control"] == ["set-lr", "stop"]
+
+
+async def test_x_asks_then_stops_the_run(start_worker):
+    worker = start_worker(MLP, *MLP_ARGS)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await pilot.press("escape")  # changed my mind: nothing happens
+        await pilot.pause(0.3)
+        assert not app.state.controls and app.shown_state == "running"
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        assert [b.id for b in app.screen.query(Button)] == ["stop", "cancel"]
+        await pilot.click("#stop")
+        await until(pilot, lambda: app.shown_state == "stopped", timeout=60)
+        assert controls(app, "stop")[0]["source"] == "ui"
+    assert worker.wait_exit() == 0
+
+
+FAILING = ENDLESS_CONFIG.replace(
+    "  name: mlp\n  hidden: [32]\n", "  name: faulty_models:raises_at\n  step: 5\n"
+)
+
+
+async def test_a_crashed_run_shows_failed_and_its_traceback(write_config, start_worker):
+    worker = start_worker(write_config(FAILING), ready=False)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.shown_state == "failed")
+        assert app.state.step == 4
+        await pilot.press("e")
+        await until(pilot, lambda: isinstance(app.screen, TextScreen))
+        body = rendered(app.screen.query_one("#text-content", Static).content)
+        assert "RuntimeError: boom at step 5" in body and "Traceback" in body
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, TextScreen))
+        assert app.is_running  # the UI stays up
+    assert worker.wait_exit() == 1
+
+
+async def test_quit_can_leave_a_launched_run_running(start_worker):
+    worker = start_worker(MLP, *MLP_ARGS)
+    app = TuimonApp(worker.run_dir, launched=True, worker=worker.process, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        assert [b.id for b in app.screen.query(Button)] == ["stop", "leave", "cancel"]
+        await pilot.click("#leave")
+        await until(pilot, lambda: not app.is_running)
+    assert not app.stopped_run
+    assert worker.process.poll() is None and is_alive(worker.run_dir)
+    worker.client().request("stop")
+    assert worker.wait_exit() == 0
+
+
+async def test_disconnected_when_the_worker_dies_then_reconnects(
+    write_config, start_worker, tmp_path
+):
+    config = write_config()
+    worker = start_worker(config)
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        worker.process.kill()  # the worker vanishes without an `end` event
+        worker.process.wait()
+        await until(pilot, lambda: app.shown_state == "disconnected")
+        # A worker comes back on the same socket path (here: a new run in the same dir).
+        (worker.run_dir / "events.jsonl").unlink()
+        again = start_worker(config, run_dir=worker.run_dir)
+        await until(pilot, lambda: app.connection_status == "connected")
+        await until(pilot, lambda: app.shown_state == "running")
+        again.client().request("stop")
+        await until(pilot, lambda: app.shown_state == "stopped")
+    assert again.wait_exit() == 0
+
+
+async def test_keys_are_bindings_with_ids_and_help_lists_them(tmp_path):
+    from tuimon.ui import keymap
+    from tuimon.ui.screens.help_screen import HelpScreen
+
+    app = TuimonApp(tmp_path, fps=20)
+    async with app.run_test(size=(100, 30)) as pilot:
+        ids = {b.id for b in app.BINDINGS}
+        assert {
+            "lr-up",
+            "lr-down",
+            "lr-set",
+            "pause",
+            "checkpoint",
+            "stop",
+            "apply",
+            "log-y",
+            "x-axis",
+            "error",
+            "help",
+            "quit",
+        } <= ids
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = " ".join(rendered(s.content) for s in app.screen.query(Static))
+        for key in keymap.KEYS:
+            assert key.help in text
+        await pilot.press("escape")
+        await pilot.press("y")
+        assert app.options.log_y
+        await pilot.press("t")
+        await pilot.press("t")
+        assert app.options.x_mode == "time"
