@@ -248,3 +248,55 @@ async def test_keys_are_bindings_with_ids_and_help_lists_them(tmp_path):
         await pilot.press("t")
         await pilot.press("t")
         assert app.options.x_mode == "time"
+
+
+USER_SCRIPT = """
+import sys
+import torch
+import tuimon
+
+print("hello from the user's script", flush=True)
+print("and from its stderr", file=sys.stderr, flush=True)
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+with tuimon.Monitor(model, opt) as mon:
+    while not mon.should_stop:
+        x = torch.randn(8, 4)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        mon.step(loss, inputs=x)
+"""
+
+
+async def test_tuimon_run_attaches_to_a_users_script(tmp_path):
+    from tuimon.launch import start_script_worker
+
+    script = tmp_path / "train.py"
+    script.write_text(USER_SCRIPT)
+    run_dir, process = start_script_worker(str(script), [], base=tmp_path / "runs")
+    try:
+        assert run_dir.parent == (tmp_path / "runs").resolve()
+        app = TuimonApp(run_dir, launched=True, worker=process, fps=20)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.state.step > 5)
+            assert app.state.name == "train" and app.shown_state == "running"
+            await pilot.press("o")
+            await until(pilot, lambda: isinstance(app.screen, TextScreen))
+            output = rendered(app.screen.query_one("#text-content", Static).content)
+            assert "hello from the user's script" in output
+            assert "and from its stderr" in output
+            await pilot.press("escape")
+            await pilot.press("q")
+            await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+            await pilot.click("#stop")
+            await until(pilot, lambda: not app.is_running)
+        assert app.stopped_run
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    events = [e for e in (run_dir / "events.jsonl").read_text().splitlines() if e]
+    assert '"status":"stopped"' in events[-1]

@@ -27,6 +27,19 @@ def launch_config(
     config_path: str, overrides: Sequence[str], name: str, run_dir: str | None, lr_factor: float
 ) -> int:
     """`tuimon CONFIG` in a terminal: the job in a detached worker, the UI attached to it."""
+    path, worker = start_config_worker(config_path, overrides, name, run_dir)
+    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+
+
+def launch_script(script: str, args: Sequence[str], lr_factor: float) -> int:
+    """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
+    path, worker = start_script_worker(script, args)
+    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+
+
+def start_config_worker(
+    config_path: str, overrides: Sequence[str], name: str, run_dir: str | None
+) -> tuple[Path, subprocess.Popen[bytes]]:
     path = create_run_dir(name, run_dir)
     command = [
         sys.executable,
@@ -40,19 +53,19 @@ def launch_config(
     ]
     for override in overrides:
         command += ["--set", override]
-    worker = _spawn(command, path, dict(os.environ))
-    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+    return path, _spawn(command, path, dict(os.environ))
 
 
-def launch_script(script: str, args: Sequence[str], lr_factor: float) -> int:
-    """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
+def start_script_worker(
+    script: str, args: Sequence[str], base: Path = DEFAULT_BASE
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """The script runs with TUIMON_RUN_DIR set, so its Monitor logs into this run."""
     source = Path(script)
     if not source.is_file():
         raise UsageError(f"{script}: no such script")
-    path = create_run_dir(source.stem or "run")
+    path = create_run_dir(source.stem or "run", base=base)
     env = dict(os.environ, **{RUN_DIR_ENV: str(path)})
-    worker = _spawn([sys.executable, str(source), *args], path, env)
-    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+    return path, _spawn([sys.executable, str(source), *args], path, env)
 
 
 def attach(run_dir: str | None, lr_factor: float) -> int:

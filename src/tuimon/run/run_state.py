@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class RunState:
         self.smoothing = smoothing
         self.version = 0
         self.seq = 0
+        self.last_time = 0.0  # of the newest event seen
         self.start: dict[str, Any] | None = None
         self.end: dict[str, Any] | None = None
         self.status = "starting"
@@ -70,6 +72,9 @@ class RunState:
             if seq <= self.seq:
                 return  # already in the snapshot this state started from
             self.seq = seq
+        when = event.get("time")
+        if isinstance(when, int | float):
+            self.last_time = max(self.last_time, float(when))
         handler = getattr(self, f"_on_{event.get('type')}", None)
         if handler is not None:
             handler(event)
@@ -216,15 +221,14 @@ class RunState:
             return None
         return max(0, total - self.step) * rate
 
-    def elapsed(self, now: float | None = None) -> float | None:
-        """Seconds since the start (to the end, for a finished run)."""
+    def elapsed(self, live: bool = True) -> float | None:
+        """Seconds since the start: until now for a live run, else until its last event."""
         if self.start is None:
             return None
-        if self.end is not None:
-            return _number(self.end.get("elapsed"))
-        import time
-
-        return (now if now is not None else time.time()) - float(self.start.get("time", 0))
+        if self.end is not None and isinstance(self.end.get("elapsed"), int | float):
+            return float(self.end["elapsed"])
+        until = time.time() if live else self.last_time
+        return max(0.0, until - float(self.start.get("time", 0)))
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -255,6 +259,7 @@ class RunState:
                 },
                 "recent": list(self._recent),
                 "ema": [self._ema._biased, self._ema._count],
+                "last_time": self.last_time,
             }
 
     @classmethod
@@ -281,6 +286,7 @@ class RunState:
             }
         state._recent.extend(tuple(r) for r in data["recent"])
         state._ema._biased, state._ema._count = data["ema"]
+        state.last_time = float(data.get("last_time", 0.0))
         state.version = 1
         return state
 

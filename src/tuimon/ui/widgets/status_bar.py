@@ -31,8 +31,13 @@ class StatusBar(Panel):
         super().__init__(**kwargs)
         self.shown_state = "starting"
 
+    @property
+    def live(self) -> bool:
+        """Whether the clock runs: a live run's elapsed time grows, a replay's does not."""
+        return self.shown_state in ("running", "paused", "stopping", "starting")
+
     def signature(self, state: RunState, options: ViewOptions) -> Any:
-        elapsed = state.elapsed()
+        elapsed = state.elapsed(live=self.live)
         return state.version, self.shown_state, int(elapsed) if elapsed is not None else None
 
     def view(
@@ -59,5 +64,5 @@ class StatusBar(Panel):
         eta = state.eta()
         if eta is not None:
             line.append(f"  ETA {format_duration(eta)}")
-        line.append(f"  elapsed {format_duration(state.elapsed())}", style="dim")
+        line.append(f"  elapsed {format_duration(state.elapsed(live=self.live))}", style="dim")
         return fit([line], width, height)
