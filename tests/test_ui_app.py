@@ -15,6 +15,7 @@ from tuimon.ui.app import TuimonApp
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.lr_screen import LRScreen
 from tuimon.ui.screens.text_screen import TextScreen
+from tuimon.ui.widgets.loss_panel import LossPanel
 from tuimon.ui.widgets.lr_panel import LRPanel
 
 from conftest import ENDLESS_CONFIG, REPO
@@ -114,6 +115,10 @@ async def test_l_refuses_bad_learning_rates_in_place(start_worker):
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, LRScreen))
         screen = app.screen
+        # The panels behind the dialog keep updating.
+        loss = app.query_one_main(LossPanel)
+        drawn = loss.draws
+        await until(pilot, lambda: loss.draws > drawn + 1)
         for text, reason in (
             ("abc", "must be a number"),
             ("-1", "must be > 0"),

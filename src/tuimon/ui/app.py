@@ -84,6 +84,7 @@ class TuimonApp(App[None]):
         self._announced_alerts = 0
         self._connection: RunConnection | ReplayLoader | None = None
         self._plot_drawn_at: dict[str | None, float] = {}
+        self._panels: list[Panel] = []
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -106,6 +107,8 @@ class TuimonApp(App[None]):
         else:
             self._connection = RunConnection(self.run_dir, self.post_message, self._worker_alive)
         self._connection.start()
+        # Kept, not queried each tick: while a dialog is open, queries see the dialog's screen.
+        self._panels = list(self.query(Panel))
         self._fit_layout()
         self.query_one(DoctorPanel).focus()
         self.set_interval(1 / self.fps, self.refresh_panels)
@@ -119,8 +122,9 @@ class TuimonApp(App[None]):
         self.call_after_refresh(self.refresh_panels, True)
 
     def _fit_layout(self) -> None:
-        self.screen.set_class(self.size.width < NARROW_WIDTH, "-narrow")
-        self.screen.set_class(self.size.height < SHORT_HEIGHT, "-short")
+        main = self.screen_stack[0] if self.screen_stack else self.screen
+        main.set_class(self.size.width < NARROW_WIDTH, "-narrow")
+        main.set_class(self.size.height < SHORT_HEIGHT, "-short")
 
     # -- drawing --------------------------------------------------------------------------
 
@@ -128,9 +132,11 @@ class TuimonApp(App[None]):
         """Redraw what changed. Text panels every tick; at most one plot per tick (the one
         longest out of date), unless `everything` (a resize, a new view option, a new state),
         so a tick never costs more than one plotext drawing."""
-        self.query_one(StatusBar).shown_state = self.shown_state
+        if not self._panels:
+            return  # not mounted yet
+        self.query_one_main(StatusBar).shown_state = self.shown_state
         plots = []
-        for panel in self.query(Panel):
+        for panel in self._panels:
             if panel.PLOT and not everything:
                 plots.append(panel)
             else:
@@ -141,6 +147,10 @@ class TuimonApp(App[None]):
             oldest.refresh_view(self.state, self.options)
             self._plot_drawn_at[oldest.id] = time.monotonic()
         self._announce_news()
+
+    def query_one_main(self, kind: type[Panel]) -> Any:
+        """A panel of the main screen, whatever dialog is on top of it."""
+        return next(panel for panel in self._panels if isinstance(panel, kind))
 
     @property
     def shown_state(self) -> str:
@@ -285,7 +295,7 @@ class TuimonApp(App[None]):
         )
 
     def action_apply_alert(self) -> None:
-        alert = self.query_one(DoctorPanel).selected_alert
+        alert = self.query_one_main(DoctorPanel).selected_alert
         if not alert or not alert.get("action"):
             self.notify("the selected alert has no action to apply", severity="warning")
             return
