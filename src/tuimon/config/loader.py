@@ -61,11 +61,23 @@ def validate(source: ConfigSource) -> Config:
     problems = _check_named_sections(
         source, config.model, config.optimizer, config.scheduler, config.loss
     )
+    problems += _check_rule_overrides(config, source)
     if problems:
         raise ConfigError(problems)
     if config.name is None:
         config.name = _default_name(source.origin)
     return config
+
+
+def _check_rule_overrides(config: Config, source: ConfigSource) -> list[str]:
+    """monitor.rules.<id>.<threshold>: the threshold must be one the rule has."""
+    from tuimon.doctor.registry import override_problems
+
+    return [
+        _located(source, ("monitor", "rules", rule_id, key), message)
+        for rule_id, override in config.monitor.rules.items()
+        for key, message in override_problems(rule_id, override.model_dump())
+    ]
 
 
 def _position(problem: str) -> tuple[int, int, int]:

@@ -131,6 +131,9 @@ class SyntheticConfig(StrictModel):
     num_classes: int = Field(10, ge=2)
     noise: float = Field(1.0, ge=0)
     seed: int | None = None
+    task: Literal["classification", "regression"] = Field(
+        "classification", description="regression: predict the class index as a number"
+    )
 
 
 class DataConfig(StrictModel):
@@ -166,6 +169,9 @@ class TrainConfig(StrictModel):
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch end")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at end")
     resume: str | None = None
+    init_from: str | None = Field(
+        None, description="start from these model weights only (fine-tuning)"
+    )
 
     @field_validator("device")
     @classmethod
@@ -185,6 +191,15 @@ class ProbeConfig(StrictModel):
     layer_norms_every: int = Field(20, gt=0, description="steps between per-layer gradient norms")
     update_ratio_every: int = Field(
         50, ge=0, description="steps between update-to-weight ratio probes; 0 = off"
+    )
+    batch_every: int = Field(
+        20, ge=0, description="every N steps, 3 batches' inputs/labels/outputs checked; 0 = off"
+    )
+    activations_every: int = Field(
+        50, ge=0, description="steps between dead-ReLU/saturation probes; 0 = off"
+    )
+    stale_grad_every: int = Field(
+        10, ge=0, description="steps between checks for a missing zero_grad(); 0 = off"
     )
     update_ratio_every: int = Field(
         50, ge=0, description="steps between update-to-weight ratio probes; 0 = off"
@@ -209,7 +224,29 @@ class MonitorConfig(StrictModel):
     smoothing: float = Field(0.9, ge=0, lt=1, description="EMA weight of the smoothed loss")
     probes: ProbeConfig = ProbeConfig()
     rules: dict[RuleId, RuleOverride] = {}
-    autofix: bool = False
+    autofix: bool = Field(False, description="on NaN or divergence: restore, LR x0.1")
+    autofix_max: int = Field(3, ge=1, description="autofix gives up after this many tries")
+    snapshot_every: int = Field(
+        0, ge=0, description="steps between in-memory snapshots; 0 = 100 with autofix, else off"
+    )
+
+
+class FaultsConfig(StrictModel):
+    """Deliberate bugs for the fault zoo (configs/faults/): each one a classic mistake."""
+
+    skip_zero_grad: bool = Field(False, description="never call optimizer.zero_grad()")
+    softmax_before_loss: bool = Field(False, description="softmax the logits before the loss")
+    random_labels: bool = Field(False, description="labels that have nothing to do with inputs")
+    sort_by_label: bool = Field(False, description="batches come sorted by class")
+    raw_pixels: bool = Field(False, description="feed 0-255 pixel values, not normalized")
+    nan_inputs: float = Field(0.0, ge=0, le=1, description="share of batches with a NaN pixel")
+    class_ratio: float = Field(1.0, ge=1, description="class 0 this many times the others")
+    optimizer_params: Literal["all", "head"] = Field(
+        "all", description="head: the optimizer holds only the last layer"
+    )
+    bias_init: float | None = Field(None, description="set every bias to this value")
+    weight_scale: float = Field(1.0, gt=0, description="multiply the initial weights")
+    nan_grad_at: int | None = Field(None, gt=0, description="a NaN gradient at this step")
 
 
 class Config(StrictModel):
@@ -221,6 +258,7 @@ class Config(StrictModel):
     loss: LossConfig = LossConfig()
     train: TrainConfig
     monitor: MonitorConfig = MonitorConfig()
+    faults: FaultsConfig = FaultsConfig()
 
     @field_validator("name")
     @classmethod

@@ -20,7 +20,16 @@ MAX_LR = 100.0
 MAX_SCALE = 1000.0
 
 # Commands that change the run, applied by the training thread at a step boundary.
-RUN_COMMANDS = ("set-lr", "scale-lr", "pause", "resume", "stop", "checkpoint")
+RUN_COMMANDS = (
+    "set-lr",
+    "scale-lr",
+    "pause",
+    "resume",
+    "stop",
+    "checkpoint",
+    "set-grad-clip",  # clip gradients at this global norm (0: stop clipping)
+    "recover",  # restore the last good snapshot and scale the LR by lr_factor
+)
 # Commands the server answers itself, at once.
 SERVER_COMMANDS = ("status", "subscribe", "history", "ping")
 COMMANDS = RUN_COMMANDS + SERVER_COMMANDS
@@ -121,6 +130,23 @@ def _check_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         checked = {"factor": validate_factor(args.pop("factor"))}
         if "group" in args:
             checked["group"] = _group(args.pop("group"))
+    elif cmd == "set-grad-clip":
+        if "value" not in args:
+            raise ProtocolError('set-grad-clip needs "value" (0 stops clipping)')
+        value = _number(args.pop("value"), "gradient clip")
+        if value < 0:
+            raise ProtocolError(f"gradient clip must be >= 0, got {value:g}")
+        checked = {"value": value or None}
+    elif cmd == "recover":
+        factor = _number(args.pop("lr_factor", 0.1), "lr_factor")
+        if not 0 < factor <= 1:
+            raise ProtocolError(f"lr_factor must be in (0, 1], got {factor:g}")
+        checked = {"lr_factor": factor}
+        if "before_step" in args:
+            before = args.pop("before_step")
+            if isinstance(before, bool) or not isinstance(before, int) or before < 0:
+                raise ProtocolError(f"before_step must be a step number, got {_show(before)}")
+            checked["before_step"] = before
     else:
         checked = {}
     if args:

@@ -83,6 +83,9 @@ class ConsoleReporter:
         if event.get("suggestion"):
             self._print(f"[{self.name}]   suggestion: {event['suggestion']}")
 
+    def _on_alert_cleared(self, event: dict[str, Any]) -> None:
+        self._print(f"[{self.name}] cleared: {event.get('rule')} at step {event.get('step')}")
+
     def _on_control(self, event: dict[str, Any]) -> None:
         self._print(
             f"[{self.name}] {event.get('command')} at step {event.get('step')}: "

@@ -27,13 +27,14 @@ import tuimon
 from tuimon.config.schema import MonitorConfig
 from tuimon.control.protocol import ProtocolError, Request
 from tuimon.control.server import ControlServer
+from tuimon.doctor.engine import Doctor
 from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
-from tuimon.monitor.grad_probe import GradientProbe
-from tuimon.monitor.param_layout import ParamLayout
+from tuimon.monitor.optimizer_check import optimizer_check
+from tuimon.monitor.probes import StepProbes
+from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.monitor.step_timer import StepTimer
-from tuimon.monitor.update_probe import UpdateProbe
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
 from tuimon.run.event_log import EventLog
 from tuimon.run.run_dir import (
@@ -47,6 +48,8 @@ from tuimon.run.run_state import RunState
 from tuimon.system.sampler import SystemSampler
 
 RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
+# Failures autofix answers by restoring the last good snapshot with a lower LR.
+AUTOFIX_RULES = ("nan_loss", "nan_grad", "divergence")
 
 
 @dataclass
@@ -112,8 +115,10 @@ class Monitor:
             raise RuntimeError("this Monitor is closed")
         self.global_step += 1
         step_time, data_time = self._timer.lap()
-        sample = self._grads.take()
-        lrs = sample.lrs if sample is not None else lr_control.current_lrs(self.optimizer)
+        used_lrs, tensors, batch_layout = self._probes.sample(
+            self.global_step, inputs, targets, outputs
+        )
+        lrs = used_lrs if used_lrs is not None else lr_control.current_lrs(self.optimizer)
         samples = _batch_size(inputs if inputs is not None else targets)
         meta: dict[str, Any] = {
             "step": self.global_step,
@@ -128,11 +133,10 @@ class Monitor:
             meta["lrs"] = lrs
         if samples and step_time > 0:
             meta["samples_per_s"] = samples / step_time
-        self._buffer.add(
-            meta,
-            loss,
-            {"grad": sample.norms if sample is not None else None, "update": self._updates.take()},
-        )
+        if batch_layout:
+            meta["batch_layout"] = batch_layout
+        self._buffer.add(meta, loss, tensors)
+        self._snapshots.maybe_take(self.global_step, self.model, self.optimizer)
         if self._buffer.due():
             self._buffer.start_transfer()
         self._emit_steps(self._buffer.collect())
@@ -203,8 +207,7 @@ class Monitor:
         self._log.emit(end)
         self._log.close()
         self._server.close()
-        self._grads.remove()
-        self._updates.remove()
+        self._probes.remove()
         self._timer.remove()
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._previous_excepthook
@@ -262,7 +265,6 @@ class Monitor:
         self._closed = False
         self._started = time.time()
         self._last_loss: float | None = None
-        self._layer_norms_logged = False
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
 
         self._log = EventLog(self.run_dir / EVENTS_FILE)
@@ -275,15 +277,17 @@ class Monitor:
                     self.name, self.settings.print_every, smoothing=self.settings.smoothing
                 )
             )
-        self._layout = ParamLayout(model, optimizer)
-        self._grads = GradientProbe(self._layout, optimizer)
-        self._grads.clip = options.grad_clip
-        self._updates = UpdateProbe(
-            self._layout, optimizer, self.settings.probes.update_ratio_every
-        )
+        self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
         self._timer = StepTimer(model)
         self._buffer = DeviceBuffer(self.settings.log_every)
+        every = self.settings.snapshot_every or (100 if self.settings.autofix else 0)
+        self._snapshots = SnapshotRing(every)
+        self._autofixes = 0
+        # The doctor reads every event on the log's writer thread, off the training loop.
+        self.doctor = Doctor({k: v.model_dump() for k, v in self.settings.rules.items()})
+        self._log.subscribe(self._consult_doctor)
         self._log.emit(self._start_event())
+        self._log.emit({**optimizer_check(model, optimizer), "step": self.global_step})
         self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
         self._sampler.start()
         self._server = ControlServer(
@@ -314,7 +318,7 @@ class Monitor:
                 "class": type(self.model).__name__,
                 "params": sum(p.numel() for p in params),
                 "trainable": sum(p.numel() for p in params if p.requires_grad),
-                "layers": list(self._layout.layer_names),
+                "layers": list(self._probes.layout.layer_names),
             },
             "optimizer": {
                 "class": type(self.optimizer).__name__,
@@ -338,33 +342,17 @@ class Monitor:
     def _emit_steps(self, records: list[StepRecord]) -> None:
         if not records:
             return
-        layer_every = self.settings.probes.layer_norms_every
-        with_grads = [r for r in records if "grad" in r.values]
-        grads = dict(
-            zip(
-                map(id, with_grads),
-                self._layout.reduce([r.values["grad"] for r in with_grads]),
-                strict=True,
-            )
-        )
-        events = []
-        for record in records:
-            event: dict[str, Any] = {"type": "step", **record.meta, "loss": record.loss}
-            if id(record) in grads:
-                total, layers = grads[id(record)]
-                event["grad_norm"] = total
-                step = record.meta["step"]
-                if layers and (step % layer_every == 0 or not self._layer_norms_logged):
-                    self._layer_norms_logged = True
-                    event["layer_grad_norms"] = layers
-            if "update" in record.values:
-                ratio, layer_ratios = self._updates.reduce(record.values["update"])
-                event["update_ratio"] = ratio
-                event["layer_update_ratios"] = layer_ratios
-            events.append(event)
+        events: list[dict[str, Any]] = []
+        for record, (fields, probes) in zip(records, self._probes.read(records), strict=True):
+            meta = {k: v for k, v in record.meta.items() if k != "batch_layout"}
+            event = {"type": "step", **meta, "loss": record.loss, **fields}
+            self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
+            # Probes first: rules then know a step's inputs before they judge its loss.
+            events += [*probes, event]
         memory = _cuda_memory(self.model)
         if memory:
-            events[-1]["cuda_memory"] = memory
+            last_step = [e for e in events if e["type"] == "step"][-1]
+            last_step["cuda_memory"] = memory
         self._last_loss = records[-1].loss
         for event in events:
             self._log.emit(event)
@@ -424,6 +412,11 @@ class Monitor:
             elif cmd == "checkpoint":
                 path = self._checkpoint_or_note("command")
                 self._control(request, None, path, path=path)
+            elif cmd == "set-grad-clip":
+                old, self._probes.grads.clip = self._probes.grads.clip, request.args["value"]
+                self._control(request, old, self._probes.grads.clip)
+            elif cmd == "recover":
+                self._recover(request)
         except Exception as exc:  # a command must never take the run down
             self.note(f"{cmd} failed: {exc}", level="error")
 
@@ -439,6 +432,40 @@ class Monitor:
             )
         extra = {"old_lrs": old, "new_lrs": new} if len(old) > 1 else {}
         self._control(request, old[0], new[0], **extra)
+
+    def _recover(self, request: Request) -> None:
+        """Go back to the last good snapshot (if one is kept) and scale the LR down."""
+        restored = self._snapshots.restore(
+            self.model, self.optimizer, request.args.get("before_step")
+        )
+        old, new = lr_control.scale_lr(self.optimizer, self.scheduler, request.args["lr_factor"])
+        self._control(request, old[0], new[0], restored_step=restored)
+        if restored is None:
+            self.note(
+                "recover: no good snapshot to restore (set monitor.autofix or "
+                "monitor.snapshot_every to keep some), so only the LR was lowered",
+                level="warning",
+            )
+
+    def _consult_doctor(self, event: dict[str, Any]) -> None:
+        """Log listener: alerts for the log, and autofix for the worst failures."""
+        for said in self.doctor.observe(event):
+            self._log.emit(said)
+            if said["type"] == "alert" and said["rule"] in AUTOFIX_RULES:
+                self._autofix(said)
+
+    def _autofix(self, alert: dict[str, Any]) -> None:
+        if not self.settings.autofix:
+            return
+        if self._autofixes >= self.settings.autofix_max:
+            self.note(
+                f"autofix: gave up on {alert['rule']} after {self._autofixes} tries", level="error"
+            )
+            return
+        self._autofixes += 1
+        action = alert.get("action") or {"cmd": "recover", "lr_factor": 0.1}
+        args = {k: v for k, v in action.items() if k != "cmd"}
+        self._inbox.put(Request(cmd="recover", args=args, source="autofix"))
 
     def _checkpoint_or_note(self, reason: str) -> str | None:
         try:

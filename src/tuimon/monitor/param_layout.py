@@ -10,7 +10,7 @@ import math
 
 import torch
 
-NOT_IN_MODEL = "(not in model)"
+from tuimon.monitor.names import NOT_IN_MODEL
 
 
 class ParamLayout:
@@ -39,6 +39,9 @@ class ParamLayout:
             len(self.params), max(len(self.layer_names), 1), dtype=torch.float64
         )
         self._matrix[torch.arange(len(self.params)), torch.tensor(columns).long()] = 1
+
+    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return list(self._model.named_parameters())
 
     def changed(self) -> bool:
         """Whether add_param_group() added parameters since the last refresh()."""

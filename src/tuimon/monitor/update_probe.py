@@ -14,6 +14,8 @@ import torch
 from tuimon.monitor.grad_probe import per_param_norms
 from tuimon.monitor.param_layout import ParamLayout
 
+EARLY = (1, 2, 3, 5, 10, 20)
+
 
 class UpdateProbe:
     def __init__(self, layout: ParamLayout, optimizer: torch.optim.Optimizer, every: int) -> None:
@@ -31,6 +33,11 @@ class UpdateProbe:
         for handle in self._handles:
             handle.remove()
 
+    def due(self, step: int) -> bool:
+        """Every `every` steps, and a few times at the start, where a far too high LR does
+        its damage before the first regular probe."""
+        return bool(self.every) and (step in EARLY or step % self.every == 0)
+
     def take(self) -> torch.Tensor | None:
         """[‖Δw‖ per parameter…, ‖w‖ per parameter…] of the last probed step, if any."""
         sample, self._pending = self._pending, None
@@ -38,7 +45,7 @@ class UpdateProbe:
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
-        if self.every and self._steps % self.every == 0 and self.layout.params:
+        if self.due(self._steps) and self.layout.params:
             with torch.no_grad():
                 self._before = torch._foreach_mul([p.detach() for p in self.layout.params], 1.0)
 

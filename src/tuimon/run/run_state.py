@@ -135,7 +135,14 @@ class RunState:
             self.status = event["new"]
 
     def _on_alert(self, event: dict[str, Any]) -> None:
-        self.alerts.append(event)
+        self.alerts.append(dict(event))
+
+    def _on_alert_cleared(self, event: dict[str, Any]) -> None:
+        """The episode is over: the newest alert of that rule is marked cleared."""
+        for alert in reversed(self.alerts):
+            if alert.get("rule") == event.get("rule"):
+                alert["cleared_at"] = event.get("step")
+                break
 
     def _on_message(self, event: dict[str, Any]) -> None:
         self.messages.append(event)

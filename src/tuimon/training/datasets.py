@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from tuimon.config.schema import DataConfig
+from tuimon.config.schema import DataConfig, FaultsConfig
 from tuimon.errors import UsageError
 from tuimon.training.models import DataShape
 from tuimon.training.synthetic import SyntheticImages
@@ -54,6 +54,13 @@ class ImageSource(Protocol):
 
     def image(self, index: int) -> torch.Tensor: ...
 
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor: ...
+
+
+def collate_batch(batch: Any) -> Any:
+    """The collate function for ImageDataset: its __getitems__ returns a ready batch."""
+    return batch
+
 
 class TensorImages:
     """A real dataset held in memory as uint8 NxCxHxW."""
@@ -68,6 +75,9 @@ class TensorImages:
     def image(self, index: int) -> torch.Tensor:
         return self.images[index]
 
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
 
 class ImageTransform:
     """uint8 image → float in [0, 1] → random crop / flip (training only) → normalized."""
@@ -78,14 +88,18 @@ class ImageTransform:
         std: tuple[float, ...] | None,
         crop_padding: int = 0,
         hflip: bool = False,
+        scale: bool = True,
     ) -> None:
         self.mean = torch.tensor(mean).view(-1, 1, 1) if mean is not None else None
         self.std = torch.tensor(std).view(-1, 1, 1) if std is not None else None
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.scale = scale  # False only for the raw_pixels fault: values stay in 0-255
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float().div_(255)
+        x = image.float()
+        if self.scale:
+            x.div_(255)
         if self.crop_padding:
             p = self.crop_padding
             height, width = x.shape[-2:]
@@ -94,6 +108,31 @@ class ImageTransform:
             x = x[:, top : top + height, left : left + width]
         if self.hflip and torch.rand(()) < 0.5:
             x = x.flip(-1)
+        if self.mean is not None and self.std is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """The same for a whole uint8 B×C×H×W batch at once (what the loader uses)."""
+        x = images.float()
+        if self.scale:
+            x.div_(255)
+        if self.crop_padding:
+            p = self.crop_padding
+            count, _, height, width = x.shape
+            padded = F.pad(x, (p, p, p, p))
+            offsets = torch.randint(0, 2 * p + 1, (count, 2))
+            rows = (offsets[:, 0, None] + torch.arange(height))[:, None, :, None]
+            cols = (offsets[:, 1, None] + torch.arange(width))[:, None, None, :]
+            x = padded[
+                torch.arange(count)[:, None, None, None],
+                torch.arange(x.shape[1])[None, :, None, None],
+                rows,
+                cols,
+            ]
+        if self.hflip:
+            flip = torch.rand(x.shape[0]) < 0.5
+            x[flip] = x[flip].flip(-1)
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std
         return x
@@ -114,6 +153,13 @@ class ImageDataset(torch.utils.data.Dataset):
         index = int(self.indices[i])
         return self.transform(self.source.image(index)), self.source.labels[index]
 
+    def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch, transformed at once: DataLoader calls this instead of
+        __getitem__ per sample (pair it with `collate_batch`)."""
+        indices = self.indices[torch.as_tensor(positions, dtype=torch.long)]
+        images = self.source.images_at(indices)
+        return self.transform.batch(images), self.source.labels[indices]
+
     @property
     def labels(self) -> torch.Tensor:
         return self.source.labels[self.indices]
@@ -128,7 +174,8 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
 
 
-def build_data(config: DataConfig, seed: int) -> DataBundle:
+def build_data(config: DataConfig, seed: int, faults: FaultsConfig | None = None) -> DataBundle:
+    faults = faults or FaultsConfig()
     notes: list[str] = []
     known = KNOWN.get(config.name)
     if known is None:
@@ -168,10 +215,26 @@ def build_data(config: DataConfig, seed: int) -> DataBundle:
                 f"{known.image_size}, {known.num_classes} classes, {len(source)} images) "
                 "instead, as data.fallback: synthetic asks"
             )
+    task = config.synthetic.task if known is None else "classification"
+    if task == "regression":
+        # Predict the class index as a number, with a little label noise.
+        noise = torch.randn(len(source), generator=torch.Generator().manual_seed(seed + 1))
+        source.labels = (source.labels.float() + 0.1 * noise).unsqueeze(1)
+        shape = DataShape(shape.channels, shape.image_size, 1)
+    if faults.random_labels:
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 2))
+        source.labels = source.labels[order]
     mean, std = _normalization(config, known if origin != "synthetic" else None, source)
+    if faults.raw_pixels:
+        mean = std = None
     train_idx, val_idx = _split(len(source), config.val_split, config.limit, seed)
-    augment = ImageTransform(mean, std, config.augment.random_crop, config.augment.hflip)
-    plain = ImageTransform(mean, std)
+    if faults.class_ratio > 1:
+        train_idx = _imbalanced(train_idx, source.labels, faults.class_ratio)
+    scale = not faults.raw_pixels
+    augment = ImageTransform(
+        mean, std, config.augment.random_crop, config.augment.hflip, scale=scale
+    )
+    plain = ImageTransform(mean, std, scale=scale)
     train = ImageDataset(source, train_idx, augment)
     val = ImageDataset(source, val_idx, plain) if len(val_idx) else None
     info = {
@@ -179,6 +242,7 @@ def build_data(config: DataConfig, seed: int) -> DataBundle:
         "source": origin,
         "shape": [shape.channels, shape.image_size, shape.image_size],
         "num_classes": shape.num_classes,
+        "task": task,
         "train_samples": len(train),
         "val_samples": len(val) if val is not None else 0,
         "mean": list(mean) if mean is not None else None,
@@ -243,6 +307,14 @@ def _normalization(
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _imbalanced(indices: torch.Tensor, labels: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keep every sample of class 0 and one in `ratio` of the others."""
+    classes = labels[indices].reshape(len(indices), -1)[:, 0].long()
+    others = torch.nonzero(classes != 0).flatten()
+    keep = torch.cat([torch.nonzero(classes == 0).flatten(), others[:: max(1, round(ratio))]])
+    return indices[torch.sort(keep).values]
 
 
 def _split(

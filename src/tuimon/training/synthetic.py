@@ -43,7 +43,10 @@ class SyntheticImages:
             coarse, size=(image_size, image_size), mode="bilinear", align_corners=False
         )
         self.prototypes /= self.prototypes.std(dim=(1, 2, 3), keepdim=True)
-        self.labels = torch.arange(num_samples) % num_classes
+        # The class an image is drawn from; `labels` is what the dataset reports, the same
+        # unless a fault (random labels) or the regression task says otherwise.
+        self.classes = torch.arange(num_samples) % num_classes
+        self.labels = self.classes
         self._generator = torch.Generator()
         self._images: torch.Tensor | None = None
         if num_samples * channels * image_size**2 <= MATERIALIZE_BYTES:
@@ -59,12 +62,18 @@ class SyntheticImages:
             return self._images[index]
         return self._make(index)
 
+    def images_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """uint8 images of many samples at once, as a B×C×H×W tensor."""
+        if self._images is not None:
+            return self._images[indices]
+        return torch.stack([self._make(int(i)) for i in indices])
+
     def _make(self, index: int) -> torch.Tensor:
         self._generator.manual_seed(self.seed * 1_000_003 + index + 1)
         draw = torch.randn(3 + self.prototypes[0].numel(), generator=self._generator)
         shift_y, shift_x = draw[:2].round().clamp(-2, 2).int().tolist()
         gain = 1.0 + 0.25 * float(draw[2].clamp(-2, 2))
-        base = torch.roll(self.prototypes[int(self.labels[index])], (shift_y, shift_x), (1, 2))
+        base = torch.roll(self.prototypes[int(self.classes[index])], (shift_y, shift_x), (1, 2))
         noise = draw[3:].view(base.shape)
         pixels = 128 + 40 * (SIGNAL * gain * base + self.noise * noise)
         return pixels.clamp_(0, 255).to(torch.uint8)

@@ -19,7 +19,8 @@ from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import ResumeState, load_checkpoint
-from tuimon.training.datasets import DataBundle, build_data
+from tuimon.training import faults
+from tuimon.training.datasets import DataBundle, build_data, collate_batch
 from tuimon.training.device import select_device
 from tuimon.training.models import build_model
 from tuimon.training.optimization import (
@@ -57,10 +58,16 @@ class Trainer:
         cfg, train = self.config, self.config.train
         seed_everything(train.seed)
         self.device = select_device(train.device)
-        self.data: DataBundle = build_data(cfg.data, train.seed)
-        self.model = build_model(cfg, self.data.shape).to(self.device)
+        self.data: DataBundle = build_data(cfg.data, train.seed, cfg.faults)
+        self.model = build_model(cfg, self.data.shape)
+        faults.apply_init_faults(self.model, cfg.faults)
+        if train.init_from:
+            self._load_weights(Path(train.init_from).expanduser())
+        self.model.to(self.device)
         self.loss_fn = build_loss(cfg.loss).to(self.device)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters())
+        self.optimizer = build_optimizer(
+            cfg.optimizer, faults.optimizer_params(self.model, cfg.faults)
+        )
         batches = math.ceil(len(self.data.train) / train.batch_size)
         self.steps_per_epoch = batches // train.accumulate
         if self.steps_per_epoch == 0:
@@ -94,6 +101,18 @@ class Trainer:
                 )
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise UsageError(f"train.resume: cannot resume from {path}: {exc}") from None
+
+    def _load_weights(self, path: Path) -> None:
+        """`train.init_from`: model weights only (a tuimon checkpoint or a state_dict)."""
+        if not path.is_file():
+            raise UsageError(f"train.init_from: no file at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if isinstance(state, dict) and "model" in state and "format" in state:
+                state = state["model"]
+            self.model.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"train.init_from: cannot load weights from {path}: {exc}") from None
 
     def run(self, run_dir: str | Path | None = None, quiet: bool = False) -> str:
         """Train to the end (or a stop); returns the run's final status."""
@@ -161,17 +180,20 @@ class Trainer:
         self._epoch_loss = torch.zeros((), device=self.device)
         self._epoch_steps = 0
         self.model.train()
+        bugs = self.config.faults
         for _ in range(self.steps_per_epoch - skip):
-            self.optimizer.zero_grad(set_to_none=True)
+            if not bugs.skip_zero_grad:
+                self.optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=self.device)
             for _micro in range(train.accumulate):
                 inputs, targets = next(batches)
-                inputs = inputs.to(self.device, non_blocking=True)
+                inputs = faults.corrupt_inputs(inputs.to(self.device, non_blocking=True), bugs)
                 targets = targets.to(self.device, non_blocking=True)
-                outputs = self.model(inputs)
+                outputs = faults.loss_inputs(self.model(inputs), bugs)
                 loss = self.loss_fn(outputs, targets)
                 (loss / train.accumulate).backward()
                 total += loss.detach()
+            faults.corrupt_grads(self.model, mon.global_step + 1, bugs)
             self.optimizer.step()
             if step_scheduler:
                 self.scheduler.step()
@@ -215,6 +237,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             self.data.val,
             batch_size=self.config.train.batch_size,
+            collate_fn=collate_batch,
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -253,11 +276,13 @@ class Trainer:
             order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(size)
+        order = faults.epoch_order(order, self.data.train.labels, cfg.faults)
         order = order[skip_batches * cfg.train.batch_size :].tolist()
         return torch.utils.data.DataLoader(
             self.data.train,
             batch_size=cfg.train.batch_size,
             sampler=order,
+            collate_fn=collate_batch,
             num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),

@@ -1,0 +1,131 @@
+"""What every rule needs to know about the run so far, kept up to date once per event.
+
+Rules are pure functions of the metric history; this is the shared part of that history
+(smoothed loss, its starting value and best, the task, the optimizer and LR), maintained
+incrementally so that a rule costs the same at step 10 and at step 10 million.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+from tuimon.series.smoothing import DebiasedEMA
+
+INITIAL_STEPS = 10  # the loss at the start: the mean of this many finite losses
+HISTORY = 1024  # recent (step, smoothed loss) pairs kept for "N steps ago"
+
+
+class RunContext:
+    def __init__(self) -> None:
+        self.step = 0
+        self.loss = math.nan
+        self.lr: float | None = None
+        self.max_lr = 0.0
+        self.grad_norm: float | None = None
+        self.ema = DebiasedEMA(0.9)
+        self.initial: float | None = None
+        self.best: float | None = None
+        self.best_step = 0
+        self._first: list[float] = []
+        self._ema_history: deque[tuple[int, float]] = deque(maxlen=HISTORY)
+        self.num_classes: int | None = None
+        self.task: str | None = None  # classification | regression, when known
+        self.loss_name: str | None = None
+        self.optimizer: str = "the optimizer"
+        self.num_workers: int | None = None
+        self.steps_per_epoch: int | None = None
+        self.last_input_nan_step: int | None = None
+        self.causes: dict[str, int] = {}  # root-cause rules that have alerted, and when
+
+    # -- updating ----------------------------------------------------------------------------
+
+    def update(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self._on_start(event)
+        elif kind == "step":
+            self._on_step(event)
+        elif kind == "probe" and event.get("probe") == "batch":
+            self._on_batch_probe(event)
+
+    def _on_start(self, event: dict[str, Any]) -> None:
+        data = event.get("data") or {}
+        config = event.get("config") or {}
+        if data.get("task") == "regression":
+            self.task = "regression"
+        elif isinstance(data.get("num_classes"), int) and data["num_classes"] >= 2:
+            self.task, self.num_classes = "classification", data["num_classes"]
+        self.loss_name = ((config.get("loss") or {}).get("name")) or self.loss_name
+        self.optimizer = (event.get("optimizer") or {}).get("class") or self.optimizer
+        self.num_workers = (config.get("data") or {}).get("num_workers")
+        self.steps_per_epoch = event.get("steps_per_epoch")
+
+    def _on_step(self, event: dict[str, Any]) -> None:
+        self.step = int(event.get("step", self.step))
+        loss = event.get("loss")
+        self.loss = float(loss) if isinstance(loss, int | float) else math.nan
+        lr = event.get("lr")
+        if isinstance(lr, int | float):
+            self.lr = float(lr)
+            self.max_lr = max(self.max_lr, self.lr)
+        grad = event.get("grad_norm")
+        self.grad_norm = float(grad) if isinstance(grad, int | float) else self.grad_norm
+        smoothed = self.ema.update(self.loss)
+        if math.isfinite(self.loss) and len(self._first) < INITIAL_STEPS:
+            self._first.append(self.loss)
+            if len(self._first) == INITIAL_STEPS:
+                self.initial = sum(self._first) / INITIAL_STEPS
+        if smoothed is not None:
+            self._ema_history.append((self.step, smoothed))
+            if self.initial is not None and (self.best is None or smoothed < self.best):
+                self.best, self.best_step = smoothed, self.step
+
+    def _on_batch_probe(self, event: dict[str, Any]) -> None:
+        inputs = event.get("inputs") or {}
+        if inputs.get("nonfinite"):
+            self.last_input_nan_step = int(event.get("step", 0))
+        targets = event.get("targets") or {}
+        if self.task is None and targets.get("counts") is not None:
+            self.task, self.num_classes = "classification", len(targets["counts"])
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def smoothed(self) -> float | None:
+        return self.ema.value
+
+    def smoothed_ago(self, steps: int) -> float | None:
+        """The smoothed loss about `steps` steps ago, if that far back is known."""
+        target = self.step - steps
+        if not self._ema_history or self._ema_history[0][0] > target:
+            return None
+        for step, value in reversed(self._ema_history):
+            if step <= target:
+                return value
+        return None
+
+    @property
+    def chance_loss(self) -> float | None:
+        """ln(C): the cross-entropy of a classifier that predicts uniformly."""
+        if self.task == "classification" and self.num_classes:
+            return math.log(self.num_classes)
+        return None
+
+    def unconverged(self, far_chance: float, far_initial: float) -> bool:
+        """Still far from a good loss: above `far_chance` x ln(C) for a classifier, else
+        above `far_initial` x the starting loss."""
+        smoothed = self.smoothed
+        if smoothed is None:
+            return False
+        chance = self.chance_loss
+        if chance is not None and (self.loss_name or "CrossEntropyLoss") in CE_LOSSES:
+            return smoothed > far_chance * chance
+        return self.initial is not None and smoothed > far_initial * self.initial
+
+    def lr_text(self) -> str:
+        return f"{self.optimizer} at LR {self.lr:.3g}" if self.lr is not None else self.optimizer
+
+
+CE_LOSSES = ("CrossEntropyLoss", "NLLLoss")

@@ -1,0 +1,89 @@
+"""The training doctor: runs every rule on each event and turns verdicts into alerts.
+
+One alert per episode: a rule alerts when its condition starts, stays quiet while it
+holds, and its episode ends (an `alert_cleared` event) when the condition clears. A more
+specific rule's alert suppresses the alerts it makes redundant (input_nan → nan_loss).
+The engine is pure: it reads events and returns events, in the worker (live) or over a
+recorded log (`tuimon doctor`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tuimon.doctor.context import RunContext
+from tuimon.doctor.registry import ALL_RULES, RULES
+from tuimon.doctor.rule import Rule
+
+
+class Doctor:
+    def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        overrides = overrides or {}
+        self.ctx = RunContext()
+        self.rules: list[Rule] = []
+        for cls in ALL_RULES:
+            settings = dict(overrides.get(cls.id) or {})
+            if settings.pop("enabled", True) is False:
+                continue
+            self.rules.append(cls(settings))
+        self.active: dict[str, dict[str, Any]] = {}
+        self.silenced: set[str] = set()  # holding, but suppressed by a more specific alert
+        self._clears: dict[str, int] = {}  # consecutive "cleared" verdicts per rule
+
+    def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """New `alert` / `alert_cleared` events caused by this event."""
+        kind = event.get("type")
+        if kind in ("alert", "alert_cleared"):
+            return []  # our own output, when re-reading a log
+        self.ctx.update(event)
+        step = event.get("step", self.ctx.step)
+        finite = kind != "step" or math.isfinite(self.ctx.loss)
+        out: list[dict[str, Any]] = []
+        for rule in self.rules:
+            if kind not in rule.events or (rule.needs_finite_loss and not finite):
+                continue
+            verdict = rule.check(event, self.ctx)
+            if verdict is None:
+                continue
+            if not verdict.active:
+                self._clears[rule.id] = self._clears.get(rule.id, 0) + 1
+                if self._clears[rule.id] >= rule.p["clear_after"]:
+                    if self.active.pop(rule.id, None) is not None:
+                        out.append({"type": "alert_cleared", "rule": rule.id, "step": step})
+                    self.silenced.discard(rule.id)
+                continue
+            self._clears[rule.id] = 0
+            if rule.id in self.active or rule.id in self.silenced:
+                continue
+            if any(rule.id in RULES[other].suppresses for other in self.active):
+                self.silenced.add(rule.id)
+                continue
+            alert = {
+                "type": "alert",
+                "step": step,
+                "rule": rule.id,
+                "severity": verdict.severity or rule.severity,
+                "message": verdict.message,
+                "suggestion": verdict.suggestion,
+                "evidence": verdict.evidence,
+            }
+            if rule.symptom and self.ctx.causes:
+                cause, when = min(self.ctx.causes.items(), key=lambda item: item[1])
+                alert["severity"] = "info"
+                alert["message"] += f" (likely a consequence of {cause} at step {when})"
+                alert["caused_by"] = cause
+            if rule.cause:
+                self.ctx.causes.setdefault(rule.id, step)
+            if verdict.action:
+                alert["action"] = verdict.action
+            self.active[rule.id] = alert
+            out.append(alert)
+        return out
+
+    def run(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Everything the doctor says over a whole log."""
+        said: list[dict[str, Any]] = []
+        for event in events:
+            said += self.observe(event)
+        return said

@@ -1,0 +1,143 @@
+"""Rules on gradients: non-finite values, explosion, and vanishing in early layers."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+from tuimon.doctor.context import RunContext
+from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.doctor.rules.loss import RECOVER
+from tuimon.monitor.names import NOT_IN_MODEL
+
+
+class NanGrad(Rule):
+    id = "nan_grad"
+    cause = True
+    severity = "error"
+    clear_after = 20
+    suppresses = ("exploding_gradients", "divergence", "dead_relu", "stall", "chance_level")
+    summary = "a gradient is NaN or infinite"
+    fix = "restore the last good weights, LR ×0.1; look for sqrt/log/division at 0"
+
+    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        grad = event.get("grad_norm")
+        if not isinstance(grad, int | float):
+            return None
+        if math.isfinite(grad):
+            return clear()
+        if not math.isfinite(ctx.loss):
+            return None  # a NaN loss explains it: nan_loss speaks for both
+        return Verdict(
+            True,
+            f"the gradient norm is {grad} at step {ctx.step} while the loss is finite "
+            f"({ctx.loss:.4g})",
+            "an operation with an infinite derivative (sqrt or log at 0, a division by a tiny "
+            "number) or a float16 overflow: add epsilons, clip gradients; restore the last good "
+            "weights with a lower LR (press a)",
+            {"step": ctx.step, "grad_norm": str(grad), "loss": ctx.loss},
+            dict(RECOVER, before_step=ctx.step),
+        )
+
+
+class ExplodingGradients(Rule):
+    id = "exploding_gradients"
+    cause = True
+    defaults = {
+        "baseline_from": 5,
+        "baseline_steps": 20,
+        "growth": 100.0,
+        "huge": 1e6,
+        "patience": 5,
+    }
+    clear_after = 20
+    summary = "gradient norms grow by orders of magnitude, or are huge"
+    fix = "clip gradients at 2× their early norm, lower the LR"
+
+    def __init__(self, params: dict[str, float] | None = None) -> None:
+        super().__init__(params)
+        self.early: list[float] = []
+        self.baseline: float | None = None
+        self.held = 0
+
+    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        grad = event.get("grad_norm")
+        if not isinstance(grad, int | float) or not math.isfinite(grad):
+            return None
+        if self.baseline is None:
+            if ctx.step >= self.p["baseline_from"]:
+                self.early.append(grad)
+            if len(self.early) >= self.p["baseline_steps"]:
+                self.baseline = statistics.median(self.early)
+            if grad <= self.p["huge"]:
+                return None
+        base = self.baseline
+        grown = base is not None and base > 0 and grad > self.p["growth"] * base
+        if not (grown or grad > self.p["huge"]):
+            self.held = 0
+            return clear()
+        self.held += 1
+        if self.held < self.p["patience"]:
+            return None
+        clip = 2 * base if base else 1.0
+        times = f"{grad / base:.3g}× its early level ({base:.3g})" if base else "huge"
+        return Verdict(
+            True,
+            f"gradient norm is {grad:.3g} at step {ctx.step}, {times}",
+            f"clip gradients at {clip:.3g} (press a), lower the LR, or add normalization",
+            {"grad_norm": grad, "baseline": base, "lr": ctx.lr},
+            {"cmd": "set-grad-clip", "value": float(f"{clip:.3g}")},
+        )
+
+
+class VanishingGradients(Rule):
+    id = "vanishing_gradients"
+    symptom = True
+    cause = True
+    events = ("step",)
+    defaults = {"warmup": 20, "ratio": 1e-3, "tiny": 1e-7, "patience": 3}
+    summary = "early layers get orders of magnitude less gradient than late ones, or ~none"
+    fix = "ReLU instead of sigmoid/tanh, BatchNorm, He init"
+
+    def __init__(self, params: dict[str, float] | None = None) -> None:
+        super().__init__(params)
+        self.held: deque[bool] = deque(maxlen=int(self.p["patience"]))
+
+    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        layers = event.get("layer_grad_norms")
+        if not layers or ctx.step < self.p["warmup"]:
+            return None
+        norms = [
+            (name, value)
+            for name, value in layers.items()
+            if name != NOT_IN_MODEL and isinstance(value, int | float) and math.isfinite(value)
+        ]
+        if len(norms) < 2:
+            return None
+        (first, low), (last, high) = norms[0], norms[-1]
+        total = math.sqrt(sum(v * v for _, v in norms))
+        ratio = low / high if high > 0 else math.inf
+        # Exactly zero is no gradient at all (dead units, a frozen or detached layer): that is
+        # for dead_relu and optimizer_mismatch to name, not a vanishing signal.
+        vanished = (low > 0 and ratio < self.p["ratio"]) or 0 < total < self.p["tiny"]
+        self.held.append(vanished)
+        if not vanished:
+            return clear()
+        if len(self.held) < self.p["patience"] or not all(self.held):
+            return None
+        if total < self.p["tiny"]:
+            message = f"the whole gradient is {total:.2g} at step {ctx.step}: nothing learns"
+        else:
+            message = (
+                f"the first layer ({first}) gets {ratio:.1e}× the gradient of the last "
+                f"({last}): {low:.2g} against {high:.2g}"
+            )
+        return Verdict(
+            True,
+            message,
+            "signals die on the way back: use ReLU instead of sigmoid/tanh, add BatchNorm, "
+            "use He/Kaiming initialization, or residual connections",
+            {"first": first, "first_norm": low, "last": last, "last_norm": high, "ratio": ratio},
+        )

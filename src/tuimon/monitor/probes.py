@@ -1,0 +1,120 @@
+"""All the probes a Monitor runs inside the training loop, and how their numbers come back.
+
+Each probe leaves device tensors for a step (no sync); `StepProbes.read` turns the fetched
+host values into the step event's fields (gradient norms, update ratio) and into `probe`
+events (batch, activations, stale gradients) that the training doctor reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tuimon.config.schema import ProbeConfig
+from tuimon.monitor.activation_probe import ActivationProbe
+from tuimon.monitor.batch_probe import BatchProbe
+from tuimon.monitor.device_buffer import StepRecord
+from tuimon.monitor.grad_probe import GradientProbe
+from tuimon.monitor.param_layout import ParamLayout
+from tuimon.monitor.stale_grad_probe import StaleGradProbe
+from tuimon.monitor.update_probe import UpdateProbe
+
+
+class StepProbes:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: ProbeConfig,
+        grad_clip: float | None,
+    ) -> None:
+        self.settings = settings
+        self.layout = ParamLayout(model, optimizer)
+        self.grads = GradientProbe(self.layout, optimizer)
+        self.grads.clip = grad_clip
+        self.updates = UpdateProbe(self.layout, optimizer, settings.update_ratio_every)
+        self.batch = BatchProbe(settings.batch_every)
+        self.activations = ActivationProbe(model, settings.activations_every)
+        self.stale = StaleGradProbe(self.layout, optimizer, settings.stale_grad_every)
+        self._layer_norms_logged = False
+
+    def remove(self) -> None:
+        for probe in (self.grads, self.updates, self.activations, self.stale):
+            probe.remove()
+
+    def sample(
+        self, step: int, inputs: Any, targets: Any, outputs: Any
+    ) -> tuple[list[float] | None, dict[str, torch.Tensor | None], dict[str, Any]]:
+        """(LRs used by the step's optimizer.step(), device tensors, host-side layout)."""
+        grads = self.grads.take()
+        tensors: dict[str, torch.Tensor | None] = {
+            "grad": grads.norms if grads is not None else None,
+            "update": self.updates.take(),
+            "acts": self.activations.take(),
+            "stale": self.stale.take(),
+        }
+        layout: dict[str, Any] = {}
+        if self.batch.due(step):
+            tensors["batch"], layout = self.batch.measure(inputs, targets, outputs)
+        self.activations.arm(step + 1)
+        return (grads.lrs if grads is not None else None), tensors, layout
+
+    def read(self, records: list[StepRecord]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """For each record: (fields of its step event, its probe events)."""
+        with_grads = [r for r in records if "grad" in r.values]
+        norms = dict(
+            zip(
+                map(id, with_grads),
+                self.layout.reduce([r.values["grad"] for r in with_grads]),
+                strict=True,
+            )
+        )
+        out = []
+        for record in records:
+            step = record.meta["step"]
+            fields: dict[str, Any] = {}
+            probes: list[dict[str, Any]] = []
+            if id(record) in norms:
+                total, layers = norms[id(record)]
+                fields["grad_norm"] = total
+                every = self.settings.layer_norms_every
+                if layers and (step % every == 0 or not self._layer_norms_logged):
+                    self._layer_norms_logged = True
+                    fields["layer_grad_norms"] = layers
+            if "update" in record.values:
+                ratio, layers = self.updates.reduce(record.values["update"])
+                fields["update_ratio"] = ratio
+                fields["layer_update_ratios"] = layers
+            if "batch" in record.values:
+                probes.append(
+                    {
+                        "type": "probe",
+                        "probe": "batch",
+                        "step": step,
+                        **BatchProbe.decode(
+                            record.values["batch"], record.meta.get("batch_layout", {})
+                        ),
+                    }
+                )
+            if "acts" in record.values:
+                probes.append(
+                    {
+                        "type": "probe",
+                        "probe": "activations",
+                        "step": step,
+                        "layers": self.activations.decode(record.values["acts"]),
+                    }
+                )
+            if "stale" in record.values:
+                probes.append(
+                    {
+                        "type": "probe",
+                        "probe": "stale_grad",
+                        "step": step,
+                        "stale": record.values["stale"][0] > 0.5,
+                        "param": self.stale.param_name,
+                    }
+                )
+            out.append((fields, probes))
+        return out

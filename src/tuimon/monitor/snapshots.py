@@ -1,0 +1,76 @@
+"""In-memory copies of the model and optimizer, so a blown-up run can go back.
+
+Taken every few steps on the device (a copy, no sync); a snapshot counts as good once its
+step's loss and gradient norm have come back finite. Kept only when autofix or
+`monitor.snapshot_every` asks for it: each one costs a model and optimizer's memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+KEPT = 3
+
+
+@dataclass
+class Snapshot:
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    good: bool = False
+
+
+class SnapshotRing:
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._ring: deque[Snapshot] = deque(maxlen=KEPT)
+
+    def __len__(self) -> int:
+        return len(self._ring)
+
+    def maybe_take(
+        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self.every or step % self.every:
+            return
+        with torch.no_grad():
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._ring.append(Snapshot(step, state, copy.deepcopy(optimizer.state_dict())))
+
+    def verify(self, step: int, loss: float, grad_norm: float | None) -> None:
+        """Mark the snapshot of `step` good once its values are known to be finite."""
+        for snapshot in self._ring:
+            if snapshot.step == step:
+                snapshot.good = math.isfinite(loss) and (
+                    grad_norm is None or math.isfinite(grad_norm)
+                )
+
+    def restore(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, before_step: int | None
+    ) -> int | None:
+        """Load the newest good snapshot at or before `before_step`; its step, or None.
+
+        The optimizer's state (momentum, Adam moments) comes back too, but not its LRs:
+        those are the schedule's, and the caller scales them next.
+        """
+        candidates = [
+            s for s in self._ring if s.good and (before_step is None or s.step <= before_step)
+        ]
+        if not candidates:
+            candidates = [s for s in self._ring if s.good]
+        if not candidates:
+            return None
+        snapshot = candidates[-1]
+        keys = ("lr", "initial_lr", "max_lr", "min_lr")
+        lrs = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+        model.load_state_dict(snapshot.model)
+        optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
+        for group, saved in zip(optimizer.param_groups, lrs, strict=True):
+            group.update(saved)
+        return snapshot.step
