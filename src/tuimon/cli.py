@@ -18,10 +18,11 @@ Run a training job from a config, or talk to a run:
   tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor
   tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
   tuimon replay RUN_DIR                  a run's whole history, read-only
+  tuimon doctor RUN_DIR [--rule R.T=V]   the training doctor over a recorded run
   tuimon ctl RUN_DIR set-lr X | scale-lr F | pause | resume | stop | checkpoint | status
 """
 
-SUBCOMMANDS = ("ctl", "run", "attach", "replay")
+SUBCOMMANDS = ("ctl", "run", "attach", "replay", "doctor")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,12 +199,40 @@ def ctl_command(args: list[str]) -> int:
         return EXIT_FAILED
 
 
-COMMANDS = {
-    "ctl": ctl_command,
-    "run": run_command,
-    "attach": attach_command,
-    "replay": replay_command,
-}
+def doctor_command(args: list[str]) -> int:
+    """Re-run the rules over a run's log and print what they find."""
+    import json
+
+    from tuimon.doctor.report import format_report, parse_rule_settings, review, worst_severity
+
+    parser = argparse.ArgumentParser(
+        prog="tuimon doctor",
+        description="Run the training doctor's rules over a recorded run (offline).",
+    )
+    parser.add_argument("run_dir", help="the run's directory")
+    parser.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="RULE.THRESHOLD=VALUE",
+        help="override a threshold (repeatable), e.g. stall.window=50 or stall.enabled=false",
+    )
+    parser.add_argument("--json", action="store_true", help="alerts as JSON lines")
+    parser.add_argument(
+        "--fail-on",
+        choices=["warning", "error"],
+        help="exit 1 if an alert this severe (or worse) is found",
+    )
+    options = parser.parse_args(args)
+    said, summary = review(Path(options.run_dir), parse_rule_settings(options.rule))
+    if options.json:
+        for event in said:
+            print(json.dumps(event, default=str))
+    else:
+        print(format_report(Path(options.run_dir), said, summary))
+    worst = worst_severity(said)
+    failing = {"warning": ("warning", "error"), "error": ("error",)}.get(options.fail_on or "", ())
+    return EXIT_FAILED if worst in failing else EXIT_OK
 
 
 def _await_applied(client: Any, request_id: Any, wait: float) -> int:
@@ -242,3 +271,12 @@ def _version() -> str:
     import tuimon
 
     return f"tuimon {tuimon.__version__}"
+
+
+COMMANDS = {
+    "ctl": ctl_command,
+    "run": run_command,
+    "attach": attach_command,
+    "replay": replay_command,
+    "doctor": doctor_command,
+}

@@ -227,7 +227,7 @@ class MonitorConfig(StrictModel):
     autofix: bool = Field(False, description="on NaN or divergence: restore, LR x0.1")
     autofix_max: int = Field(3, ge=1, description="autofix gives up after this many tries")
     snapshot_every: int = Field(
-        0, ge=0, description="steps between in-memory snapshots; 0 = 100 with autofix, else off"
+        0, ge=0, description="steps between in-memory snapshots; 0 = 20 with autofix, else off"
     )
 
 
@@ -236,7 +236,9 @@ class FaultsConfig(StrictModel):
 
     skip_zero_grad: bool = Field(False, description="never call optimizer.zero_grad()")
     softmax_before_loss: bool = Field(False, description="softmax the logits before the loss")
-    random_labels: bool = Field(False, description="labels that have nothing to do with inputs")
+    random_labels: float = Field(
+        0.0, ge=0, le=1, description="share of labels replaced by random ones (1: all)"
+    )
     sort_by_label: bool = Field(False, description="batches come sorted by class")
     raw_pixels: bool = Field(False, description="feed 0-255 pixel values, not normalized")
     nan_inputs: float = Field(0.0, ge=0, le=1, description="share of batches with a NaN pixel")

@@ -16,6 +16,9 @@ from tuimon.doctor.context import RunContext
 from tuimon.doctor.registry import ALL_RULES, RULES
 from tuimon.doctor.rule import Rule
 
+# Failures that restoring the last good weights answers (autofix, the `recover` command).
+RECOVERABLE = ("nan_loss", "nan_grad", "divergence")
+
 
 class Doctor:
     def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
@@ -36,6 +39,8 @@ class Doctor:
         kind = event.get("type")
         if kind in ("alert", "alert_cleared"):
             return []  # our own output, when re-reading a log
+        if kind == "control" and event.get("command") == "recover":
+            return self._start_over(RECOVERABLE, event.get("step", self.ctx.step))
         self.ctx.update(event)
         step = event.get("step", self.ctx.step)
         finite = kind != "step" or math.isfinite(self.ctx.loss)
@@ -80,6 +85,26 @@ class Doctor:
             self.active[rule.id] = alert
             out.append(alert)
         return out
+
+    def _start_over(self, rule_ids: tuple[str, ...], step: int) -> list[dict[str, Any]]:
+        """After weights were restored: these rules' episodes end, and they judge the run
+        afresh, so a failure that comes back is a new episode (autofix may try again)."""
+        cleared = []
+        for index, rule in enumerate(self.rules):
+            if rule.id in rule_ids:
+                self.rules[index] = type(rule)(rule.p)
+                if self.active.pop(rule.id, None) is not None:
+                    cleared.append(
+                        {
+                            "type": "alert_cleared",
+                            "rule": rule.id,
+                            "step": step,
+                            "reason": "recovered",
+                        }
+                    )
+                self.silenced.discard(rule.id)
+                self._clears.pop(rule.id, None)
+        return cleared
 
     def run(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Everything the doctor says over a whole log."""

@@ -59,8 +59,8 @@ def override_problems(rule_id: str, override: dict[str, Any]) -> list[tuple[str,
     for key, value in override.items():
         if key == "enabled":
             continue
-        if key not in rule.defaults:
-            valid = ", ".join(["enabled", *rule.defaults])
+        if key not in rule.defaults and key != "clear_after":
+            valid = ", ".join(["enabled", *rule.defaults, "clear_after"])
             problems.append(
                 (
                     key,

@@ -27,7 +27,7 @@ import tuimon
 from tuimon.config.schema import MonitorConfig
 from tuimon.control.protocol import ProtocolError, Request
 from tuimon.control.server import ControlServer
-from tuimon.doctor.engine import Doctor
+from tuimon.doctor.engine import RECOVERABLE, Doctor
 from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
@@ -48,8 +48,6 @@ from tuimon.run.run_state import RunState
 from tuimon.system.sampler import SystemSampler
 
 RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
-# Failures autofix answers by restoring the last good snapshot with a lower LR.
-AUTOFIX_RULES = ("nan_loss", "nan_grad", "divergence")
 
 
 @dataclass
@@ -280,9 +278,10 @@ class Monitor:
         self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
         self._timer = StepTimer(model)
         self._buffer = DeviceBuffer(self.settings.log_every)
-        every = self.settings.snapshot_every or (100 if self.settings.autofix else 0)
+        every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
         self._snapshots = SnapshotRing(every)
         self._autofixes = 0
+        self._recover_pending = False
         # The doctor reads every event on the log's writer thread, off the training loop.
         self.doctor = Doctor({k: v.model_dump() for k, v in self.settings.rules.items()})
         self._log.subscribe(self._consult_doctor)
@@ -435,6 +434,7 @@ class Monitor:
 
     def _recover(self, request: Request) -> None:
         """Go back to the last good snapshot (if one is kept) and scale the LR down."""
+        self._recover_pending = False
         restored = self._snapshots.restore(
             self.model, self.optimizer, request.args.get("before_step")
         )
@@ -451,11 +451,13 @@ class Monitor:
         """Log listener: alerts for the log, and autofix for the worst failures."""
         for said in self.doctor.observe(event):
             self._log.emit(said)
-            if said["type"] == "alert" and said["rule"] in AUTOFIX_RULES:
+            if said["type"] == "alert" and said["rule"] in RECOVERABLE:
                 self._autofix(said)
 
     def _autofix(self, alert: dict[str, Any]) -> None:
-        if not self.settings.autofix:
+        # One recovery per incident: a NaN gradient and the NaN loss it causes arrive
+        # together, and the second must not cut the LR again before the first is applied.
+        if not self.settings.autofix or self._recover_pending:
             return
         if self._autofixes >= self.settings.autofix_max:
             self.note(
@@ -463,6 +465,7 @@ class Monitor:
             )
             return
         self._autofixes += 1
+        self._recover_pending = True
         action = alert.get("action") or {"cmd": "recover", "lr_factor": 0.1}
         args = {k: v for k, v in action.items() if k != "cmd"}
         self._inbox.put(Request(cmd="recover", args=args, source="autofix"))

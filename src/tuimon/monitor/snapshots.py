@@ -37,7 +37,8 @@ class SnapshotRing:
     def maybe_take(
         self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not self.every or step % self.every:
+        # Step 1 too: a run that blows up at once can still go back to (almost) its start.
+        if not self.every or (step % self.every and step != 1):
             return
         with torch.no_grad():
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}

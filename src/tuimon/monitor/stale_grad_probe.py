@@ -16,6 +16,8 @@ import torch
 
 from tuimon.monitor.param_layout import ParamLayout
 
+EARLY = (1, 2, 5)  # a missing zero_grad is there from the first step
+
 
 class StaleGradProbe:
     def __init__(self, layout: ParamLayout, optimizer: torch.optim.Optimizer, every: int) -> None:
@@ -46,7 +48,7 @@ class StaleGradProbe:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
         grad = self.param.grad if self.param is not None else None
-        if grad is not None and self._steps % self.every == 0:
+        if grad is not None and (self._steps in EARLY or self._steps % self.every == 0):
             self._used = grad.detach().clone()
 
     def _on_grad(self, grad: torch.Tensor) -> None:

@@ -222,8 +222,7 @@ def build_data(config: DataConfig, seed: int, faults: FaultsConfig | None = None
         source.labels = (source.labels.float() + 0.1 * noise).unsqueeze(1)
         shape = DataShape(shape.channels, shape.image_size, 1)
     if faults.random_labels:
-        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 2))
-        source.labels = source.labels[order]
+        source.labels = _randomized(source.labels, faults.random_labels, shape.num_classes, seed)
     mean, std = _normalization(config, known if origin != "synthetic" else None, source)
     if faults.raw_pixels:
         mean = std = None
@@ -307,6 +306,16 @@ def _normalization(
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _randomized(labels: torch.Tensor, share: float, classes: int, seed: int) -> torch.Tensor:
+    """Replace a `share` of the labels with random ones (all of them at 1.0)."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    chosen = torch.rand(len(labels), generator=generator) < share
+    noisy = labels.clone()
+    random = torch.randint(0, classes, (len(labels),), generator=generator)
+    noisy[chosen] = random[chosen].to(labels.dtype).reshape(noisy[chosen].shape)
+    return noisy
 
 
 def _imbalanced(indices: torch.Tensor, labels: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ class _LayerShareRule(Rule):
 
     events = ("probe",)
     key = ""
-    defaults = {"layer_threshold": 0.5, "patience": 3}
+    defaults = {"layer_threshold": 0.5, "patience": 3, "far_chance": 0.5, "far_initial": 0.7}
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
@@ -38,7 +38,10 @@ class _LayerShareRule(Rule):
         if found is None:
             return None
         name, share = found
-        bad = share > self.p["layer_threshold"]
+        # A network that has learned its task can afford idle or confident units; one that
+        # has not is being held back by them.
+        far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
+        bad = share > self.p["layer_threshold"] and (far or ctx.smoothed is None)
         self.held.append(bad)
         if not bad:
             return clear()

@@ -64,6 +64,7 @@ class InputScale(Rule):
         "chance_level",
         "stall",
         "lr_too_low",
+        "lr_too_high",
         "oscillation",
         "divergence",
     )

@@ -45,12 +45,13 @@ class NanGrad(Rule):
 class ExplodingGradients(Rule):
     id = "exploding_gradients"
     cause = True
+    # The baseline is the median of the first steps' norms: explosions start early.
     defaults = {
-        "baseline_from": 5,
-        "baseline_steps": 20,
+        "baseline_from": 1,
+        "baseline_steps": 5,
         "growth": 100.0,
         "huge": 1e6,
-        "patience": 5,
+        "patience": 3,
     }
     clear_after = 20
     summary = "gradient norms grow by orders of magnitude, or are huge"

@@ -13,8 +13,9 @@ class MissingZeroGrad(Rule):
     cause = True
     severity = "error"
     events = ("probe",)
-    defaults = {"confirm": 2}
+    defaults = {"confirm": 1}
     suppresses = (
+        "overfitting",
         "oscillation",
         "divergence",
         "exploding_gradients",

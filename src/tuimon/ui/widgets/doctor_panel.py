@@ -29,8 +29,22 @@ def describe_action(action: dict[str, Any] | None) -> str:
         return f"scale LR ×{action.get('factor'):g}"
     if cmd == "set-lr":
         return f"set LR to {action.get('value'):g}"
+    if cmd == "recover":
+        return f"restore the last good weights, LR ×{action.get('lr_factor', 0.1):g}"
+    if cmd == "set-grad-clip":
+        return f"clip gradients at {action.get('value'):g}"
     extra = " ".join(f"{k}={v}" for k, v in action.items() if k != "cmd")
     return f"{cmd} {extra}".strip()
+
+
+def autofix_text(control: dict[str, Any]) -> str:
+    restored = control.get("restored_step")
+    back = (
+        f"restored the weights of step {restored}"
+        if restored is not None
+        else ("no snapshot to restore")
+    )
+    return f"{back}, LR {control.get('old'):.3g} → {control.get('new'):.3g}"
 
 
 class DoctorPanel(Panel):
@@ -47,7 +61,8 @@ class DoctorPanel(Panel):
         self._alerts: list[dict[str, Any]] = []
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
-        return len(state.alerts), len(state.messages), self.selected, state.status
+        cleared = sum(1 for a in state.alerts if a.get("cleared_at") is not None)
+        return len(state.alerts), cleared, len(state.controls), len(state.messages), self.selected
 
     @property
     def selected_alert(self) -> dict[str, Any] | None:
@@ -65,6 +80,13 @@ class DoctorPanel(Panel):
         self._alerts = list(reversed(state.alerts))
         self.selected = min(self.selected, max(0, len(self._alerts) - 1))
         lines: list[Text] = []
+        for fix in reversed([c for c in state.controls if c.get("source") == "autofix"]):
+            lines += wrap(
+                f"autofix at step {fix.get('step')}: {autofix_text(fix)}",
+                width,
+                style="bold magenta",
+                indent="  ",
+            )
         if not self._alerts:
             lines += wrap("No alerts: nothing wrong seen so far.", width, style="green")
         for index, alert in enumerate(self._alerts):
@@ -76,10 +98,16 @@ class DoctorPanel(Panel):
 
     def alert_lines(self, alert: dict[str, Any], width: int, selected: bool) -> list[Text]:
         severity = str(alert.get("severity", "warning"))
+        cleared = alert.get("cleared_at")
         head = Text(no_wrap=True)
-        head.append(f" {severity.upper()} ", style=SEVERITY_STYLE.get(severity, "bold"))
+        head.append(
+            f" {severity.upper()} ",
+            style="dim" if cleared is not None else SEVERITY_STYLE.get(severity, "bold"),
+        )
         head.append(f" {alert.get('rule')} ", style="bold")
         head.append(f"at step {alert.get('step')}", style="dim")
+        if cleared is not None:
+            head.append(f", cleared at {cleared}", style="green")
         lines = [head, *wrap(str(alert.get("message", "")), width, indent="  ")]
         if alert.get("suggestion"):
             lines += wrap(f"→ {alert['suggestion']}", width, style="italic", indent="  ")

@@ -1,0 +1,124 @@
+"""The fault zoo: real training runs with one classic bug each, and healthy runs.
+
+Every config in configs/faults/ must be named by its rule, as an error or warning, by the
+step its header promises; every config in configs/healthy/ (and the shipped MLP job) must
+get no alert at all.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tuimon.config import load_config
+from tuimon.run.event_log import read_events
+from tuimon.training.trainer import Trainer
+
+from conftest import REPO
+
+FAULTS = sorted((REPO / "configs" / "faults").glob("*.yaml"))
+HEALTHY = sorted((REPO / "configs" / "healthy").glob("*.yaml"))
+
+
+def train(path: Path, tmp_path: Path, overrides: list[str] | None = None) -> list[dict]:
+    trainer = Trainer(load_config(path, overrides or []))
+    trainer.setup()
+    trainer.run(tmp_path / "run", quiet=True)
+    return list(read_events(tmp_path / "run" / "events.jsonl"))
+
+
+def test_the_zoo_has_a_fault_for_every_rule_that_runs_on_a_cpu():
+    from tuimon.doctor.rule_ids import RULE_IDS
+
+    # gpu_memory_pressure needs a GPU: it is tested on recorded-style samples instead.
+    assert {p.stem for p in FAULTS} == set(RULE_IDS) - {"gpu_memory_pressure"}
+    assert len(HEALTHY) >= 6
+
+
+@pytest.mark.parametrize("path", FAULTS, ids=lambda p: p.stem)
+def test_each_fault_is_named_by_its_rule(path, tmp_path):
+    expected = path.stem
+    by_step = int(re.search(r"by step (\d+)", path.read_text()).group(1))
+    events = train(path, tmp_path)
+    alerts = [e for e in events if e["type"] == "alert"]
+    named = [a for a in alerts if a["rule"] == expected]
+    assert named, f"{expected} never fired; alerts: {[(a['rule'], a['step']) for a in alerts]}"
+    first = named[0]
+    assert first["step"] <= by_step, (expected, first["step"], by_step)
+    assert first["severity"] in ("warning", "error")
+    assert first["message"] and first["suggestion"]
+    assert events[-1]["type"] == "end"
+
+
+@pytest.mark.parametrize("path", [*HEALTHY, REPO / "configs" / "mlp.yaml"], ids=lambda p: p.stem)
+def test_healthy_runs_raise_nothing(path, tmp_path):
+    overrides = []
+    if path.stem == "finetune":
+        # Fine-tune from weights trained by the converged healthy run.
+        pretrained = train(
+            REPO / "configs" / "healthy" / "converged.yaml",
+            tmp_path / "pre",
+            ["train.max_steps=400"],
+        )
+        checkpoint = [e for e in pretrained if e["type"] == "checkpoint"][-1]["path"]
+        overrides.append(f"train.init_from={checkpoint}")
+    if path.stem == "mlp":
+        overrides.append("train.max_steps=1000")
+    events = train(path, tmp_path, overrides)
+    alerts = [(a["rule"], a["step"], a["message"]) for a in events if a["type"] == "alert"]
+    assert alerts == []
+    assert events[-1]["status"] == "completed"
+
+
+def test_autofix_restores_and_lowers_the_lr(tmp_path):
+    events = train(
+        REPO / "configs" / "faults" / "divergence.yaml", tmp_path, ["monitor.autofix=true"]
+    )
+    fixes = [e for e in events if e["type"] == "control" and e["source"] == "autofix"]
+    assert len(fixes) == 1
+    [fix] = fixes
+    assert fix["command"] == "recover" and fix["restored_step"] == 1
+    assert fix["old"] == pytest.approx(0.5) and fix["new"] == pytest.approx(0.05)
+    steps = [e for e in events if e["type"] == "step"]
+    after = [e for e in steps if e["step"] > fix["step"]]
+    assert all(e["lr"] == pytest.approx(0.05) for e in after)
+    # Back on track: the run ends far below where it diverged.
+    assert after[-1]["loss"] < 0.1 and events[-1]["status"] == "completed"
+
+
+def test_autofix_gives_up_after_its_limit(tmp_path):
+    events = train(
+        REPO / "configs" / "faults" / "nan_loss.yaml",
+        tmp_path,
+        ["monitor.autofix=true", "monitor.autofix_max=1", "optimizer.lr=5000"],
+    )
+    fixes = [e for e in events if e["type"] == "control" and e["source"] == "autofix"]
+    assert len(fixes) == 1 and fixes[0]["new"] == pytest.approx(500)
+    notes = [e["text"] for e in events if e["type"] == "message"]
+    assert any("autofix: gave up" in text for text in notes)
+
+
+def test_rule_overrides_from_the_config(tmp_path):
+    path = REPO / "configs" / "faults" / "stall.yaml"
+    silent = train(path, tmp_path / "off", ["monitor.rules.stall.enabled=false"])
+    assert not [e for e in silent if e["type"] == "alert" and e["rule"] == "stall"]
+    sooner = train(
+        path,
+        tmp_path / "sooner",
+        ["monitor.rules.stall.warmup=100", "monitor.rules.stall.window=100"],
+    )
+    [first, *_] = [e for e in sooner if e["type"] == "alert" and e["rule"] == "stall"]
+    assert first["step"] < 300 and "over the last 100 steps" in first["message"]
+
+
+def test_an_unknown_threshold_is_a_config_error(tmp_path):
+    from tuimon.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(REPO / "configs" / "mlp.yaml", ["monitor.rules.stall.windw=5"])
+    assert (
+        "monitor.rules.stall.windw: unknown threshold of stall (did you mean window?)"
+        in (caught.value.problems[0])
+    )
