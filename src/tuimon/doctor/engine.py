@@ -56,6 +56,7 @@ class Doctor:
                 if self._clears[rule.id] >= rule.p["clear_after"]:
                     if self.active.pop(rule.id, None) is not None:
                         out.append({"type": "alert_cleared", "rule": rule.id, "step": step})
+                        self._release()
                     self.silenced.discard(rule.id)
                 continue
             self._clears[rule.id] = 0
@@ -85,6 +86,14 @@ class Doctor:
             self.active[rule.id] = alert
             out.append(alert)
         return out
+
+    def _release(self) -> None:
+        """Rules silenced only by an episode that just ended may speak at their next look."""
+        self.silenced = {
+            rule_id
+            for rule_id in self.silenced
+            if any(rule_id in RULES[other].suppresses for other in self.active)
+        }
 
     def _start_over(self, rule_ids: tuple[str, ...], step: int) -> list[dict[str, Any]]:
         """After weights were restored: these rules' episodes end, and they judge the run

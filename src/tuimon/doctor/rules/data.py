@@ -122,8 +122,7 @@ class ClassImbalance(Rule):
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.counts: list[float] = []
-        self.batches = 0
-        self.mixed = 0  # batches with several classes: only those show the distribution
+        self.pure_classes: set[int] = set()  # the class of each one-class batch seen
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         counts = ((_batch(event) or {}).get("targets") or {}).get("counts")
@@ -132,15 +131,14 @@ class ClassImbalance(Rule):
         if len(self.counts) != len(counts):
             self.counts = [0.0] * len(counts)
         self.counts = [a + b for a, b in zip(self.counts, counts, strict=True)]
-        self.batches += 1
         size = sum(counts)
-        present = sum(1 for c in counts if c > 0)
-        if present >= 3 or (size and max(counts) / size < 0.9):
-            self.mixed += 1
+        dominant = max(range(len(counts)), key=lambda c: counts[c])
+        if size and counts[dominant] / size >= 0.9:
+            self.pure_classes.add(dominant)
         if sum(self.counts) < self.p["min_samples"]:
             return None
-        if self.mixed < self.batches / 2:
-            return None  # batches of one class each: sorted data (unshuffled_data), not skew
+        if len(self.pure_classes) >= 2:
+            return None  # one-class batches of changing classes: sorted data, not skew
         high, low = max(self.counts), min(self.counts)
         ratio = high / low if low > 0 else math.inf
         if ratio <= self.p["ratio"]:

@@ -20,7 +20,7 @@ class LrTooHigh(Rule):
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.held = 0
-        self.loss_at_start = math.nan  # the loss when the ratio first went high
+        self.loss_at_start = math.nan  # the loss when the big steps last paid off
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         ratio = event.get("update_ratio")
@@ -29,12 +29,13 @@ class LrTooHigh(Rule):
         if ratio <= self.p["high"]:
             self.held = 0
             return clear()
-        if self.held == 0:
+        # Big steps that still bring the loss down fast (Adam's first steps) are fine: count
+        # only the high-ratio probes since the loss last fell by `min_progress`.
+        if self.held == 0 or ctx.loss < (1 - self.p["min_progress"]) * self.loss_at_start:
             self.loss_at_start = ctx.loss
+            self.held = 0
         self.held += 1
-        # Big steps that still bring the loss down fast (Adam's first steps) are fine.
-        gaining = ctx.loss < (1 - self.p["min_progress"]) * self.loss_at_start
-        if self.held < self.p["patience"] or gaining:
+        if self.held < self.p["patience"]:
             return None
         factor = max(0.01, min(0.5, nice_factor(self.p["target"] / ratio)))
         lr = ctx.lr

@@ -6,7 +6,7 @@ import math
 from collections import deque
 from typing import Any
 
-from tuimon.doctor.context import RunContext
+from tuimon.doctor.context import CE_LOSSES, RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 
 RECOVER = {"cmd": "recover", "lr_factor": 0.1}
@@ -146,7 +146,8 @@ class Oscillation(Rule):
         "window": 100,
         "swing": 0.5,
         "min_progress": 0.05,
-        "unconverged": 0.5,
+        "far_chance": 0.4,
+        "far_initial": 0.5,
         "checks": 2,
         "every": 25,
     }
@@ -178,7 +179,7 @@ class Oscillation(Rule):
         holds = (
             spread > self.p["swing"]
             and progress < self.p["min_progress"]
-            and now > self.p["unconverged"] * ctx.initial
+            and ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         )
         if not holds:
             self.hits = 0
@@ -267,7 +268,12 @@ class ChanceLevel(Rule):
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         chance, smoothed = ctx.chance_loss, ctx.smoothed
-        if chance is None or smoothed is None or ctx.step < self.p["warmup"]:
+        if (
+            chance is None
+            or smoothed is None
+            or ctx.step < self.p["warmup"]
+            or (ctx.loss_name or "CrossEntropyLoss") not in CE_LOSSES
+        ):
             return None
         distance = abs(smoothed - chance) / chance
         if distance >= self.p["tolerance"]:

@@ -1,0 +1,67 @@
+"""Print the README's table of doctor rules: defaults, fixes, and fault-zoo results.
+
+Runs every config of configs/faults/ (in-process, on the CPU, about a minute) and notes the
+step at which the doctor first named each fault.
+
+    python scripts/doctor_table.py > /tmp/table.md
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from tuimon.config import load_config
+from tuimon.doctor.registry import ALL_RULES
+from tuimon.run.event_log import read_events
+from tuimon.training.trainer import Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def detected_at(config: Path) -> str:
+    trainer = Trainer(load_config(config))
+    trainer.setup()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.run(Path(tmp) / "run", quiet=True)
+        alerts = [
+            e
+            for e in read_events(Path(tmp) / "run" / "events.jsonl")
+            if e["type"] == "alert" and e["rule"] == config.stem
+        ]
+    return f"step {alerts[0]['step']}" if alerts else "not detected"
+
+
+def main() -> int:
+    print("| rule | detects | defaults | suggested fix | fault zoo |")
+    print("| --- | --- | --- | --- | --- |")
+    for rule in ALL_RULES:
+        config = REPO / "configs" / "faults" / f"{rule.id}.yaml"
+        zoo = (
+            f"{detected_at(config)} (`{config.relative_to(REPO)}`)"
+            if config.exists()
+            else ("needs a GPU: unit-tested on samples")
+        )
+        defaults = ", ".join(f"{k}={v:g}" for k, v in rule.defaults.items()) or "—"
+        action = " (**a** applies it)" if rule.id in ACTIONS else ""
+        print(
+            f"| `{rule.id}` ({rule.severity}) | {rule.summary} | {defaults} | "
+            f"{rule.fix}{action} | {zoo} |"
+        )
+    return 0
+
+
+# Rules whose alerts carry a command that the UI's `a` key (or autofix) applies.
+ACTIONS = {
+    "nan_loss",
+    "nan_grad",
+    "divergence",
+    "oscillation",
+    "exploding_gradients",
+    "lr_too_high",
+    "lr_too_low",
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
