@@ -209,6 +209,18 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
         assert refused.returncode == 2
         assert message in refused.stderr
         assert "Traceback" not in refused.stderr
+    clip = subprocess.run(
+        [*ctl, "set-grad-clip", "1.5"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert "set-grad-clip None -> 1.5" in clip.stdout
+    bad_clip = subprocess.run(
+        [*ctl, "set-grad-clip", "-1"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert bad_clip.returncode == 2 and "must be >= 0" in bad_clip.stderr
+    recover = subprocess.run(
+        [*ctl, "recover", "0.5"], capture_output=True, text=True, env=worker_env(), timeout=60
+    )
+    assert "recover 0.02 -> 0.01" in recover.stdout  # no snapshot kept: only the LR halves
     status = subprocess.run(
         [*ctl, "status"], capture_output=True, text=True, env=worker_env(), timeout=60
     )
@@ -220,6 +232,8 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
     assert worker.wait_exit() == 0
     lrs = [e["new"] for e in worker.events() if e["type"] == "control" and e["command"] == "set-lr"]
     assert lrs == [pytest.approx(0.02)]
+    notes = [e["text"] for e in worker.events() if e["type"] == "message"]
+    assert any("no good snapshot to restore" in text for text in notes)
 
 
 def test_ctl_on_a_missing_run_fails_clearly(tmp_path):

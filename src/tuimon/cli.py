@@ -146,17 +146,35 @@ def replay_command(args: list[str]) -> int:
 
 
 def ctl_command(args: list[str]) -> int:
+    import json
+
     from tuimon.control.client import ControlClient, ControlError
-    from tuimon.control.protocol import ProtocolError, validate_factor, validate_lr
+    from tuimon.control.protocol import ProtocolError, parse_request
 
     parser = argparse.ArgumentParser(
         prog="tuimon ctl", description="Send a command to a running job."
     )
     parser.add_argument("run_dir", help="the run's directory")
     parser.add_argument(
-        "command", choices=["set-lr", "scale-lr", "pause", "resume", "stop", "checkpoint", "status"]
+        "command",
+        choices=[
+            "set-lr",
+            "scale-lr",
+            "pause",
+            "resume",
+            "stop",
+            "checkpoint",
+            "set-grad-clip",
+            "recover",
+            "status",
+        ],
     )
-    parser.add_argument("value", nargs="?", help="the LR for set-lr, the factor for scale-lr")
+    parser.add_argument(
+        "value",
+        nargs="?",
+        help="the LR for set-lr, the factor for scale-lr, "
+        "the norm for set-grad-clip (0: off), the LR factor for recover",
+    )
     parser.add_argument("--group", type=int, help="only this param group (set-lr, scale-lr)")
     parser.add_argument(
         "--wait",
@@ -167,22 +185,29 @@ def ctl_command(args: list[str]) -> int:
     )
     options = parser.parse_args(args)
 
+    value_name = {
+        "set-lr": "value",
+        "scale-lr": "factor",
+        "set-grad-clip": "value",
+        "recover": "lr_factor",
+    }.get(options.command)
     fields: dict[str, Any] = {}
-    try:
-        if options.command == "set-lr":
-            fields["value"] = validate_lr(_required(options.value, "set-lr needs the new LR"))
-        elif options.command == "scale-lr":
-            fields["factor"] = validate_factor(
-                _required(options.value, "scale-lr needs the factor")
-            )
-        elif options.value is not None:
+    if options.value is not None:
+        if value_name is None:
             raise UsageError(f"{options.command} takes no value")
-    except ProtocolError as exc:
-        raise UsageError(str(exc)) from None
+        fields[value_name] = options.value
+    elif options.command in ("set-lr", "scale-lr", "set-grad-clip"):
+        raise UsageError(f"{options.command} needs a {value_name}")
     if options.group is not None:
         if options.command not in ("set-lr", "scale-lr"):
             raise UsageError("--group applies to set-lr and scale-lr only")
         fields["group"] = options.group
+    if options.command != "status":
+        # Checked here exactly as the run will check it, so a typo never reaches it.
+        try:
+            fields = parse_request(json.dumps({"cmd": options.command, **fields})).args
+        except ProtocolError as exc:
+            raise UsageError(str(exc)) from None
 
     try:
         with ControlClient(Path(options.run_dir)) as client:
@@ -255,12 +280,6 @@ def _await_applied(client: Any, request_id: Any, wait: float) -> int:
             return EXIT_FAILED
     print(f"sent; the run applies it at its next step boundary (none reached in {wait:g}s)")
     return EXIT_OK
-
-
-def _required(value: str | None, message: str) -> str:
-    if value is None:
-        raise UsageError(message)
-    return value
 
 
 def _fmt(value: Any) -> str:

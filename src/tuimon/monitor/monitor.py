@@ -276,6 +276,8 @@ class Monitor:
                 )
             )
         self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
+        first = next(model.parameters(), None)
+        self._device = first.device if first is not None else torch.device("cpu")
         self._timer = StepTimer(model)
         self._buffer = DeviceBuffer(self.settings.log_every)
         every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
@@ -348,7 +350,7 @@ class Monitor:
             self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
             # Probes first: rules then know a step's inputs before they judge its loss.
             events += [*probes, event]
-        memory = _cuda_memory(self.model)
+        memory = _cuda_memory(self._device)
         if memory:
             last_step = [e for e in events if e["type"] == "step"][-1]
             last_step["cuda_memory"] = memory
@@ -572,12 +574,10 @@ def _device_info(device: torch.device) -> dict[str, Any]:
     return {"type": device.type, "name": f"{device.type} ({torch.get_num_threads()} threads)"}
 
 
-def _cuda_memory(model: torch.nn.Module) -> dict[str, int] | None:
+def _cuda_memory(device: torch.device) -> dict[str, int] | None:
     """Allocator counters: host-side bookkeeping, reading them does not sync the GPU."""
-    param = next(model.parameters(), None)
-    if param is None or not param.is_cuda:
+    if device.type != "cuda":
         return None
-    device = param.device
     return {
         "allocated": torch.cuda.memory_allocated(device),
         "reserved": torch.cuda.memory_reserved(device),
