@@ -122,3 +122,32 @@ def test_an_unknown_threshold_is_a_config_error(tmp_path):
         "monitor.rules.stall.windw: unknown threshold of stall (did you mean window?)"
         in (caught.value.problems[0])
     )
+
+
+def test_the_autofix_flag_of_the_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import worker_env
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuimon",
+            str(REPO / "configs" / "faults" / "divergence.yaml"),
+            "--headless",
+            "--autofix",
+            "--run-dir",
+            "run",
+        ],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "recover at step" in done.stdout and "(from autofix)" in done.stdout
+    events = list(read_events(tmp_path / "run" / "events.jsonl"))
+    assert events[0]["config"]["monitor"]["autofix"] is True

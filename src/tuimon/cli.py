@@ -80,12 +80,19 @@ def config_command(args: list[str]) -> int:
         help="no UI: progress lines on stdout (the default when stdout is not a terminal)",
     )
     parser.add_argument("--run-dir", help="directory of this run (default runs/NAME-TIME/)")
+    parser.add_argument(
+        "--autofix",
+        action="store_true",
+        help="on NaN or divergence, restore the last good weights with LR x0.1 (monitor.autofix)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing; still log")
     _add_lr_factor(parser)
     # Set by the UI for the worker it starts: output already goes to the run's log.
     parser.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=_version())
     options = parser.parse_args(args)
+    if options.autofix:
+        options.overrides.append("monitor.autofix=true")
 
     from tuimon.config import load_config
 
