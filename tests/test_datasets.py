@@ -16,7 +16,7 @@ from tuimon.config.loader import validate
 from tuimon.config.schema import DataConfig
 from tuimon.config.source import parse_source
 from tuimon.errors import ConfigError, UsageError
-from tuimon.training.datasets import DataBundle, ImageDataset, build_data
+from tuimon.training.datasets import DataBundle, ImageDataset, batch_loader, build_data
 from tuimon.training.models import DataShape
 from tuimon.training.synthetic import SyntheticImages
 
@@ -112,6 +112,18 @@ def test_synthetic_works_with_a_dataloader() -> None:
     assert y.dtype == torch.long
     assert int(y.min()) >= 0
     assert int(y.max()) < 4
+
+
+def test_batch_loader_gives_the_batches_of_a_per_sample_loader() -> None:
+    bundle = synthetic_bundle(normalize=True)
+    order = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(3)).tolist()
+    per_sample = torch.utils.data.DataLoader(bundle.train, batch_size=32, sampler=order)
+    whole = batch_loader(bundle.train, batch_size=32, sampler=order)
+    pairs = list(zip(per_sample, whole, strict=True))
+    assert sum(len(y) for _, y in whole) == len(bundle.train) > 32
+    for (x1, y1), (x2, y2) in pairs:
+        assert torch.allclose(x1, x2, atol=1e-6)
+        assert torch.equal(y1, y2)
 
 
 def test_synthetic_set_is_learnable_by_a_plain_mlp() -> None:

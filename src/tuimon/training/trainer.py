@@ -20,7 +20,7 @@ from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import ResumeState, load_checkpoint
 from tuimon.training import faults
-from tuimon.training.datasets import DataBundle, build_data, collate_batch
+from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
 from tuimon.training.models import build_model
 from tuimon.training.optimization import (
@@ -234,10 +234,9 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
         classify = True
-        loader = torch.utils.data.DataLoader(
+        loader = batch_loader(
             self.data.val,
             batch_size=self.config.train.batch_size,
-            collate_fn=collate_batch,
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -278,11 +277,10 @@ class Trainer:
             order = torch.arange(size)
         order = faults.epoch_order(order, self.data.train.labels, cfg.faults)
         order = order[skip_batches * cfg.train.batch_size :].tolist()
-        return torch.utils.data.DataLoader(
+        return batch_loader(
             self.data.train,
             batch_size=cfg.train.batch_size,
             sampler=order,
-            collate_fn=collate_batch,
             num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
