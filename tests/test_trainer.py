@@ -103,7 +103,7 @@ def test_grad_clip_from_the_config(tmp_path):
     trainer, _, events = train(tmp_path, overrides=["train.grad_clip=0.001"])
     start = events[0]
     assert start["grad_clip"] == 0.001
-    assert trainer.monitor._grads.clip == 0.001
+    assert trainer.monitor._probes.grads.clip == 0.001
     # Updates are tiny: the weights barely move from their initial values.
     assert all(e["grad_norm"] > 0.001 for e in steps_of(events))
 
