@@ -63,6 +63,20 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def run_tuimon(
+    *args: str | Path, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m tuimon ARGS` to its end, as a user would run it, tests' models importable."""
+    return subprocess.run(
+        [sys.executable, "-m", "tuimon", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
 class Worker:
     """A `tuimon CONFIG --headless` process and its run directory."""
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import pytest
 
 from tuimon.config import load_config
 from tuimon.errors import ConfigError
+
+from conftest import run_tuimon
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -422,21 +422,11 @@ def test_vgg_config_values() -> None:
     assert config.scheduler is not None and config.scheduler.warmup_steps == 200
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuimon", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_cli_bad_config_exits_2_with_located_message(tmp_path: Path) -> None:
     text = edit("  momentum: 0.9", "  momentun: 0.9")
     write(tmp_path, text, "bad.yaml")
 
-    result = run_cli("bad.yaml", "--headless", cwd=tmp_path)
+    result = run_tuimon("bad.yaml", "--headless", cwd=tmp_path)
 
     assert result.returncode == 2, result
     line = line_of(text, "momentun")
@@ -449,7 +439,7 @@ def test_cli_bad_config_exits_2_with_located_message(tmp_path: Path) -> None:
 
 def test_cli_bad_override_exits_2(tmp_path: Path) -> None:
     write(tmp_path, BASE, "ok.yaml")
-    result = run_cli("ok.yaml", "--headless", "--set", "train.epocs=3", cwd=tmp_path)
+    result = run_tuimon("ok.yaml", "--headless", "--set", "train.epocs=3", cwd=tmp_path)
     assert result.returncode == 2, result
     assert "--set train.epocs=3: train.epocs: unknown key (did you mean epochs?)" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import torch
 from tuimon.control.client import ControlClient, ControlError
 from tuimon.run.run_state import RunState
 
-from conftest import ENDLESS_CONFIG, wait_for, worker_env
+from conftest import ENDLESS_CONFIG, run_tuimon, wait_for
 
 
 def is_step(event):
@@ -191,10 +189,8 @@ def test_sigint_stops_gracefully_with_exit_130(write_config, start_worker):
 
 def test_ctl_cli_applies_and_refuses(write_config, start_worker):
     worker = start_worker(write_config())
-    ctl = [sys.executable, "-m", "tuimon", "ctl", str(worker.run_dir)]
-    done = subprocess.run(
-        [*ctl, "set-lr", "0.02"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    ctl = ("ctl", worker.run_dir)
+    done = run_tuimon(*ctl, "set-lr", "0.02", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "applied at step" in done.stdout and "0.1 -> 0.02" in done.stdout
     for bad, message in (
@@ -203,31 +199,19 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
         ("nan", "must be finite"),
         ("1e9", "absurdly large"),
     ):
-        refused = subprocess.run(
-            [*ctl, "set-lr", bad], capture_output=True, text=True, env=worker_env(), timeout=60
-        )
+        refused = run_tuimon(*ctl, "set-lr", bad, timeout=60)
         assert refused.returncode == 2
         assert message in refused.stderr
         assert "Traceback" not in refused.stderr
-    clip = subprocess.run(
-        [*ctl, "set-grad-clip", "1.5"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    clip = run_tuimon(*ctl, "set-grad-clip", "1.5", timeout=60)
     assert "set-grad-clip None -> 1.5" in clip.stdout
-    bad_clip = subprocess.run(
-        [*ctl, "set-grad-clip", "-1"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    bad_clip = run_tuimon(*ctl, "set-grad-clip", "-1", timeout=60)
     assert bad_clip.returncode == 2 and "must be >= 0" in bad_clip.stderr
-    recover = subprocess.run(
-        [*ctl, "recover", "0.5"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    recover = run_tuimon(*ctl, "recover", "0.5", timeout=60)
     assert "recover 0.02 -> 0.01" in recover.stdout  # no snapshot kept: only the LR halves
-    status = subprocess.run(
-        [*ctl, "status"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    status = run_tuimon(*ctl, "status", timeout=60)
     assert "state: running" in status.stdout
-    stop = subprocess.run(
-        [*ctl, "stop"], capture_output=True, text=True, env=worker_env(), timeout=60
-    )
+    stop = run_tuimon(*ctl, "stop", timeout=60)
     assert "stopping" in stop.stdout
     assert worker.wait_exit() == 0
     lrs = [e["new"] for e in worker.events() if e["type"] == "control" and e["command"] == "set-lr"]
@@ -237,12 +221,7 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
 
 
 def test_ctl_on_a_missing_run_fails_clearly(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "tuimon", "ctl", str(tmp_path), "pause"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_tuimon("ctl", tmp_path, "pause", timeout=60)
     assert done.returncode == 1
     assert "no control socket" in done.stderr
 

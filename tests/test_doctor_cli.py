@@ -3,48 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, worker_env
+from conftest import REPO, run_tuimon
 
 
 @pytest.fixture(scope="module")
 def diverged_run(tmp_path_factory):
     """A real headless run of the divergence fault (its log holds the alerts as run)."""
     root = tmp_path_factory.mktemp("doctor")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuimon",
-            str(REPO / "configs" / "faults" / "divergence.yaml"),
-            "--headless",
-            "--quiet",
-            "--run-dir",
-            "run",
-        ],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=root,
-        timeout=300,
-    )
+    config = REPO / "configs" / "faults" / "divergence.yaml"
+    done = run_tuimon(config, "--headless", "--quiet", "--run-dir", "run", cwd=root)
     assert done.returncode == 0, done.stderr
     return root / "run"
 
 
 def doctor(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "tuimon", "doctor", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=cwd,
-        timeout=120,
-    )
+    return run_tuimon("doctor", *args, cwd=cwd, timeout=120)
 
 
 def test_report_names_the_fault_with_its_evidence(diverged_run):

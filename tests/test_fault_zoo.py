@@ -16,7 +16,7 @@ from tuimon.config import load_config
 from tuimon.run.event_log import read_events
 from tuimon.training.trainer import Trainer
 
-from conftest import REPO
+from conftest import REPO, run_tuimon
 
 FAULTS = sorted((REPO / "configs" / "faults").glob("*.yaml"))
 HEALTHY = sorted((REPO / "configs" / "healthy").glob("*.yaml"))
@@ -125,28 +125,8 @@ def test_an_unknown_threshold_is_a_config_error(tmp_path):
 
 
 def test_the_autofix_flag_of_the_cli(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import worker_env
-
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuimon",
-            str(REPO / "configs" / "faults" / "divergence.yaml"),
-            "--headless",
-            "--autofix",
-            "--run-dir",
-            "run",
-        ],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=tmp_path,
-        timeout=300,
-    )
+    config = REPO / "configs" / "faults" / "divergence.yaml"
+    done = run_tuimon(config, "--headless", "--autofix", "--run-dir", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "recover at step" in done.stdout and "(from autofix)" in done.stdout
     events = list(read_events(tmp_path / "run" / "events.jsonl"))

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from tuimon.run.event_log import read_events
 
-from conftest import ENDLESS_CONFIG, REPO, worker_env
+from conftest import ENDLESS_CONFIG, REPO, run_tuimon, worker_env
 
 SHORT = ENDLESS_CONFIG.replace("max_steps: 100000000", "max_steps: 40")
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tuimon", *args],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
 def test_event_log_of_a_completed_run(write_config, tmp_path):
-    done = run_cli(str(write_config(SHORT)), "--headless", "--run-dir", "run", cwd=tmp_path)
+    done = run_tuimon(str(write_config(SHORT)), "--headless", "--run-dir", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {
@@ -88,7 +76,7 @@ FAILING = ENDLESS_CONFIG.replace(
 
 
 def test_a_crash_in_training_code_ends_failed_with_its_traceback(write_config, tmp_path):
-    done = run_cli(str(write_config(FAILING)), "--headless", "--run-dir", "run", cwd=tmp_path)
+    done = run_tuimon(str(write_config(FAILING)), "--headless", "--run-dir", "run", cwd=tmp_path)
     assert done.returncode == 1
     assert "RuntimeError: boom at step 5" in done.stderr  # the traceback, for the user
     events = list(read_events(tmp_path / "run" / "events.jsonl"))
@@ -111,11 +99,11 @@ RESUMABLE = (
 
 def test_resume_continues_at_the_same_step_lr_and_loss(write_config, tmp_path):
     config = write_config(RESUMABLE)
-    first = run_cli(str(config), "--headless", "--run-dir", "a", cwd=tmp_path)
+    first = run_tuimon(str(config), "--headless", "--run-dir", "a", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     checkpoint = tmp_path / "a" / "checkpoints" / "step-00000015.pt"
     assert checkpoint.exists()
-    second = run_cli(
+    second = run_tuimon(
         str(config),
         "--headless",
         "--run-dir",
@@ -148,7 +136,7 @@ def test_resume_continues_at_the_same_step_lr_and_loss(write_config, tmp_path):
 
 
 def test_resume_from_a_missing_checkpoint_is_a_usage_error(write_config, tmp_path):
-    done = run_cli(
+    done = run_tuimon(
         str(write_config(SHORT)),
         "--headless",
         "--set",
@@ -162,7 +150,7 @@ def test_resume_from_a_missing_checkpoint_is_a_usage_error(write_config, tmp_pat
 
 def test_headless_vgg_config_runs_offline(tmp_path):
     """The README's main job, cut to 3 steps: CIFAR-10 is absent offline -> synthetic."""
-    done = run_cli(
+    done = run_tuimon(
         str(REPO / "configs" / "vgg.yaml"),
         "--headless",
         "--run-dir",
@@ -223,9 +211,9 @@ def test_headless_progress_line_and_no_textual(write_config, tmp_path):
 
 
 def test_bad_usage_exits_2(tmp_path):
-    done = run_cli("--no-such-flag", cwd=tmp_path)
+    done = run_tuimon("--no-such-flag", cwd=tmp_path)
     assert done.returncode == 2
-    missing = run_cli(str(tmp_path / "missing.yaml"), "--headless", cwd=tmp_path)
+    missing = run_tuimon(str(tmp_path / "missing.yaml"), "--headless", cwd=tmp_path)
     assert missing.returncode == 2
     assert "config file not found" in missing.stderr
     assert "Traceback" not in missing.stderr

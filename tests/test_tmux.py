@@ -15,7 +15,7 @@ import pytest
 from tuimon.control.client import is_alive
 from tuimon.run.event_log import read_events
 
-from conftest import REPO, worker_env
+from conftest import REPO, run_tuimon, worker_env
 
 TMUX = shutil.which("tmux")
 MLP = str(REPO / "configs" / "mlp.yaml")
@@ -79,12 +79,7 @@ def tmux(tmp_path):
     server.kill_server()
     for run in (tmp_path / "runs").glob("*"):  # never leave a worker behind
         if is_alive(run):
-            subprocess.run(
-                [sys.executable, "-m", "tuimon", "ctl", str(run), "stop"],
-                capture_output=True,
-                env=worker_env(),
-                timeout=60,
-            )
+            run_tuimon("ctl", run, "stop", timeout=60)
 
 
 def step_count(run: Path) -> int:
@@ -117,13 +112,7 @@ def test_launch_steer_detach_and_attach(tmux, tmp_path):
     screen = tmux.wait_for("again", lambda s: "mlp" in s and "running" in s and "Loss" in s)
     assert "scale-lr" in screen  # the history came along: the LR change is still shown
 
-    stop = subprocess.run(
-        [sys.executable, "-m", "tuimon", "ctl", str(run), "stop"],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        timeout=60,
-    )
+    stop = run_tuimon("ctl", run, "stop", timeout=60)
     assert stop.returncode == 0, stop.stderr
     tmux.wait_for("again", lambda s: "stopped" in s)
     end = list(read_events(run / "events.jsonl"))[-1]
@@ -131,23 +120,8 @@ def test_launch_steer_detach_and_attach(tmux, tmp_path):
 
 
 def test_replay_shows_a_finished_run_at_80x24(tmux, tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuimon",
-            MLP,
-            "--headless",
-            "--run-dir",
-            "run",
-            "--set",
-            "train.max_steps=50",
-        ],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=tmp_path,
-        timeout=300,
+    done = run_tuimon(
+        MLP, "--headless", "--run-dir", "run", "--set", "train.max_steps=50", cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     tmux.start("replay", f"{sys.executable} -m tuimon replay run", width=80, height=24)

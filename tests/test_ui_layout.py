@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,7 +14,7 @@ from tuimon.ui.app import TuimonApp
 from tuimon.ui.widgets.panel import Panel
 from tuimon.ui.widgets.status_bar import StatusBar
 
-from conftest import ENDLESS_CONFIG, worker_env
+from conftest import ENDLESS_CONFIG, run_tuimon
 
 TITLES = {
     "loss": "Loss",
@@ -37,14 +35,7 @@ def finished_run(tmp_path_factory):
         ENDLESS_CONFIG.replace("max_steps: 100000000", "max_steps: 60")
         + "  probes: {update_ratio_every: 10}\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "tuimon", str(config), "--headless", "--run-dir", str(root / "run")],
-        capture_output=True,
-        text=True,
-        env=worker_env(),
-        cwd=root,
-        timeout=300,
-    )
+    done = run_tuimon(config, "--headless", "--run-dir", root / "run", cwd=root)
     assert done.returncode == 0, done.stderr
     log = root / "run" / "events.jsonl"
     lines = log.read_text().splitlines()
