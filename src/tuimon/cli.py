@@ -156,26 +156,13 @@ def ctl_command(args: list[str]) -> int:
     import json
 
     from tuimon.control.client import ControlClient, ControlError
-    from tuimon.control.protocol import ProtocolError, parse_request
+    from tuimon.control.protocol import RUN_COMMANDS, ProtocolError, parse_request
 
     parser = argparse.ArgumentParser(
         prog="tuimon ctl", description="Send a command to a running job."
     )
     parser.add_argument("run_dir", help="the run's directory")
-    parser.add_argument(
-        "command",
-        choices=[
-            "set-lr",
-            "scale-lr",
-            "pause",
-            "resume",
-            "stop",
-            "checkpoint",
-            "set-grad-clip",
-            "recover",
-            "status",
-        ],
-    )
+    parser.add_argument("command", choices=[*RUN_COMMANDS, "status"])
     parser.add_argument(
         "value",
         nargs="?",
