@@ -205,6 +205,9 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
         assert "Traceback" not in refused.stderr
     clip = run_tuimon(*ctl, "set-grad-clip", "1.5", timeout=60)
     assert "set-grad-clip None -> 1.5" in clip.stdout
+    unclip = run_tuimon(*ctl, "set-grad-clip", "0", timeout=60)
+    assert unclip.returncode == 0, unclip.stderr
+    assert "set-grad-clip 1.5 -> None" in unclip.stdout
     bad_clip = run_tuimon(*ctl, "set-grad-clip", "-1", timeout=60)
     assert bad_clip.returncode == 2 and "must be >= 0" in bad_clip.stderr
     recover = run_tuimon(*ctl, "recover", "0.5", timeout=60)

@@ -136,7 +136,7 @@ def _check_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         value = _number(args.pop("value"), "gradient clip")
         if value < 0:
             raise ProtocolError(f"gradient clip must be >= 0, got {value:g}")
-        checked = {"value": value or None}
+        checked = {"value": value}
     elif cmd == "recover":
         factor = _number(args.pop("lr_factor", 0.1), "lr_factor")
         if not 0 < factor <= 1:

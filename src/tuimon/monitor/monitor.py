@@ -414,7 +414,8 @@ class Monitor:
                 path = self._checkpoint_or_note("command")
                 self._control(request, None, path, path=path)
             elif cmd == "set-grad-clip":
-                old, self._probes.grads.clip = self._probes.grads.clip, request.args["value"]
+                clip = request.args["value"] or None  # 0 stops clipping
+                old, self._probes.grads.clip = self._probes.grads.clip, clip
                 self._control(request, old, self._probes.grads.clip)
             elif cmd == "recover":
                 self._recover(request)
