@@ -307,3 +307,28 @@ def test_update_to_weight_ratio_is_measured_on_probe_steps(tmp_path):
             assert steps[step]["layer_update_ratios"][layer] == pytest.approx(ratio, rel=1e-5)
         # SGD without momentum: the update is exactly lr x gradient.
         assert steps[step]["update_ratio"] > 0
+
+
+def test_probes_set_to_zero_are_off(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    settings = RunOptions().settings.model_copy(deep=True)
+    for probe in ("update_ratio_every", "batch_every", "activations_every", "stale_grad_every"):
+        setattr(settings.probes, probe, 0)
+    with Monitor.configured(
+        model, opt, run_dir=tmp_path / "run", quiet=True, options=RunOptions(settings=settings)
+    ) as mon:
+        for x, y in batches(25):
+            opt.zero_grad()
+            out = model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            loss.backward()
+            opt.step()
+            mon.step(loss, inputs=x, targets=y, outputs=out)
+    events = events_of(mon)
+    steps = [e for e in events if e["type"] == "step"]
+    assert len(steps) == 25 and all("grad_norm" in e for e in steps)
+    assert not any("update_ratio" in e for e in steps)
+    probes = {e["probe"] for e in events if e["type"] == "probe"}
+    assert probes <= {"optimizer"}  # the one-off check at start is not a periodic probe
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "completed"

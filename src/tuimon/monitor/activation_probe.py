@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuimon.monitor.probe_schedule import probe_due
+
 DEAD_BELOW = 0.01  # a unit active for fewer than 1% of samples counts as dead
 EARLY = (1, 2, 3, 10, 20)
 
@@ -49,8 +51,7 @@ class ActivationProbe:
     def arm(self, next_step: int) -> None:
         """Measure the next training forward if `next_step` is a probe step: every `every`
         steps, and a few times at the start (units can be dead from initialization)."""
-        due = next_step in EARLY or next_step % self.every == 0
-        self._armed = bool(self.layers) and due
+        self._armed = bool(self.layers) and probe_due(next_step, self.every, EARLY)
 
     def take(self) -> torch.Tensor | None:
         values, self._values = self._values, [None] * len(self.layers)

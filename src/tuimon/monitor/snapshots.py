@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from tuimon.monitor.probe_schedule import probe_due
+
 KEPT = 3
 
 
@@ -38,7 +40,7 @@ class SnapshotRing:
         self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> None:
         # Step 1 too: a run that blows up at once can still go back to (almost) its start.
-        if not self.every or (step % self.every and step != 1):
+        if not probe_due(step, self.every, early=(1,)):
             return
         with torch.no_grad():
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}

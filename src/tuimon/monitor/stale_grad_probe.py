@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from tuimon.monitor.param_layout import ParamLayout
+from tuimon.monitor.probe_schedule import probe_due
 
 EARLY = (1, 2, 5)  # a missing zero_grad is there from the first step
 
@@ -48,7 +49,7 @@ class StaleGradProbe:
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
         grad = self.param.grad if self.param is not None else None
-        if grad is not None and (self._steps in EARLY or self._steps % self.every == 0):
+        if grad is not None and probe_due(self._steps, self.every, EARLY):
             self._used = grad.detach().clone()
 
     def _on_grad(self, grad: torch.Tensor) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from tuimon.monitor.grad_probe import per_param_norms
 from tuimon.monitor.param_layout import ParamLayout
+from tuimon.monitor.probe_schedule import probe_due
 
 EARLY = (1, 2, 3, 5, 10, 20)
 
@@ -36,7 +37,7 @@ class UpdateProbe:
     def due(self, step: int) -> bool:
         """Every `every` steps, and a few times at the start, where a far too high LR does
         its damage before the first regular probe."""
-        return bool(self.every) and (step in EARLY or step % self.every == 0)
+        return probe_due(step, self.every, EARLY)
 
     def take(self) -> torch.Tensor | None:
         """[‖Δw‖ per parameter…, ‖w‖ per parameter…] of the last probed step, if any."""
