@@ -201,9 +201,6 @@ class ProbeConfig(StrictModel):
     stale_grad_every: int = Field(
         10, ge=0, description="steps between checks for a missing zero_grad(); 0 = off"
     )
-    update_ratio_every: int = Field(
-        50, ge=0, description="steps between update-to-weight ratio probes; 0 = off"
-    )
 
 
 RuleId = Literal[RULE_IDS]  # type: ignore[valid-type]
