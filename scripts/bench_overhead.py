@@ -25,7 +25,8 @@ import torch
 from tuimon.config import load_config
 from tuimon.monitor import grad_probe, step_timer
 from tuimon.monitor.monitor import Monitor, RunOptions
-from tuimon.training.models import DataShape, build_model
+from tuimon.training.datasets import data_shape
+from tuimon.training.models import build_model
 from tuimon.training.optimization import build_loss, build_optimizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,15 +75,7 @@ def main() -> int:
     config = load_config(args.config, ["data.download=false"])
     device = torch.device(args.device)
     batch_size = args.batch_size or config.train.batch_size
-    shape = (
-        DataShape(3, 32, 10)
-        if config.data.name.startswith("cifar")
-        else DataShape(
-            config.data.synthetic.channels,
-            config.data.synthetic.image_size,
-            config.data.synthetic.num_classes,
-        )
-    )
+    shape = data_shape(config.data)
     torch.manual_seed(0)
     model = build_model(config, shape).to(device)
     optimizer = build_optimizer(config.optimizer, model.parameters())

@@ -200,18 +200,24 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
 
 
+def data_shape(config: DataConfig) -> DataShape:
+    """The shape of the samples `config` names, known before any data is loaded."""
+    known = KNOWN.get(config.name)
+    if known is None:
+        synthetic = config.synthetic
+        return DataShape(synthetic.channels, synthetic.image_size, synthetic.num_classes)
+    return DataShape(known.channels, known.image_size, known.num_classes)
+
+
 def build_data(config: DataConfig, seed: int, faults: FaultsConfig | None = None) -> DataBundle:
     faults = faults or FaultsConfig()
     notes: list[str] = []
     known = KNOWN.get(config.name)
+    shape = data_shape(config)
     if known is None:
         source: ImageSource = _synthetic(config, seed, default_size=10_000)
-        shape = DataShape(
-            config.synthetic.channels, config.synthetic.image_size, config.synthetic.num_classes
-        )
         origin = "synthetic"
     else:
-        shape = DataShape(known.channels, known.image_size, known.num_classes)
         try:
             source = _load_torchvision(config, known)
             origin = config.name
