@@ -22,13 +22,11 @@ Run a training job from a config, or talk to a run:
   tuimon ctl RUN_DIR set-lr X | scale-lr F | pause | resume | stop | checkpoint | status
 """
 
-SUBCOMMANDS = ("ctl", "run", "attach", "replay", "doctor")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] in SUBCOMMANDS:
+        if args and args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:])
         return config_command(args)
     except UsageError as exc:
@@ -222,7 +220,13 @@ def doctor_command(args: list[str]) -> int:
     """Re-run the rules over a run's log and print what they find."""
     import json
 
-    from tuimon.doctor.report import format_report, parse_rule_settings, review, worst_severity
+    from tuimon.doctor.report import (
+        SEVERITY_ORDER,
+        format_report,
+        parse_rule_settings,
+        review,
+        worst_severity,
+    )
 
     parser = argparse.ArgumentParser(
         prog="tuimon doctor",
@@ -250,8 +254,12 @@ def doctor_command(args: list[str]) -> int:
     else:
         print(format_report(Path(options.run_dir), said, summary))
     worst = worst_severity(said)
-    failing = {"warning": ("warning", "error"), "error": ("error",)}.get(options.fail_on or "", ())
-    return EXIT_FAILED if worst in failing else EXIT_OK
+    failing = (
+        options.fail_on is not None
+        and worst is not None
+        and SEVERITY_ORDER[worst] <= SEVERITY_ORDER[options.fail_on]
+    )
+    return EXIT_FAILED if failing else EXIT_OK
 
 
 def _await_applied(client: Any, request_id: Any, wait: float) -> int:
