@@ -304,22 +304,30 @@ def _trial_build(
     try:
         optimizer = optimization.build_optimizer(optimizer_config, [param])
     except (ValueError, TypeError, RuntimeError) as exc:
-        where = ("optimizer", *_named_key(str(exc), optimizer_config.kwargs))
-        return [_located(source, where, f"{optimizer_config.name} rejected it: {exc}")]
+        return [_rejected(source, "optimizer", optimizer_config, exc)]
     if scheduler_config is not None:
         try:
             optimization.build_scheduler(
                 scheduler_config, optimizer, total_steps=100, steps_per_epoch=10
             )
         except (ValueError, TypeError, RuntimeError, KeyError) as exc:
-            where = ("scheduler", *_named_key(str(exc), scheduler_config.kwargs))
-            problems.append(_located(source, where, f"{scheduler_config.name} rejected it: {exc}"))
+            problems.append(_rejected(source, "scheduler", scheduler_config, exc))
     try:
         optimization.build_loss(loss_config)
     except (ValueError, TypeError, RuntimeError) as exc:
-        where = ("loss", *_named_key(str(exc), loss_config.kwargs))
-        problems.append(_located(source, where, f"{loss_config.name} rejected it: {exc}"))
+        problems.append(_rejected(source, "loss", loss_config, exc))
     return problems
+
+
+def _rejected(
+    source: ConfigSource,
+    section: str,
+    config: OptimizerConfig | SchedulerConfig | LossConfig,
+    exc: Exception,
+) -> str:
+    """Torch's refusal, placed at the argument it names (else at the section)."""
+    where = (section, *_named_key(str(exc), config.kwargs))
+    return _located(source, where, f"{config.name} rejected it: {exc}")
 
 
 def _named_key(message: str, kwargs: dict[str, Any]) -> tuple[str, ...]:
