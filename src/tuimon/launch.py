@@ -28,13 +28,13 @@ def launch_config(
 ) -> int:
     """`tuimon CONFIG` in a terminal: the job in a detached worker, the UI attached to it."""
     path, worker = start_config_worker(config_path, overrides, name, run_dir)
-    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+    return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
 def launch_script(script: str, args: Sequence[str], lr_factor: float) -> int:
     """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
     path, worker = start_script_worker(script, args)
-    return run_app(path, launched=True, worker=worker, lr_factor=lr_factor)
+    return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
 def start_config_worker(
@@ -106,19 +106,20 @@ def run_app(
     run_dir: Path,
     *,
     replay: bool = False,
-    launched: bool = False,
     worker: subprocess.Popen[bytes] | None = None,
     lr_factor: float = 2.0,
 ) -> int:
+    """The UI on `run_dir`; `worker` is the process this command launched, if it did."""
     if os.environ.get("SSH_CONNECTION"):
         # Fewer, cheaper frames over the network; must be set before Textual is imported.
         os.environ.setdefault("TEXTUAL_FPS", "5")
         os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
     from tuimon.ui.app import TuimonApp
 
+    launched = worker is not None
     app = TuimonApp(run_dir, replay=replay, launched=launched, worker=worker, lr_factor=lr_factor)
     app.run()
-    if launched and worker is not None and worker.poll() is None:
+    if worker is not None and worker.poll() is None:
         if app.stopped_run:
             print(f"Stopping the run; it saves a checkpoint in {run_dir}")
         else:
