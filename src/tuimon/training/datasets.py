@@ -92,23 +92,10 @@ class ImageTransform:
         self.scale = scale  # False only for the raw_pixels fault: values stay in 0-255
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.float()
-        if self.scale:
-            x.div_(255)
-        if self.crop_padding:
-            p = self.crop_padding
-            height, width = x.shape[-2:]
-            x = F.pad(x, (p, p, p, p))
-            top, left = torch.randint(0, 2 * p + 1, (2,)).tolist()
-            x = x[:, top : top + height, left : left + width]
-        if self.hflip and torch.rand(()) < 0.5:
-            x = x.flip(-1)
-        if self.mean is not None and self.std is not None:
-            x = (x - self.mean) / self.std
-        return x
+        return self.batch(image.unsqueeze(0))[0]
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
-        """The same for a whole uint8 B×C×H×W batch at once (what the loader uses)."""
+        """The same for a whole uint8 B×C×H×W batch at once (what the trainer's loader uses)."""
         x = images.float()
         if self.scale:
             x.div_(255)
