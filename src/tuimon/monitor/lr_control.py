@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 # Per-group keys that schedulers (LRScheduler, OneCycleLR, CyclicLR) keep in param groups.
-_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+LR_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 # Scheduler attributes holding one LR per param group.
 _LIST_ATTRS = ("base_lrs", "_last_lr", "max_lrs")
 # Scheduler attributes holding one LR shared by all groups.
@@ -80,7 +80,7 @@ def _group_indices(optimizer: torch.optim.Optimizer, group: int | None) -> list[
 
 
 def _scale_group(param_group: dict[str, Any], factor: float) -> None:
-    for key in _GROUP_KEYS:
+    for key in LR_GROUP_KEYS:
         if key in param_group and param_group[key] is not None:
             _assign(param_group, key, _as_float(param_group[key]) * factor)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tuimon.monitor.lr_control import LR_GROUP_KEYS
 from tuimon.monitor.probe_schedule import probe_due
 
 KEPT = 3
@@ -70,8 +71,7 @@ class SnapshotRing:
         if not candidates:
             return None
         snapshot = candidates[-1]
-        keys = ("lr", "initial_lr", "max_lr", "min_lr")
-        lrs = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+        lrs = [{k: g[k] for k in LR_GROUP_KEYS if k in g} for g in optimizer.param_groups]
         model.load_state_dict(snapshot.model)
         optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
         for group, saved in zip(optimizer.param_groups, lrs, strict=True):
