@@ -83,6 +83,14 @@ def load_checkpoint(
     )
 
 
+def model_weights(path: str | Path) -> Any:
+    """The model's state_dict from a tuimon checkpoint, or the file itself if it is one."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and "model" in state and "format" in state:
+        return state["model"]
+    return state
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     try:

@@ -18,7 +18,7 @@ import torch
 from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
-from tuimon.run.checkpoint import ResumeState, load_checkpoint
+from tuimon.run.checkpoint import ResumeState, load_checkpoint, model_weights
 from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
@@ -107,10 +107,7 @@ class Trainer:
         if not path.is_file():
             raise UsageError(f"train.init_from: no file at {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if isinstance(state, dict) and "model" in state and "format" in state:
-                state = state["model"]
-            self.model.load_state_dict(state)
+            self.model.load_state_dict(model_weights(path))
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"train.init_from: cannot load weights from {path}: {exc}") from None
 
