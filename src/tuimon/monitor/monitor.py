@@ -314,7 +314,7 @@ class Monitor:
             "argv": list(sys.argv),
             "config": options.config,
             "versions": _versions(),
-            "device": _device_info(params[0].device if params else torch.device("cpu")),
+            "device": _device_info(self._device),
             "model": {
                 "class": type(self.model).__name__,
                 "params": sum(p.numel() for p in params),
@@ -352,8 +352,7 @@ class Monitor:
             events += [*probes, event]
         memory = _cuda_memory(self._device)
         if memory:
-            last_step = [e for e in events if e["type"] == "step"][-1]
-            last_step["cuda_memory"] = memory
+            event["cuda_memory"] = memory  # on the last step event
         self._last_loss = records[-1].loss
         for event in events:
             self._log.emit(event)
