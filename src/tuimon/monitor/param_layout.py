@@ -21,9 +21,8 @@ class ParamLayout:
 
     def refresh(self) -> None:
         """Give every parameter the optimizer holds a layer: its module's name."""
-        layer_of: dict[int, str] = {}
-        for name, param in self._model.named_parameters():
-            layer_of[id(param)] = name.rsplit(".", 1)[0] if "." in name else name
+        self.param_names = {id(p): name for name, p in self._model.named_parameters()}
+        layer_of = {pid: name.rsplit(".", 1)[0] for pid, name in self.param_names.items()}
         self.params = [p for group in self._optimizer.param_groups for p in group["params"]]
         self.layer_names: list[str] = []
         index: dict[str, int] = {}
@@ -39,9 +38,6 @@ class ParamLayout:
             len(self.params), max(len(self.layer_names), 1), dtype=torch.float64
         )
         self._matrix[torch.arange(len(self.params)), torch.tensor(columns).long()] = 1
-
-    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
-        return list(self._model.named_parameters())
 
     def changed(self) -> bool:
         """Whether add_param_group() added parameters since the last refresh()."""

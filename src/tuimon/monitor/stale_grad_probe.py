@@ -29,8 +29,9 @@ class StaleGradProbe:
         self._handles: list[Any] = []
         trainable = [p for p in layout.params if p.requires_grad]
         self.param = trainable[-1] if trainable and every else None
-        names = {id(p): n for n, p in layout.named_params()}
-        self.param_name = names.get(id(self.param), "a parameter") if self.param is not None else ""
+        self.param_name = (
+            layout.param_names.get(id(self.param), "a parameter") if self.param is not None else ""
+        )
         if self.param is not None:
             self._handles = [
                 optimizer.register_step_post_hook(self._after_step),
