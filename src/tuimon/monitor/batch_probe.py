@@ -34,7 +34,7 @@ class BatchProbe:
             parts.append(_input_stats(x.detach()))
         y, out = _first_tensor(targets), _first_tensor(outputs)
         classes = out.shape[1] if out is not None and out.dim() == 2 else 0
-        if out is not None and out.dim() == 2 and classes >= 2 and out.is_floating_point():
+        if out is not None and classes >= 2 and out.is_floating_point():
             o = out.detach().float()
             layout["outputs"] = {"classes": classes}
             parts.append(torch.stack([o.min(), o.max(), (o.sum(dim=1) - 1).abs().max()]))
@@ -50,7 +50,7 @@ class BatchProbe:
             counts.scatter_add_(
                 0, y.long().clamp(0, classes - 1), torch.ones(y.shape[0], device=y.device)
             )
-            parts.append(counts.to(parts[0].device) if parts else counts)
+            parts.append(counts)
         if not parts:
             return None, layout
         device = parts[0].device

@@ -34,9 +34,6 @@ class SnapshotRing:
         self.every = every
         self._ring: deque[Snapshot] = deque(maxlen=KEPT)
 
-    def __len__(self) -> int:
-        return len(self._ring)
-
     def maybe_take(
         self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
     ) -> None:

@@ -24,7 +24,6 @@ MAX_ITEMS = 2000  # alerts, messages, controls, checkpoints kept
 HISTORY = 120  # system samples kept for sparklines
 WINDOW = 200  # recent steps for throughput, data-wait share and ETA
 
-STEP_SERIES = ("loss", "loss_ema", "grad_norm", "update_ratio")
 RUN_STATES = ("starting", "running", "paused", "stopping", "completed", "stopped", "failed")
 
 
