@@ -7,6 +7,7 @@ import time
 from typing import Any, TextIO
 
 from tuimon.headless.progress import Progress, format_value
+from tuimon.run.event_log import RESERVED_METRIC_KEYS
 
 
 class ConsoleReporter:
@@ -70,7 +71,7 @@ class ConsoleReporter:
         values = "  ".join(
             f"{k} {format_value(v)}"
             for k, v in event.items()
-            if k not in ("type", "step", "epoch", "time", "seq") and isinstance(v, int | float)
+            if k not in RESERVED_METRIC_KEYS and isinstance(v, int | float)
         )
         self._print(f"[{self.name}] step {event.get('step')}: {values}")
 

@@ -36,7 +36,7 @@ from tuimon.monitor.probes import StepProbes
 from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.monitor.step_timer import StepTimer
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
-from tuimon.run.event_log import EventLog
+from tuimon.run.event_log import RESERVED_METRIC_KEYS, EventLog
 from tuimon.run.run_dir import (
     CHECKPOINT_DIR,
     CONTROL_SOCKET,
@@ -46,8 +46,6 @@ from tuimon.run.run_dir import (
 )
 from tuimon.run.run_state import RunState
 from tuimon.system.sampler import SystemSampler
-
-RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
 
 
 @dataclass

@@ -20,6 +20,8 @@ from typing import Any, TextIO
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
+# Fields every event may carry; a `metrics` event's other keys are its scalars.
+RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
 _STOP = object()
 
 

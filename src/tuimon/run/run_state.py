@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from tuimon.run.event_log import read_events
+from tuimon.run.event_log import RESERVED_METRIC_KEYS, read_events
 from tuimon.series.bucketed import BucketSeries
 from tuimon.series.smoothing import DebiasedEMA
 
@@ -122,7 +122,7 @@ class RunState:
         elapsed = self.elapsed_at(event.get("time"))
         epoch = self._epoch_x(event)
         for key, value in event.items():
-            if key in ("type", "step", "epoch", "time", "seq"):
+            if key in RESERVED_METRIC_KEYS:
                 continue
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self._add(f"metrics/{key}", step, elapsed, epoch, float(value))
