@@ -44,9 +44,11 @@ class Doctor:
         self.ctx.update(event)
         step = event.get("step", self.ctx.step)
         finite = kind != "step" or math.isfinite(self.ctx.loss)
+        # A probe event goes to the rules that read that probe: "probe:batch" and so on.
+        route = f"probe:{event.get('probe')}" if kind == "probe" else kind
         out: list[dict[str, Any]] = []
         for rule in self.rules:
-            if kind not in rule.events or (rule.needs_finite_loss and not finite):
+            if route not in rule.events or (rule.needs_finite_loss and not finite):
                 continue
             verdict = rule.check(event, self.ctx)
             if verdict is None:

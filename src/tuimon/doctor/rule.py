@@ -27,6 +27,7 @@ class Verdict:
 class Rule:
     id: ClassVar[str]
     severity: ClassVar[str] = "warning"
+    # Event types it reads; probe events by their probe: "probe:batch", "probe:activations".
     events: ClassVar[tuple[str, ...]] = ("step",)
     # Thresholds; every one can be overridden in the config: monitor.rules.<id>.<name>.
     defaults: ClassVar[dict[str, float]] = {}

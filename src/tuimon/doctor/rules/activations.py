@@ -12,7 +12,7 @@ from tuimon.doctor.rule import Rule, Verdict, clear
 class _LayerShareRule(Rule):
     """Fires when some layer's share (dead units, saturated values) stays above a bound."""
 
-    events = ("probe",)
+    events = ("probe:activations",)
     key = ""
     defaults = {"layer_threshold": 0.5, "patience": 3, "far_chance": 0.5, "far_initial": 0.7}
 
@@ -21,8 +21,6 @@ class _LayerShareRule(Rule):
         self.held: deque[bool] = deque(maxlen=int(self.p["patience"]))
 
     def worst(self, event: dict[str, Any]) -> tuple[str, float] | None:
-        if event.get("probe") != "activations":
-            return None
         layers = {
             name: stats[self.key]
             for name, stats in (event.get("layers") or {}).items()

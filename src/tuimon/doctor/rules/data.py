@@ -10,15 +10,11 @@ from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 
 
-def _batch(event: dict[str, Any]) -> dict[str, Any] | None:
-    return event if event.get("probe") == "batch" else None
-
-
 class InputNan(Rule):
     id = "input_nan"
     cause = True
     severity = "error"
-    events = ("probe",)
+    events = ("probe:batch",)
     clear_after = 50  # clean probed batches in a row
     suppresses = (
         "nan_loss",
@@ -35,7 +31,7 @@ class InputNan(Rule):
     fix = "fix the data pipeline (division by zero, corrupt samples)"
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        inputs = (_batch(event) or {}).get("inputs") or {}
+        inputs = event.get("inputs") or {}
         if "nonfinite" not in inputs:
             return None
         bad = inputs["nonfinite"]
@@ -54,7 +50,7 @@ class InputNan(Rule):
 class InputScale(Rule):
     id = "input_scale"
     cause = True
-    events = ("probe",)
+    events = ("probe:batch",)
     defaults = {"max_scale": 10.0, "min_scale": 1e-3, "patience": 2}
     suppresses = (
         "dead_relu",
@@ -76,7 +72,7 @@ class InputScale(Rule):
         self.held = 0
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        inputs = (_batch(event) or {}).get("inputs") or {}
+        inputs = event.get("inputs") or {}
         if "mean" not in inputs or not inputs.get("floating", True):
             return None
         mean, std = inputs["mean"], inputs["std"]
@@ -114,7 +110,7 @@ class InputScale(Rule):
 
 class ClassImbalance(Rule):
     id = "class_imbalance"
-    events = ("probe",)
+    events = ("probe:batch",)
     defaults = {"ratio": 10.0, "min_samples": 1000}
     summary = "the label distribution is heavily skewed"
     fix = "a class-weighted loss or a weighted sampler"
@@ -125,7 +121,7 @@ class ClassImbalance(Rule):
         self.pure_classes: set[int] = set()  # the class of each one-class batch seen
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        counts = ((_batch(event) or {}).get("targets") or {}).get("counts")
+        counts = (event.get("targets") or {}).get("counts")
         if not counts:
             return None
         if len(self.counts) != len(counts):
@@ -158,7 +154,7 @@ class ClassImbalance(Rule):
 class UnshuffledData(Rule):
     id = "unshuffled_data"
     cause = True
-    events = ("probe",)
+    events = ("probe:batch",)
     defaults = {"purity": 0.9, "min_batch": 16, "run": 3}
     clear_after = 10  # mixed probed batches in a row
     suppresses = (
@@ -178,7 +174,7 @@ class UnshuffledData(Rule):
         self.dominants: set[int] = set()
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        counts = ((_batch(event) or {}).get("targets") or {}).get("counts")
+        counts = (event.get("targets") or {}).get("counts")
         if not counts or len(counts) < 2:
             return None
         size = sum(counts)

@@ -12,7 +12,7 @@ class MissingZeroGrad(Rule):
     id = "missing_zero_grad"
     cause = True
     severity = "error"
-    events = ("probe",)
+    events = ("probe:stale_grad",)
     defaults = {"confirm": 1}
     suppresses = (
         "overfitting",
@@ -35,8 +35,6 @@ class MissingZeroGrad(Rule):
         self.stale = 0
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        if event.get("probe") != "stale_grad":
-            return None
         if not event.get("stale"):
             self.stale = 0
             return clear()
@@ -57,14 +55,12 @@ class OptimizerMismatch(Rule):
     id = "optimizer_mismatch"
     cause = True
     severity = "error"
-    events = ("probe",)
+    events = ("probe:optimizer",)
     suppresses = ("stall", "chance_level", "lr_too_low", "vanishing_gradients")
     summary = "the optimizer does not hold the model's trainable parameters"
     fix = "build the optimizer from model.parameters() (or freeze what it skips)"
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        if event.get("probe") != "optimizer":
-            return None
         foreign = event.get("not_in_model", 0)
         skipped = event.get("trainable_not_in_optimizer", 0)
         names = ", ".join(event.get("skipped_names") or [])
@@ -93,7 +89,7 @@ class SoftmaxBeforeLoss(Rule):
     id = "softmax_before_loss"
     cause = True
     severity = "error"
-    events = ("probe",)
+    events = ("probe:batch",)
     defaults = {"tolerance": 1e-3, "confirm": 2}
     suppresses = ("chance_level", "stall", "lr_too_low", "vanishing_gradients")
     summary = "probabilities (softmax outputs) are fed to a loss that expects logits"
@@ -104,7 +100,7 @@ class SoftmaxBeforeLoss(Rule):
         self.held = 0
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        outputs = (event.get("outputs") if event.get("probe") == "batch" else None) or {}
+        outputs = event.get("outputs") or {}
         if "row_sum_error" not in outputs:
             return None
         loss = ctx.loss_name or "CrossEntropyLoss"
