@@ -32,10 +32,11 @@ class RunContext:
         self._ema_history: deque[tuple[int, float]] = deque(maxlen=HISTORY)
         self.num_classes: int | None = None
         self.task: str | None = None  # classification | regression, when known
-        self.loss_name: str | None = None
+        # Assumed until a start event names another (the trainer's default; what most
+        # classifiers use with the Monitor API).
+        self.loss_name = "CrossEntropyLoss"
         self.optimizer: str = "the optimizer"
         self.num_workers: int | None = None
-        self.steps_per_epoch: int | None = None
         self.last_input_nan_step: int | None = None
         self.causes: dict[str, int] = {}  # root-cause rules that have alerted, and when
 
@@ -60,7 +61,6 @@ class RunContext:
         self.loss_name = ((config.get("loss") or {}).get("name")) or self.loss_name
         self.optimizer = (event.get("optimizer") or {}).get("class") or self.optimizer
         self.num_workers = (config.get("data") or {}).get("num_workers")
-        self.steps_per_epoch = event.get("steps_per_epoch")
 
     def _on_step(self, event: dict[str, Any]) -> None:
         self.step = int(event.get("step", self.step))
@@ -120,9 +120,14 @@ class RunContext:
         if smoothed is None:
             return False
         chance = self.chance_loss
-        if chance is not None and (self.loss_name or "CrossEntropyLoss") in CE_LOSSES:
+        if chance is not None and self.loss_is_ce:
             return smoothed > far_chance * chance
         return self.initial is not None and smoothed > far_initial * self.initial
+
+    @property
+    def loss_is_ce(self) -> bool:
+        """A cross-entropy loss, whose value at chance is ln(C) and which wants logits."""
+        return self.loss_name in CE_LOSSES
 
     def lr_text(self) -> str:
         return f"{self.optimizer} at LR {self.lr:.3g}" if self.lr is not None else self.optimizer

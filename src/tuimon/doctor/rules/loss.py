@@ -6,7 +6,7 @@ import math
 from collections import deque
 from typing import Any
 
-from tuimon.doctor.context import CE_LOSSES, RunContext
+from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 
 RECOVER = {"cmd": "recover", "lr_factor": 0.1}
@@ -268,12 +268,7 @@ class ChanceLevel(Rule):
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         chance, smoothed = ctx.chance_loss, ctx.smoothed
-        if (
-            chance is None
-            or smoothed is None
-            or ctx.step < self.p["warmup"]
-            or (ctx.loss_name or "CrossEntropyLoss") not in CE_LOSSES
-        ):
+        if chance is None or smoothed is None or ctx.step < self.p["warmup"] or not ctx.loss_is_ce:
             return None
         distance = abs(smoothed - chance) / chance
         if distance >= self.p["tolerance"]:

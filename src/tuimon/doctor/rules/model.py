@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuimon.doctor.context import CE_LOSSES, RunContext
+from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 
 
@@ -103,13 +103,13 @@ class SoftmaxBeforeLoss(Rule):
         outputs = event.get("outputs") or {}
         if "row_sum_error" not in outputs:
             return None
-        loss = ctx.loss_name or "CrossEntropyLoss"
+        loss = ctx.loss_name
         probabilities = (
             outputs["min"] >= 0
             and outputs["max"] <= 1
             and outputs["row_sum_error"] < self.p["tolerance"]
         )
-        if not probabilities or loss not in CE_LOSSES:
+        if not probabilities or not ctx.loss_is_ce:
             self.held = 0
             return clear()
         self.held += 1
