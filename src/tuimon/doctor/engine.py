@@ -64,7 +64,7 @@ class Doctor:
             self._clears[rule.id] = 0
             if rule.id in self.active or rule.id in self.silenced:
                 continue
-            if any(rule.id in RULES[other].suppresses for other in self.active):
+            if self._suppressed(rule.id):
                 self.silenced.add(rule.id)
                 continue
             alert = {
@@ -91,11 +91,11 @@ class Doctor:
 
     def _release(self) -> None:
         """Rules silenced only by an episode that just ended may speak at their next look."""
-        self.silenced = {
-            rule_id
-            for rule_id in self.silenced
-            if any(rule_id in RULES[other].suppresses for other in self.active)
-        }
+        self.silenced = {rule_id for rule_id in self.silenced if self._suppressed(rule_id)}
+
+    def _suppressed(self, rule_id: str) -> bool:
+        """Whether an active alert makes this rule's alert redundant."""
+        return any(rule_id in RULES[other].suppresses for other in self.active)
 
     def _start_over(self, rule_ids: tuple[str, ...], step: int) -> list[dict[str, Any]]:
         """After weights were restored: these rules' episodes end, and they judge the run

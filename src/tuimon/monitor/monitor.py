@@ -28,6 +28,7 @@ from tuimon.config.schema import MonitorConfig
 from tuimon.control.protocol import ProtocolError, Request
 from tuimon.control.server import ControlServer
 from tuimon.doctor.engine import RECOVERABLE, Doctor
+from tuimon.doctor.rules.loss import RECOVER
 from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
@@ -466,7 +467,7 @@ class Monitor:
             return
         self._autofixes += 1
         self._recover_pending = True
-        action = alert.get("action") or {"cmd": "recover", "lr_factor": 0.1}
+        action = alert.get("action") or RECOVER  # some verdicts (NaN from the inputs) carry none
         args = {k: v for k, v in action.items() if k != "cmd"}
         self._inbox.put(Request(cmd="recover", args=args, source="autofix"))
 

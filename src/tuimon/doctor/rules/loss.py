@@ -62,7 +62,7 @@ class NanLoss(Rule):
         lr = ctx.lr
         suggestion = (
             f"{ctx.lr_text()} blew up: restore the last good weights and use LR "
-            f"{lr / 10:.3g} (press a), and clip gradients"
+            f"{lr * RECOVER['lr_factor']:.3g} (press a), and clip gradients"
             if lr
             else "lower the learning rate and clip gradients"
         )
@@ -118,7 +118,7 @@ class Divergence(Rule):
         lr = ctx.lr
         suggestion = (
             f"{ctx.lr_text()} is too high: restore the last good weights and try "
-            f"{lr / 10:.3g} (press a), or clip gradients"
+            f"{lr * RECOVER['lr_factor']:.3g} (press a), or clip gradients"
             if lr
             else "lower the learning rate or clip gradients"
         )
