@@ -137,3 +137,22 @@ def test_load_from_a_log_file(tmp_path):
     path.write_text("".join(json.dumps(e) + "\n" for e in events(30)))
     state = load_run_state(path)
     assert state.step == 30 and state.series["loss"].total == 30
+
+
+def test_counts_keep_growing_when_the_kept_items_are_capped():
+    from tuimon.run.run_state import MAX_ITEMS
+
+    state = RunState()
+    state.apply_many(events(steps=2))
+    extra = [
+        {"type": "alert", "rule": "stall", "step": i, "message": f"alert {i}"}
+        for i in range(MAX_ITEMS + 5)
+    ]
+    state.apply_many(extra)
+    assert len(state.alerts) == MAX_ITEMS
+    assert state.counts["alert"] == MAX_ITEMS + 5
+    assert state.counts["step"] == 2
+    state.apply({"type": "alert", "rule": "nan_loss", "step": 9999, "message": "newest"})
+    assert state.counts["alert"] == MAX_ITEMS + 6
+    restored = RunState.from_snapshot(json.loads(json.dumps(state.snapshot())))
+    assert restored.counts["alert"] == MAX_ITEMS  # what it holds: history is not news

@@ -71,10 +71,8 @@ async def test_minus_halves_the_lr_and_the_plot_marks_it(start_worker):
         await until(pilot, lambda: app.state.step > change["step"] + 3)
         panel = app.query_one(LRPanel)
         assert panel.markers(app.state, app.options) == [change["step"]]
-        await until(
-            pilot,
-            lambda: panel._drawn is not None and panel._drawn[0][1] == len(app.state.controls),
-        )
+        # Drawn for the state as it is now, controls included (they are in its signature).
+        await until(pilot, lambda: not panel.is_stale(app.state, app.options))
         assert "scale-lr" in panel.plain_lines()[0]  # the header names the change
         await pilot.press("x")
         await pilot.click("#stop")

@@ -172,6 +172,37 @@ async def test_a_applies_the_selected_alerts_action(tmp_path):
         assert sent == [("scale-lr", {"factor": 0.5})]
 
 
+async def test_news_past_the_kept_items_still_redraws_and_toasts(tmp_path):
+    from tuimon.run.run_state import MAX_ITEMS
+    from tuimon.ui.messages import StateReplaced
+
+    (tmp_path / "events.jsonl").write_text("")
+    app = TuimonApp(tmp_path, replay=True, fps=20)
+    old = {"type": "alert", "rule": "stall", "severity": "info", "message": "old"}
+    state = state_with(*({**old, "step": i} for i in range(MAX_ITEMS)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(StateReplaced(state))
+        await pilot.pause()
+        assert len(app._notifications) == 0  # history is not news
+        panel = app.query_one(DoctorPanel)
+        assert "stall" in panel.plain_lines()[0]
+        with state.lock:
+            state.apply(
+                {
+                    "type": "alert",
+                    "step": 5000,
+                    "rule": "nan_loss",
+                    "severity": "error",
+                    "message": "loss went to nan",
+                }
+            )
+        assert len(state.alerts) == MAX_ITEMS  # the deque is full: its length did not change
+        app.refresh_panels()
+        await pilot.pause()
+        assert "nan_loss" in panel.plain_lines()[0]
+        assert [n.title for n in app._notifications] == ["nan_loss"]
+
+
 def test_grad_panel_keeps_the_extremes_when_layers_do_not_fit():
     layers = [(f"layer{i}", 10.0**-i, None) for i in range(10)]
     rows = shown_rows(layers, 4)

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from tuimon.headless.progress import Progress, format_value
+from tuimon.headless.progress import Progress, format_value, show_value
 from tuimon.run.event_log import RESERVED_METRIC_KEYS
 
 
@@ -90,7 +90,7 @@ class ConsoleReporter:
     def _on_control(self, event: dict[str, Any]) -> None:
         self._print(
             f"[{self.name}] {event.get('command')} at step {event.get('step')}: "
-            f"{_show(event.get('old'))} -> {_show(event.get('new'))} "
+            f"{show_value(event.get('old'))} -> {show_value(event.get('new'))} "
             f"(from {event.get('source')})"
         )
 
@@ -110,13 +110,3 @@ class ConsoleReporter:
         if status == "failed" and event.get("error"):
             # The full traceback is in the log and on stderr; one line says what it was.
             self._print(f"[{self.name}] error: {str(event['error']).strip().splitlines()[-1]}")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, float):
-        return format_value(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return str(value)

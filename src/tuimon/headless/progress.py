@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from tuimon.series.smoothing import DebiasedEMA
 
@@ -34,6 +35,17 @@ def format_value(value: float | None) -> str:
     if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
         return f"{value:.3e}"
     return f"{value:.4g}"
+
+
+def show_value(value: Any) -> str:
+    """A control event's old or new value: a number, one per param group, a state name."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, float):
+        return format_value(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
+    return str(value)
 
 
 @dataclass

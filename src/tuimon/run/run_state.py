@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class RunState:
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
         self.messages: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
         self.checkpoints: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
+        # Events applied, by type: these keep counting when the deques above are full, so
+        # a view can tell that something new arrived.
+        self.counts: Counter[str] = Counter()
         self.last_step: dict[str, Any] | None = None
         self.last_metrics: dict[str, Any] = {}
         self.layer_grad_norms: dict[str, float] = {}
@@ -74,6 +77,7 @@ class RunState:
         when = event.get("time")
         if isinstance(when, int | float):
             self.last_time = max(self.last_time, float(when))
+        self.counts[str(event.get("type"))] += 1
         handler = getattr(self, f"_on_{event.get('type')}", None)
         if handler is not None:
             handler(event)
@@ -280,6 +284,9 @@ class RunState:
         state.alerts.extend(data["alerts"])
         state.messages.extend(data["messages"])
         state.checkpoints.extend(data["checkpoints"])
+        state.counts.update(
+            control=len(state.controls), alert=len(state.alerts), message=len(state.messages)
+        )
         state.last_step = data["last_step"]
         state.last_metrics = dict(data["last_metrics"])
         state.layer_grad_norms = dict(data["layer_grad_norms"])

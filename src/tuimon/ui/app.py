@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from textual.events import Resize
 from textual.widgets import Footer
 
 from tuimon.control.client import ControlClient, ControlError
-from tuimon.headless.progress import format_value
+from tuimon.headless.progress import show_value
 from tuimon.run.run_dir import OUTPUT_FILE
 from tuimon.run.run_state import RunState
 from tuimon.ui import keymap
 from tuimon.ui.connection import ReplayLoader, RunConnection
-from tuimon.ui.messages import CommandResult, ConnectionChanged, StateChanged, StateReplaced
+from tuimon.ui.messages import CommandResult, ConnectionChanged, StateReplaced
 from tuimon.ui.plotting import ViewOptions
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.help_screen import HelpScreen
@@ -78,7 +79,6 @@ class TuimonApp(App[None]):
         self.state = RunState()
         self.options = ViewOptions()
         self.connection_status = "loading" if replay else "connecting"
-        self.connection_detail = ""
         self.stopped_run = False  # the user quit with "stop the run"
         self._announced_controls = 0
         self._announced_alerts = 0
@@ -170,23 +170,27 @@ class TuimonApp(App[None]):
 
     def _announce_news(self) -> None:
         """Toasts for what changed: applied commands and new alerts."""
-        controls = list(self.state.controls)
-        for control in controls[self._announced_controls :]:
+        state = self.state
+        with state.lock:
+            new_controls = _newest(
+                state.controls, state.counts["control"] - self._announced_controls
+            )
+            new_alerts = _newest(state.alerts, state.counts["alert"] - self._announced_alerts)
+            self._announced_controls = state.counts["control"]
+            self._announced_alerts = state.counts["alert"]
+        for control in new_controls:
             old, new = control.get("old"), control.get("new")
             self.notify(
                 f"{control.get('command')} at step {control.get('step')}: "
-                f"{_show(old)} → {_show(new)}",
+                f"{show_value(old)} → {show_value(new)}",
                 title=f"applied ({control.get('source')})",
             )
-        self._announced_controls = len(controls)
-        alerts = list(self.state.alerts)
-        for alert in alerts[self._announced_alerts :]:
+        for alert in new_alerts:
             self.notify(
                 str(alert.get("message", "")),
                 title=str(alert.get("rule")),
                 severity="error" if alert.get("severity") == "error" else "warning",
             )
-        self._announced_alerts = len(alerts)
 
     # -- messages from the connection -----------------------------------------------------
 
@@ -194,18 +198,13 @@ class TuimonApp(App[None]):
     def replace_state(self, message: StateReplaced) -> None:
         self.state = message.state
         # History is not news: only what happens from now on gets a toast.
-        self._announced_controls = len(self.state.controls)
-        self._announced_alerts = len(self.state.alerts)
+        self._announced_controls = self.state.counts["control"]
+        self._announced_alerts = self.state.counts["alert"]
         self.refresh_panels(everything=True)
-
-    @on(StateChanged)
-    def state_changed(self) -> None:
-        pass  # the timer redraws; the message only wakes the app
 
     @on(ConnectionChanged)
     def connection_changed(self, message: ConnectionChanged) -> None:
         before, self.connection_status = self.connection_status, message.status
-        self.connection_detail = message.detail
         if message.status == "disconnected" and before == "connected":
             self.notify("lost the run's socket; reconnecting…", severity="warning")
         elif message.status == "connected" and before == "disconnected":
@@ -371,7 +370,6 @@ class TuimonApp(App[None]):
         return "\n".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output yet)"
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return format_value(value)
-    return str(value)
+def _newest(items: deque[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The last `count` items, or all that are kept if fewer."""
+    return list(items)[-count:] if count > 0 else []

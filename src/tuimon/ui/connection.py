@@ -18,7 +18,7 @@ from textual.message import Message
 from tuimon.control.client import ControlClient, ControlError
 from tuimon.run.run_dir import EVENTS_FILE
 from tuimon.run.run_state import RunState, load_run_state
-from tuimon.ui.messages import ConnectionChanged, StateChanged, StateReplaced
+from tuimon.ui.messages import ConnectionChanged, StateReplaced
 
 BATCH_SECONDS = 0.1  # live events are applied and announced at most this often
 RETRY_SECONDS = 1.0
@@ -88,7 +88,6 @@ class RunConnection(threading.Thread):
                     state.apply_many(pending)
                     pending = []
                     last_post = now
-                    self._post(StateChanged())
                 if ended:
                     self._post(ConnectionChanged("ended"))
                     return

@@ -1,18 +1,11 @@
-"""Messages from the connection thread to the app. Live data arrives as one coalesced
-`StateChanged` per batch, never one message per training step."""
+"""Messages from the connection thread to the app. Live events go straight into the
+app's RunState (under its lock); the redraw timer shows them, so they need no message."""
 
 from __future__ import annotations
 
 from textual.message import Message
 
 from tuimon.run.run_state import RunState
-
-
-class StateChanged(Message):
-    """New events were applied to the state: redraw on the next tick."""
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, StateChanged)
 
 
 class StateReplaced(Message):

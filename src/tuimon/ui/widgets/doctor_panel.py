@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from rich.console import RenderableType
@@ -61,8 +63,14 @@ class DoctorPanel(Panel):
         self._alerts: list[dict[str, Any]] = []
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
-        cleared = sum(1 for a in state.alerts if a.get("cleared_at") is not None)
-        return len(state.alerts), cleared, len(state.controls), len(state.messages), self.selected
+        counts = state.counts
+        return (
+            counts["alert"],
+            counts["alert_cleared"],
+            counts["control"],
+            counts["message"],
+            self.selected,
+        )
 
     @property
     def selected_alert(self) -> dict[str, Any] | None:
@@ -71,7 +79,6 @@ class DoctorPanel(Panel):
     def action_select(self, delta: int) -> None:
         if self._alerts:
             self.selected = max(0, min(len(self._alerts) - 1, self.selected + delta))
-            self._drawn = None
             self.app.refresh_panels()  # type: ignore[attr-defined]
 
     def view(
@@ -79,22 +86,24 @@ class DoctorPanel(Panel):
     ) -> RenderableType:
         self._alerts = list(reversed(state.alerts))
         self.selected = min(self.selected, max(0, len(self._alerts) - 1))
-        lines: list[Text] = []
+        # Only what fits is wrapped: a long run can hold thousands of alerts and notes.
+        return fit(list(islice(self._lines(state, width), height)), width, height)
+
+    def _lines(self, state: RunState, width: int) -> Iterator[Text]:
         for fix in reversed([c for c in state.controls if c.get("source") == "autofix"]):
-            lines += wrap(
+            yield from wrap(
                 f"autofix at step {fix.get('step')}: {autofix_text(fix)}",
                 width,
                 style="bold magenta",
                 indent="  ",
             )
         if not self._alerts:
-            lines += wrap("No alerts: nothing wrong seen so far.", width, style="green")
+            yield from wrap("No alerts: nothing wrong seen so far.", width, style="green")
         for index, alert in enumerate(self._alerts):
-            lines += self.alert_lines(alert, width, selected=index == self.selected)
+            yield from self.alert_lines(alert, width, selected=index == self.selected)
         notes = [m.get("text") for m in state.messages if m.get("level") != "debug"]
         for note in [*reversed(notes), *((state.start or {}).get("notes") or [])]:
-            lines += wrap(f"note: {note}", width, style="dim", indent="  ")
-        return fit(lines, width, height)
+            yield from wrap(f"note: {note}", width, style="dim", indent="  ")
 
     def alert_lines(self, alert: dict[str, Any], width: int, selected: bool) -> list[Text]:
         severity = str(alert.get("severity", "warning"))

@@ -22,7 +22,7 @@ class LRPanel(Panel):
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         totals = tuple(s.total for n, s in state.series.items() if n.startswith("lr/"))
-        return totals, len(state.controls)
+        return totals, state.counts["control"]
 
     def lr_changes(self, state: RunState) -> list[dict[str, Any]]:
         return [c for c in state.controls if c.get("command") in LR_COMMANDS]

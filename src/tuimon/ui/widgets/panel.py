@@ -36,7 +36,8 @@ class Panel(Static):
 
     def _key(self, state: RunState, options: ViewOptions) -> Any:
         size = self.content_size
-        return (self.signature(state, options), options, size.width, size.height)
+        # id(state): a replaced state (a reconnect's snapshot) is always drawn afresh.
+        return (id(state), self.signature(state, options), options, size.width, size.height)
 
     def is_stale(self, state: RunState, options: ViewOptions) -> bool:
         with state.lock:
