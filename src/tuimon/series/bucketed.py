@@ -56,10 +56,10 @@ class BucketSeries:
         d["epoch"][i] = epoch
 
     def _merge(self) -> None:
-        """Halve the number of buckets: each new one covers two old ones."""
-        n = self._n - (self._n % 2)
+        """Halve the number of buckets: each new one covers two old ones (called when all
+        2 × capacity are used, an even number)."""
+        n = self._n
         d = self._data
-        odd = {name: d[name][n] for name in FIELDS} if self._n % 2 else None
         with np.errstate(invalid="ignore"):
             for name in ("step", "time", "epoch", "count"):
                 pairs = d[name][:n].reshape(-1, 2)
@@ -71,10 +71,6 @@ class BucketSeries:
             d["hi"][: n // 2] = np.fmax(hi[:, 0], hi[:, 1])
             d["last"][: n // 2] = np.where(np.isnan(last[:, 1]), last[:, 0], last[:, 1])
         self._n = n // 2
-        if odd is not None:
-            for name in FIELDS:
-                d[name][self._n] = odd[name]
-            self._n += 1
         self.span *= 2
 
     def column(self, name: str) -> np.ndarray:

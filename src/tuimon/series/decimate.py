@@ -15,7 +15,6 @@ def minmax_columns(
     lo: np.ndarray,
     hi: np.ndarray,
     width: int,
-    x_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, min, max) per plot column that holds data; columns without data are left out.
 
@@ -26,7 +25,7 @@ def minmax_columns(
     x, lo, hi = x[keep], lo[keep], hi[keep]
     if x.size == 0 or width <= 0:
         return np.empty(0), np.empty(0), np.empty(0)
-    x0, x1 = x_range if x_range is not None else (float(x[0]), float(x[-1]))
+    x0, x1 = float(x[0]), float(x[-1])
     if x.size <= width or x1 <= x0:
         return x, lo, hi
     columns = np.minimum(((x - x0) / (x1 - x0) * width).astype(np.int64), width - 1)
