@@ -13,7 +13,7 @@ from textual.widgets import Static
 class TextScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q", "dismiss", "Close")]
 
-    def __init__(self, title: str, text: str, style: str = "") -> None:
+    def __init__(self, title: str, text: str) -> None:
         super().__init__()
         self.title_text = title
         self.body = text

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions, bar, sparkline
-from tuimon.ui.widgets.lines import fit, human_bytes, wrap
+from tuimon.ui.widgets.lines import fit, human_bytes, percent, share, wrap
 from tuimon.ui.widgets.panel import Panel
 
 
@@ -48,13 +48,13 @@ class GpuPanel(Panel):
     ) -> list[Text]:
         index = gpu.get("index", 0)
         util, used, total = gpu.get("util"), gpu.get("mem_used"), gpu.get("mem_total")
-        memory = used / total if isinstance(used, int | float) and total else None
+        memory = share(used, total)
         history = state.gpu_history.get(int(index), {})
         temp = gpu.get("temperature")
         power, limit = gpu.get("power_w"), gpu.get("power_limit_w")
         first = Text(no_wrap=True)
         first.append(f"GPU{index} ", style="bold")
-        first.append(f"util {_pct(util)} ", style=_load_style(util))
+        first.append(f"util {percent(util)} ", style=_load_style(util))
         if compact:
             first.append(f"mem {human_bytes(used)}/{human_bytes(total)} ")
             first.append(f"{temp if temp is not None else 'n/a'}°C ")
@@ -72,10 +72,6 @@ class GpuPanel(Panel):
         second.append(f"{_watts(power)}/{_watts(limit)}  ")
         second.append(f"this run {human_bytes(gpu.get('process_mem'))}", style="bold")
         return [first, second]
-
-
-def _pct(value: Any) -> str:
-    return f"{value:3.0f}%" if isinstance(value, int | float) else "n/a"
 
 
 def _watts(value: Any) -> str:

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions, bar, sparkline
-from tuimon.ui.widgets.lines import fit, human_bytes
+from tuimon.ui.widgets.lines import fit, human_bytes, percent, share
 from tuimon.ui.widgets.panel import Panel
 
 
@@ -28,14 +28,13 @@ class HostPanel(Panel):
         wait = state.rates()["data_wait_share"]
         cpu_line = Text(no_wrap=True)
         cpu_line.append("CPU ", style="bold")
-        cpu_line.append(f"{cpu:3.0f}% " if isinstance(cpu, int | float) else "n/a ")
+        cpu_line.append(f"{percent(cpu)} ")
         cpu_line.append(sparkline(state.cpu_history, 16, top=100.0), style="green")
         if host.get("cpu_count"):
             cpu_line.append(f" {host['cpu_count']} cores", style="dim")
         ram = Text(no_wrap=True)
         ram.append("RAM ", style="bold")
-        fraction = used / total if isinstance(used, int | float) and total else None
-        ram.append(f"{bar(fraction, 8)} {human_bytes(used)}/{human_bytes(total)}")
+        ram.append(f"{bar(share(used, total), 8)} {human_bytes(used)}/{human_bytes(total)}")
         process = Text(no_wrap=True)
         process.append("run ", style="bold")
         process.append(f"{human_bytes(host.get('process_rss'))} RSS")

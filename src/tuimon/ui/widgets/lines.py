@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 from rich.text import Text
 
@@ -25,6 +26,16 @@ def wrap(text: str, width: int, style: str = "", indent: str = "") -> list[Text]
     """Plain text wrapped to `width` (continuation lines indented), one Text per line."""
     lines = textwrap.wrap(text, width=max(width, 8), subsequent_indent=indent) or [""]
     return [Text(line, style=style) for line in lines]
+
+
+def percent(value: Any) -> str:
+    """A 0-100 reading from the sampler, or n/a when NVML or psutil had none."""
+    return f"{value:3.0f}%" if isinstance(value, int | float) else "n/a"
+
+
+def share(used: Any, total: Any) -> float | None:
+    """used / total as a fraction, when both were read."""
+    return used / total if isinstance(used, int | float) and total else None
 
 
 def human_bytes(value: float | None) -> str:

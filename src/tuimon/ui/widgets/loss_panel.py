@@ -43,7 +43,6 @@ class LossPanel(Panel):
             header.append(f"  {loss.non_finite} non-finite", style="bold red")
         if options.log_y:
             header.append("  [log]", style="dim")
-        plot_width = max(width, 1)
         spec = PlotSpec(log_y=options.log_y)
         for name, color, points in (
             ("loss", "gray", False),
@@ -51,7 +50,7 @@ class LossPanel(Panel):
             ("metrics/val_loss", "yellow", True),
         ):
             spec.curves += series_curves(
-                state, name, options, plot_width, color, points=points, log_y=options.log_y
+                state, name, options, width, color, points=points, log_y=options.log_y
             )
         plot = render_plot(spec, width, height - 1, X_LABELS[options.x_mode])
         return Group(header, plot)
