@@ -179,3 +179,20 @@ def wait_for(
         seen.append(event)
     types = [e.get("type") for e in seen[-20:]]
     pytest.fail(f"no matching event within {timeout}s; last seen: {types}")
+
+
+@pytest.fixture
+def cpu_burner() -> Iterator[None]:
+    """Two busy-looping processes beside the test, as on a shared CI machine that is busy.
+
+    Each one ends by itself after ten minutes even if the test runner dies; the fixture
+    kills them when the test ends.
+    """
+    loop = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass\n"
+    burners = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(2)]
+    try:
+        yield
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait(timeout=30)
