@@ -30,6 +30,7 @@ class GradientProbe:
         self.layout = layout
         self.clip: float | None = None
         self._pending: GradSample | None = None
+        self._steps = 0  # optimizer.step() calls since take_step_count()
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._handle = optimizer.register_step_pre_hook(self._before_step)
 
@@ -41,7 +42,14 @@ class GradientProbe:
         sample, self._pending = self._pending, None
         return sample
 
+    def take_step_count(self) -> int:
+        """How many times the optimizer stepped since the last call: 0 when something (a
+        GradScaler that found inf/NaN gradients) skipped `optimizer.step()`."""
+        steps, self._steps = self._steps, 0
+        return steps
+
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._steps += 1
         lrs = [_lr(group["lr"]) for group in optimizer.param_groups]
         if self.layout.changed():
             self.layout.refresh()

@@ -112,10 +112,8 @@ class Monitor:
             raise RuntimeError("this Monitor is closed")
         self.global_step += 1
         step_time, data_time = self._timer.lap()
-        used_lrs, tensors, batch_layout = self._probes.sample(
-            self.global_step, inputs, targets, outputs
-        )
-        lrs = used_lrs if used_lrs is not None else lr_control.current_lrs(self.optimizer)
+        sample = self._probes.sample(self.global_step, inputs, targets, outputs, loss)
+        lrs = sample.lrs if sample.lrs is not None else lr_control.current_lrs(self.optimizer)
         samples = _batch_size(inputs if inputs is not None else targets)
         meta: dict[str, Any] = {
             "step": self.global_step,
@@ -125,14 +123,15 @@ class Monitor:
             "step_time": step_time,
             "data_time": data_time,
             "samples": samples,
+            "optimizer_steps": sample.optimizer_steps,
         }
         if len(lrs) > 1:
             meta["lrs"] = lrs
         if samples and step_time > 0:
             meta["samples_per_s"] = samples / step_time
-        if batch_layout:
-            meta["batch_layout"] = batch_layout
-        self._buffer.add(meta, loss, tensors)
+        if sample.layout:
+            meta["batch_layout"] = sample.layout
+        self._buffer.add(meta, loss, sample.tensors)
         self._snapshots.maybe_take(self.global_step, self.model, self.optimizer)
         if self._buffer.due():
             self._buffer.start_transfer()

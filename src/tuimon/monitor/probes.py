@@ -7,6 +7,7 @@ events (batch, activations, stale gradients) that the training doctor reads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,16 @@ from tuimon.monitor.grad_probe import GradientProbe
 from tuimon.monitor.param_layout import ParamLayout
 from tuimon.monitor.stale_grad_probe import StaleGradProbe
 from tuimon.monitor.update_probe import UpdateProbe
+
+
+@dataclass
+class StepSample:
+    """One `Monitor.step()`'s probe results, before any of them is read back to the host."""
+
+    lrs: list[float] | None  # as used by the step's optimizer.step(); None if it did not step
+    tensors: dict[str, torch.Tensor | None]  # device tensors, fetched in one batched copy
+    layout: dict[str, Any]  # host-side facts needed to decode them
+    optimizer_steps: int  # optimizer.step() calls since the previous Monitor.step()
 
 
 class StepProbes:
@@ -44,10 +55,11 @@ class StepProbes:
             probe.remove()
 
     def sample(
-        self, step: int, inputs: Any, targets: Any, outputs: Any
-    ) -> tuple[list[float] | None, dict[str, torch.Tensor | None], dict[str, Any]]:
-        """(LRs used by the step's optimizer.step(), device tensors, host-side layout)."""
+        self, step: int, inputs: Any, targets: Any, outputs: Any, loss: Any = None
+    ) -> StepSample:
+        """What the probes left on the device for this step, and its host-side facts."""
         grads = self.grads.take()
+        optimizer_steps = self.grads.take_step_count()
         tensors: dict[str, torch.Tensor | None] = {
             "grad": grads.norms if grads is not None else None,
             "update": self.updates.take(),
@@ -58,7 +70,12 @@ class StepProbes:
         if self.batch.due(step):
             tensors["batch"], layout = self.batch.measure(inputs, targets, outputs)
         self.activations.arm(step + 1)
-        return (grads.lrs if grads is not None else None), tensors, layout
+        return StepSample(
+            lrs=grads.lrs if grads is not None else None,
+            tensors=tensors,
+            layout=layout,
+            optimizer_steps=optimizer_steps,
+        )
 
     def read(self, records: list[StepRecord]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """For each record: (fields of its step event, its probe events)."""
