@@ -14,6 +14,7 @@ from typing import Any
 from tuimon.doctor.engine import Doctor
 from tuimon.doctor.registry import RULES, override_problems
 from tuimon.errors import UsageError
+from tuimon.headless.alert_text import without_key_hint
 from tuimon.run.event_log import read_events
 from tuimon.run.run_dir import EVENTS_FILE
 
@@ -85,9 +86,11 @@ def format_report(run_dir: Path, said: list[dict[str, Any]], summary: dict[str, 
             f"  {alert['severity'].upper():8s} {alert['rule']} at step "
             f"{alert['step']}: {alert['message']}"
         )
-        if alert.get("suggestion"):
-            lines.append(f"           → {alert['suggestion']}")
         ends = [step for rule, step in cleared if rule == alert["rule"] and step > alert["step"]]
+        if alert.get("suggestion"):
+            # An alert that cleared has no fix to apply: no "press a" for it.
+            text = without_key_hint(alert["suggestion"]) if ends else alert["suggestion"]
+            lines.append(f"           → {text}")
         if ends:
             lines.append(f"           (cleared at step {min(ends)})")
     counts = {

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tuimon.headless.alert_text import describe_action
 from tuimon.headless.progress import Progress, format_value, show_value
 from tuimon.run.event_log import RESERVED_METRIC_KEYS
 
@@ -26,6 +27,7 @@ class ConsoleReporter:
         self._smoothing = smoothing
         self.progress = Progress(smoothing=smoothing)
         self._last_print = time.monotonic()
+        self._actions: dict[str, dict[str, Any]] = {}  # the fix of each holding alert, by rule
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -83,9 +85,15 @@ class ConsoleReporter:
         )
         if event.get("suggestion"):
             self._print(f"[{self.name}]   suggestion: {event['suggestion']}")
+        if event.get("action"):
+            self._actions[str(event.get("rule"))] = event["action"]
 
     def _on_alert_cleared(self, event: dict[str, Any]) -> None:
-        self._print(f"[{self.name}] cleared: {event.get('rule')} at step {event.get('step')}")
+        action = self._actions.pop(str(event.get("rule")), None)
+        stale = f": its fix ({describe_action(action)}) no longer applies" if action else ""
+        self._print(
+            f"[{self.name}] cleared: {event.get('rule')} at step {event.get('step')}{stale}"
+        )
 
     def _on_control(self, event: dict[str, Any]) -> None:
         self._print(

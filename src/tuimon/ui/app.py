@@ -22,6 +22,7 @@ from textual.events import Resize
 from textual.widgets import Footer
 
 from tuimon.control.client import ControlClient, ControlError
+from tuimon.headless.alert_text import cleared_at, stale_action_text
 from tuimon.headless.progress import show_value
 from tuimon.run.run_dir import OUTPUT_FILE
 from tuimon.run.run_state import RunState
@@ -299,7 +300,28 @@ class TuimonApp(App[None]):
             self.notify("the selected alert has no action to apply", severity="warning")
             return
         action = dict(alert["action"])
-        self.send(action.pop("cmd"), **action)
+        cmd = action.pop("cmd")
+        if cleared_at(alert) is None or self.replay or self.shown_state in FINAL_STATES:
+            self.send(cmd, **action)  # (send refuses for a replay or a finished run)
+            return
+        # The episode is over: its fix answers a problem that is gone (an early lr_too_high
+        # that cleared must not cut a healthy run's LR). Refused unless asked for deliberately.
+        refusal = stale_action_text(alert)
+
+        def chosen(choice: str | None) -> None:
+            if choice == "apply":
+                self.send(cmd, **action)
+            else:
+                self.notify(f"not applied: {refusal}", severity="warning")
+
+        self.push_screen(
+            ChoiceScreen(
+                f"{alert.get('rule')}: {refusal}. Apply it anyway "
+                f"({describe_action(alert['action'])})?",
+                [("apply", "Apply anyway", "warning"), ("cancel", "Don't apply", "default")],
+            ),
+            chosen,
+        )
 
     def action_toggle_log(self) -> None:
         self.options = ViewOptions(not self.options.log_y, self.options.x_mode)

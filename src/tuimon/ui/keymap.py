@@ -31,7 +31,7 @@ KEYS: tuple[Key, ...] = (
         "Apply fix",
         "apply",
         "a",
-        "apply the selected alert's suggested action (↑/↓ select)",
+        "apply the selected alert's fix while it holds (↑/↓ select; asks if it cleared)",
     ),
     Key("y", "toggle_log", "Log y", "log-y", "y", "log scale for the loss plot"),
     Key("t", "cycle_x", "X axis", "x-axis", "t", "x axis: step → epoch → elapsed time"),

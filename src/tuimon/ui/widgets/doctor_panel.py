@@ -10,6 +10,12 @@ from rich.console import RenderableType
 from rich.text import Text
 from textual.binding import Binding
 
+from tuimon.headless.alert_text import (
+    APPLY_KEY,
+    cleared_at,
+    describe_action,
+    without_key_hint,
+)
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions
 from tuimon.ui.widgets.lines import fit, wrap
@@ -20,23 +26,6 @@ SEVERITY_STYLE = {
     "warning": "bold black on yellow",
     "info": "bold white on blue",
 }
-
-
-def describe_action(action: dict[str, Any] | None) -> str:
-    """A control command in words: scale-lr ×0.1, set-lr 0.003, stop…"""
-    if not action:
-        return ""
-    cmd = action.get("cmd", "?")
-    if cmd == "scale-lr":
-        return f"scale LR ×{action.get('factor'):g}"
-    if cmd == "set-lr":
-        return f"set LR to {action.get('value'):g}"
-    if cmd == "recover":
-        return f"restore the last good weights, LR ×{action.get('lr_factor', 0.1):g}"
-    if cmd == "set-grad-clip":
-        return f"clip gradients at {action.get('value'):g}"
-    extra = " ".join(f"{k}={v}" for k, v in action.items() if k != "cmd")
-    return f"{cmd} {extra}".strip()
 
 
 def autofix_text(control: dict[str, Any]) -> str:
@@ -69,6 +58,7 @@ class DoctorPanel(Panel):
             counts["alert_cleared"],
             counts["control"],
             counts["message"],
+            state.end is not None,
             self.selected,
         )
 
@@ -100,14 +90,21 @@ class DoctorPanel(Panel):
         if not self._alerts:
             yield from wrap("No alerts: nothing wrong seen so far.", width, style="green")
         for index, alert in enumerate(self._alerts):
-            yield from self.alert_lines(alert, width, selected=index == self.selected)
+            yield from self.alert_lines(
+                alert, width, selected=index == self.selected, ended=state.end is not None
+            )
         notes = [m.get("text") for m in state.messages if m.get("level") != "debug"]
         for note in [*reversed(notes), *((state.start or {}).get("notes") or [])]:
             yield from wrap(f"note: {note}", width, style="dim", indent="  ")
 
-    def alert_lines(self, alert: dict[str, Any], width: int, selected: bool) -> list[Text]:
+    def alert_lines(
+        self, alert: dict[str, Any], width: int, selected: bool, ended: bool = False
+    ) -> list[Text]:
+        """An alert's lines; its fix is offered as `[a] apply` only while the alert holds
+        and the run can still take commands."""
         severity = str(alert.get("severity", "warning"))
-        cleared = alert.get("cleared_at")
+        cleared = cleared_at(alert)
+        holds = cleared is None and not ended
         head = Text(no_wrap=True)
         head.append(
             f" {severity.upper()} ",
@@ -118,15 +115,19 @@ class DoctorPanel(Panel):
         if cleared is not None:
             head.append(f", cleared at {cleared}", style="green")
         lines = [head, *wrap(str(alert.get("message", "")), width, indent="  ")]
-        if alert.get("suggestion"):
-            lines += wrap(f"→ {alert['suggestion']}", width, style="italic", indent="  ")
+        suggestion = str(alert.get("suggestion") or "")
+        if suggestion:
+            shown = suggestion if holds else without_key_hint(suggestion)
+            lines += wrap(f"→ {shown}", width, style="italic", indent="  ")
         if alert.get("action"):
-            lines.append(
-                Text(
-                    f"[a] apply: {describe_action(alert['action'])}",
-                    style="bold green" if selected else "green",
+            fix = describe_action(alert["action"])
+            if holds:
+                lines.append(
+                    Text(f"[{APPLY_KEY}] apply: {fix}", style="bold green" if selected else "green")
                 )
-            )
+            else:
+                why = "run ended" if cleared is None else "no longer applies"
+                lines.append(Text(f"fix ({why}): {fix}", style="dim"))
         if selected and len(self._alerts) > 1:  # show which one [a] applies
             for line in lines:
                 line.stylize("reverse", 0, len(line))
