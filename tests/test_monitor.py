@@ -158,7 +158,8 @@ def test_param_groups_are_all_recorded(tmp_path):
 def test_commands_reach_a_custom_loop(tmp_path):
     model = tiny_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True) as mon:
+    # stop="flag": this loop polls should_stop (the default raises StopTraining instead).
+    with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True, stop="flag") as mon:
         with ControlClient(mon.run_dir) as client:
             client.request("scale-lr", factor=0.5)
             client.request("stop")

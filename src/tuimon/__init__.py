@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tuimon.errors import StopTraining
+
 __version__ = "0.1.0"
-__all__ = ["Monitor", "__version__"]
+__all__ = ["Monitor", "StopTraining", "__version__"]
 
 if TYPE_CHECKING:
     from tuimon.monitor.monitor import Monitor

@@ -7,11 +7,9 @@ in a detached process and attaches to it through the control socket.
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
 import traceback
 from pathlib import Path
-from types import FrameType
 
 import yaml
 
@@ -38,52 +36,18 @@ def run_config(
     (path / CONFIG_FILE).write_text(
         yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
-    interrupted = _SignalStop(trainer)
     # A detached worker's stdout and stderr already are the run's output file.
     with tee_output(path / OUTPUT_FILE) if capture_output else contextlib.nullcontext():
-        if handle_signals:
-            interrupted.install()
         try:
-            status = trainer.run(path, quiet=quiet)
+            # The Monitor takes SIGINT/SIGTERM (monitor/stop_signals.py): first a stop at
+            # the next step boundary with a checkpoint, then an abort.
+            status = trainer.run(path, quiet=quiet, take_signals=handle_signals)
         except KeyboardInterrupt:
             print("tuimon: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception:
             traceback.print_exc()
             return EXIT_FAILED
-        finally:
-            interrupted.uninstall()
-    if interrupted.count:
+    if trainer.monitor is not None and trainer.monitor.signals_received:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if status == "failed" else EXIT_OK
-
-
-class _SignalStop:
-    """First SIGINT/SIGTERM: stop at the next step boundary, with a checkpoint. Second:
-    abort at once."""
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
-        self.count = 0
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)  # type: ignore[arg-type]
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.count += 1
-        monitor = self.trainer.monitor
-        if monitor is None or self.count > 1:
-            raise KeyboardInterrupt
-        print(
-            f"\ntuimon: {signal.Signals(signum).name}: stopping at the next step (again to abort)",
-            file=sys.stderr,
-            flush=True,
-        )
-        monitor.request_stop(source="signal")

@@ -226,6 +226,12 @@ class MonitorConfig(StrictModel):
     snapshot_every: int = Field(
         0, ge=0, description="steps between in-memory snapshots; 0 = 20 with autofix, else off"
     )
+    stop_ignored_after: int = Field(
+        50,
+        gt=0,
+        description="Monitor(stop='flag'): steps a script may run on after a stop before "
+        "tuimon says it ignores should_stop and takes commands again",
+    )
 
 
 class FaultsConfig(StrictModel):

@@ -18,11 +18,20 @@ from tuimon.doctor.rule import Rule
 
 # Failures that restoring the last good weights answers (autofix, the `recover` command).
 RECOVERABLE = ("nan_loss", "nan_grad", "divergence")
+NO_RESTORE_NOTE = (
+    " Restoring the last good weights needs snapshots, which this run does not keep "
+    "(Monitor(snapshot_every=20) or autofix=True; monitor.snapshot_every in a config), "
+    "so the action offered here only scales the LR."
+)
 
 
 class Doctor:
-    def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, overrides: dict[str, dict[str, Any]] | None = None, *, can_restore: bool = True
+    ) -> None:
+        """`can_restore`: whether the run keeps snapshots; without, no `recover` is offered."""
         overrides = overrides or {}
+        self.can_restore = can_restore
         self.ctx = RunContext()
         self.rules: list[Rule] = []
         for cls in ALL_RULES:
@@ -85,6 +94,9 @@ class Doctor:
                 self.ctx.causes.setdefault(rule.id, step)
             if verdict.action:
                 alert["action"] = verdict.action
+                if verdict.action.get("cmd") == "recover" and not self.can_restore:
+                    alert["action"] = {"cmd": "scale-lr", "factor": verdict.action["lr_factor"]}
+                    alert["suggestion"] = (alert["suggestion"] or "") + NO_RESTORE_NOTE
             self.active[rule.id] = alert
             out.append(alert)
         return out

@@ -9,9 +9,11 @@ training thread, at a step boundary. The built-in trainer uses exactly this obje
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import platform
 import queue
+import signal
 import socket
 import sys
 import time
@@ -29,24 +31,36 @@ from tuimon.control.protocol import ProtocolError, Request
 from tuimon.control.server import ControlServer
 from tuimon.doctor.engine import RECOVERABLE, Doctor
 from tuimon.doctor.rules.loss import RECOVER
+from tuimon.errors import StopTraining
 from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
+from tuimon.monitor.loss_info import describe_loss
 from tuimon.monitor.optimizer_check import optimizer_check
 from tuimon.monitor.probes import StepProbes
+from tuimon.monitor.settings import monitor_settings
 from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.monitor.step_timer import StepTimer
+from tuimon.monitor.stop_signals import StopOnSignal
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
 from tuimon.run.event_log import RESERVED_METRIC_KEYS, EventLog
 from tuimon.run.run_dir import (
+    AUTOFIX_ENV,
     CHECKPOINT_DIR,
     CONTROL_SOCKET,
     EVENTS_FILE,
+    QUIET_ENV,
+    RUN_NAME_PATTERN,
+    claim_script_run_dir,
     create_run_dir,
-    run_dir_from_env,
+    flag_from_env,
 )
-from tuimon.run.run_state import RunState
+from tuimon.run.run_state import STOP_IGNORED, RunState
 from tuimon.system.sampler import SystemSampler
+
+# How a Monitor answers a stop: raise StopTraining from `step()` (default), or only set
+# `should_stop` for a script that polls it (and finishes its epoch first, say).
+STOP_MODES = ("raise", "flag")
 
 
 @dataclass
@@ -65,10 +79,24 @@ class RunOptions:
     resumed_from: str | None = None
     data: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    loss: dict[str, Any] | None = None  # the start event's `loss`: name and settings
+    stop: str = "raise"
+    # Signals that stop the run (first: at the next step; second: abort), and whether to
+    # take them from a handler someone else installed (the built-in worker does).
+    stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    replace_signal_handlers: bool = False
 
 
 class Monitor:
-    """Watch a training loop: `with Monitor(model, optimizer) as mon: ... mon.step(loss)`."""
+    """Watch a training loop: `with Monitor(model, optimizer) as mon: ... mon.step(loss)`.
+
+    `name`: the run's name (default: the script's). `total_steps`, `epochs`,
+    `steps_per_epoch`: the run's length, for the epoch, progress bar and ETA. `loss_fn`: the
+    criterion, recorded for the doctor. `stop`: "raise" (a stop makes `step()` raise
+    StopTraining, which the `with` block turns into a `stopped` run) or "flag" (only
+    `should_stop` is set). `doctor` (a dict) and any other keyword: the settings of a
+    config's `monitor:` section (autofix, snapshot_every, rules, probes, log_every…).
+    """
 
     def __init__(
         self,
@@ -78,8 +106,31 @@ class Monitor:
         *,
         run_dir: str | Path | None = None,
         quiet: bool = False,
+        name: str | None = None,
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        loss_fn: Any = None,
+        stop: str = "raise",
+        doctor: dict[str, Any] | None = None,
+        **doctor_settings: Any,
     ) -> None:
-        self._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=RunOptions())
+        if name is not None and not RUN_NAME_PATTERN.fullmatch(str(name)):
+            raise ValueError(
+                f"Monitor(name={name!r}): a name may hold letters, digits, '.', '_' and '-' only"
+            )
+        total_steps, epochs, steps_per_epoch = _run_length(total_steps, epochs, steps_per_epoch)
+        options = RunOptions(
+            name=name,
+            settings=monitor_settings(doctor, doctor_settings, autofix=flag_from_env(AUTOFIX_ENV)),
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            epochs=epochs,
+            loss=describe_loss(loss_fn) if loss_fn is not None else None,
+            stop=stop,
+        )
+        quiet = quiet or flag_from_env(QUIET_ENV)
+        self._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=options)
 
     @classmethod
     def configured(
@@ -104,13 +155,42 @@ class Monitor:
         """True once a stop was requested: end the loop (a checkpoint was already saved)."""
         return self._stop_requested
 
+    @property
+    def epoch(self) -> int:
+        """The current epoch, counted from 0 (`for epoch in range(epochs)`)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch = int(value)
+        self._epoch_given = True
+
+    @property
+    def signals_received(self) -> int:
+        """How many stop signals (SIGTERM, or SIGINT under the worker) this run got."""
+        return self._signal_stop.count
+
     def step(
-        self, loss: Any, *, inputs: Any = None, targets: Any = None, outputs: Any = None
+        self,
+        loss: Any,
+        *,
+        inputs: Any = None,
+        targets: Any = None,
+        outputs: Any = None,
+        epoch: int | None = None,
     ) -> None:
-        """Record one optimizer step; apply pending commands (a pause blocks here)."""
+        """Record one optimizer step; apply pending commands (a pause blocks here).
+
+        After a stop was applied (its checkpoint saved) this raises StopTraining, unless
+        the Monitor was made with `stop="flag"`.
+        """
         if self._closed:
             raise RuntimeError("this Monitor is closed")
         self.global_step += 1
+        if epoch is not None:
+            self.epoch = epoch
+        elif not self._epoch_given and self.options.steps_per_epoch:
+            self._epoch = (self.global_step - 1) // self.options.steps_per_epoch
         step_time, data_time = self._timer.lap()
         sample = self._probes.sample(self.global_step, inputs, targets, outputs, loss)
         lrs = sample.lrs if sample.lrs is not None else lr_control.current_lrs(self.optimizer)
@@ -138,6 +218,8 @@ class Monitor:
         self._emit_steps(self._buffer.collect())
         self._apply_commands()
         self._timer.restart()
+        if self._stop_requested:
+            self._act_on_stop()
 
     def log(self, **scalars: Any) -> None:
         """Record scalars (validation loss, accuracy…) at the current step."""
@@ -205,6 +287,7 @@ class Monitor:
         self._server.close()
         self._probes.remove()
         self._timer.remove()
+        self._signal_stop.uninstall()
         if sys.excepthook == self._excepthook:
             sys.excepthook = self._previous_excepthook
         atexit.unregister(self._close_at_exit)
@@ -217,15 +300,19 @@ class Monitor:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> bool:
         if exc_type is None:
             self.close()
+        elif issubclass(exc_type, StopTraining):
+            self.close(status="stopped")
+            return True  # the stop was asked for: the code after the `with` block goes on
         elif issubclass(exc_type, KeyboardInterrupt):
             self.close(status="stopped", reason="interrupted")
         else:
             self.close(
                 status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
             )
+        return False
 
     # -- setup --------------------------------------------------------------------------
 
@@ -245,19 +332,30 @@ class Monitor:
             raise TypeError(
                 f"Monitor needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        if options.stop not in STOP_MODES:
+            raise ValueError(
+                f"Monitor(stop={options.stop!r}): use stop='raise' (step() raises "
+                "tuimon.StopTraining) or stop='flag' (the loop polls mon.should_stop)"
+            )
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.options = options
         self.settings = options.settings
         self.name = options.name or _default_name()
-        target = run_dir if run_dir is not None else run_dir_from_env()
-        self.run_dir = create_run_dir(self.name, target)
+        if run_dir is not None:
+            self.run_dir = create_run_dir(self.name, run_dir)
+        else:
+            self.run_dir = claim_script_run_dir(self.name)
         self.global_step = options.start_step
-        self.epoch = options.start_epoch
+        self._epoch = options.start_epoch
+        self._epoch_given = False
         self.total_steps = options.total_steps
         self.state = "running"
+        self.stop_mode = options.stop
         self._stop_requested = False
+        self._stop_step: int | None = None  # where the latest stop was applied
+        self._stop_ignored = False  # stop="flag" and the loop ran on regardless
         self._closed = False
         self._started = time.time()
         self._last_loss: float | None = None
@@ -283,7 +381,10 @@ class Monitor:
         self._autofixes = 0
         self._recover_pending = False
         # The doctor reads every event on the log's writer thread, off the training loop.
-        self.doctor = Doctor({k: v.model_dump() for k, v in self.settings.rules.items()})
+        # Without snapshots a `recover` could only lower the LR: the doctor offers that.
+        self.doctor = Doctor(
+            {k: v.model_dump() for k, v in self.settings.rules.items()}, can_restore=every > 0
+        )
         self._log.subscribe(self._consult_doctor)
         self._log.emit(self._start_event())
         self._log.emit({**optimizer_check(model, optimizer), "step": self.global_step})
@@ -299,6 +400,8 @@ class Monitor:
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self._close_at_exit)
+        self._signal_stop = StopOnSignal(lambda source: self.request_stop(source))
+        self._signal_stop.install(options.stop_signals, replace=options.replace_signal_handlers)
 
     def _start_event(self) -> dict[str, Any]:
         params = list(self.model.parameters())
@@ -325,6 +428,8 @@ class Monitor:
                 "lrs": lr_control.current_lrs(self.optimizer),
             },
             "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "loss": options.loss,
+            "stop_mode": options.stop,
             "total_steps": options.total_steps,
             "steps_per_epoch": options.steps_per_epoch,
             "epochs": options.epochs,
@@ -361,7 +466,7 @@ class Monitor:
         """Called on a server thread: accept a run command for the next step boundary."""
         if self._closed:
             raise ProtocolError(f"the run has ended ({self.state})")
-        if self._stop_requested and request.cmd != "stop":
+        if self._stop_requested and not self._stop_ignored and request.cmd != "stop":
             raise ProtocolError("the run is stopping")
         self._inbox.put(request)
         return {"queued": True, "step": self.global_step}
@@ -402,8 +507,10 @@ class Monitor:
             elif cmd == "stop":
                 old = self.state
                 path = None
-                if not self._stop_requested:
+                if not self._stop_requested or self._stop_ignored:
                     self._stop_requested = True
+                    self._stop_ignored = False
+                    self._stop_step = self.global_step
                     self.state = "stopping"
                     path = self._checkpoint_or_note("stop")
                 self._control(request, old, self.state, path=path)
@@ -418,6 +525,32 @@ class Monitor:
                 self._recover(request)
         except Exception as exc:  # a command must never take the run down
             self.note(f"{cmd} failed: {exc}", level="error")
+
+    def _act_on_stop(self) -> None:
+        """After a stop: end the loop (raise), or say so when a flag-mode loop ignores it."""
+        if self.stop_mode == "raise":
+            raise StopTraining(self.global_step)
+        assert self._stop_step is not None
+        waited = self.global_step - self._stop_step
+        if self._stop_ignored or waited < self.settings.stop_ignored_after:
+            return
+        self._stop_ignored = True
+        self.state = "running"
+        self._log.emit(
+            {
+                "type": "message",
+                "step": self.global_step,
+                "level": "warning",
+                "text": (
+                    f"stop ignored: the loop ran {waited} steps past the stop at step "
+                    f"{self._stop_step} (checkpoint saved there). With Monitor(stop='flag') "
+                    "the loop must end when mon.should_stop is True; or use the default "
+                    "stop='raise'. Commands are accepted again."
+                ),
+                STOP_IGNORED: True,
+                "stop_requested_at": self._stop_step,
+            }
+        )
 
     def _apply_lr(self, request: Request) -> None:
         group = request.args.get("group")
@@ -503,6 +636,9 @@ class Monitor:
             "loss": self._last_loss,
             "pid": os.getpid(),
             "run_dir": str(self.run_dir),
+            "stop_mode": self.stop_mode,
+            "stop_requested_at": self._stop_step if self._stop_requested else None,
+            "stop_ignored": self._stop_ignored,
         }
 
     # -- exits --------------------------------------------------------------------------
@@ -511,10 +647,15 @@ class Monitor:
         self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
     ) -> None:
         # A script that never closed the Monitor and died: record why, then report as usual.
+        # (An uncaught StopTraining is a SystemExit: no hook, the exit code is 0, and the
+        # atexit close ends the run `stopped`.)
         if not self._closed:
-            self.close(
-                status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
-            )
+            if issubclass(exc_type, KeyboardInterrupt):
+                self.close(status="stopped", reason="interrupted")
+            else:
+                self.close(
+                    status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
+                )
         self._previous_excepthook(exc_type, exc, tb)
 
     def _close_at_exit(self) -> None:
@@ -524,6 +665,28 @@ class Monitor:
 def _default_name() -> str:
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
     return script if script and script not in ("-c", "pytest", "__main__") else "run"
+
+
+def _run_length(
+    total_steps: int | None, epochs: int | None, steps_per_epoch: int | None
+) -> tuple[int | None, int | None, int | None]:
+    """Checked lengths, each filled in from the other two where they determine it."""
+    for label, value in (
+        ("total_steps", total_steps),
+        ("epochs", epochs),
+        ("steps_per_epoch", steps_per_epoch),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
+            raise ValueError(f"Monitor({label}={value!r}): must be a positive int")
+    if total_steps is None and epochs and steps_per_epoch:
+        total_steps = epochs * steps_per_epoch
+    if steps_per_epoch is None and total_steps and epochs and total_steps % epochs == 0:
+        steps_per_epoch = total_steps // epochs
+    if epochs is None and total_steps and steps_per_epoch:
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    return total_steps, epochs, steps_per_epoch
 
 
 def _batch_size(batch: Any) -> int | None:

@@ -25,6 +25,9 @@ HISTORY = 120  # system samples kept for sparklines
 WINDOW = 200  # recent steps for throughput, data-wait share and ETA
 
 RUN_STATES = ("starting", "running", "paused", "stopping", "completed", "stopped", "failed")
+# A `message` event with this field true: a Monitor(stop="flag") loop ran on past a stop,
+# so the run is running again and takes commands (`stop_requested_at`: the stop's step).
+STOP_IGNORED = "stop_ignored"
 
 
 class RunState:
@@ -47,6 +50,7 @@ class RunState:
         # a view can tell that something new arrived.
         self.counts: Counter[str] = Counter()
         self.last_step: dict[str, Any] | None = None
+        self.stop_ignored_at: int | None = None  # the step of a stop the loop did not obey
         self.last_metrics: dict[str, Any] = {}
         self.layer_grad_norms: dict[str, float] = {}
         self.layer_update_ratios: dict[str, float] = {}
@@ -134,6 +138,8 @@ class RunState:
 
     def _on_control(self, event: dict[str, Any]) -> None:
         self.controls.append(event)
+        if event.get("command") == "stop":
+            self.stop_ignored_at = None  # a new stop: the loop gets its chance again
         if event.get("command") in ("pause", "resume", "stop") and event.get("new") in RUN_STATES:
             self.status = event["new"]
 
@@ -149,6 +155,11 @@ class RunState:
 
     def _on_message(self, event: dict[str, Any]) -> None:
         self.messages.append(event)
+        if event.get(STOP_IGNORED):
+            requested = event.get("stop_requested_at")
+            self.stop_ignored_at = requested if isinstance(requested, int) else self.step
+            if self.status == "stopping":
+                self.status = "running"
 
     def _on_checkpoint(self, event: dict[str, Any]) -> None:
         self.checkpoints.append(event)
@@ -259,6 +270,7 @@ class RunState:
                 "messages": list(self.messages),
                 "checkpoints": list(self.checkpoints),
                 "last_step": self.last_step,
+                "stop_ignored_at": self.stop_ignored_at,
                 "last_metrics": self.last_metrics,
                 "layer_grad_norms": self.layer_grad_norms,
                 "layer_update_ratios": self.layer_update_ratios,
@@ -288,6 +300,7 @@ class RunState:
             control=len(state.controls), alert=len(state.alerts), message=len(state.messages)
         )
         state.last_step = data["last_step"]
+        state.stop_ignored_at = data.get("stop_ignored_at")
         state.last_metrics = dict(data["last_metrics"])
         state.layer_grad_norms = dict(data["layer_grad_norms"])
         state.layer_update_ratios = dict(data["layer_update_ratios"])

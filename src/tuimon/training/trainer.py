@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,14 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"train.init_from: cannot load weights from {path}: {exc}") from None
 
-    def run(self, run_dir: str | Path | None = None, quiet: bool = False) -> str:
-        """Train to the end (or a stop); returns the run's final status."""
+    def run(
+        self, run_dir: str | Path | None = None, quiet: bool = False, take_signals: bool = False
+    ) -> str:
+        """Train to the end (or a stop); returns the run's final status.
+
+        `take_signals`: SIGINT and SIGTERM stop the run (first: at the next step, with a
+        checkpoint; second: abort), whoever handled them before (the worker process).
+        """
         cfg = self.config
         start = self.resume.step if self.resume else 0
         options = RunOptions(
@@ -128,7 +135,13 @@ class Trainer:
             resumed_from=str(cfg.train.resume) if self.resume else None,
             data=self.data.info,
             notes=list(self.data.notes),
+            loss={"name": cfg.loss.name, **cfg.loss.kwargs},
+            # The loop polls should_stop after every step and ends cleanly itself.
+            stop="flag",
         )
+        if take_signals:
+            options.stop_signals = (signal.SIGINT, signal.SIGTERM)
+            options.replace_signal_handlers = True
         with Monitor.configured(
             self.model,
             self.optimizer,

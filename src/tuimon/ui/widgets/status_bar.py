@@ -26,6 +26,9 @@ STATE_STYLE = {
 }
 
 
+IGNORED_STYLE = "bold black on yellow"
+
+
 class StatusBar(Panel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -46,6 +49,9 @@ class StatusBar(Panel):
         line = Text(no_wrap=True)
         line.append(f" {state.name} ", style="bold")
         line.append(f" {self.shown_state} ", style=STATE_STYLE.get(self.shown_state, "bold"))
+        if state.stop_ignored_at is not None and self.shown_state == "running":
+            # Monitor(stop="flag") and the loop ran on: the stop did not stop it.
+            line.append(f" stop at step {state.stop_ignored_at} ignored ", style=IGNORED_STYLE)
         start = state.start or {}
         epoch = (state.last_step or {}).get("epoch", 0)
         epochs = start.get("epochs")

@@ -1,0 +1,57 @@
+"""Signals that stop a run: the first one stops at the next step, the second aborts.
+
+One mechanism for every run: a script's Monitor takes SIGTERM (only where nobody else
+handles it, so a user's or a framework's handler stays in charge), and the built-in
+worker also hands SIGINT to it. The handler only queues a stop; the training thread
+applies it at a step boundary, with a checkpoint, like any other stop command.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+# Handlers that are "nobody's": Python's own defaults, which a Monitor may replace.
+_DEFAULT_HANDLERS: tuple[Any, ...] = (signal.SIG_DFL, signal.default_int_handler, None)
+
+
+class StopOnSignal:
+    """Turns the first of these signals into a stop request and a second into an abort."""
+
+    def __init__(self, request_stop: Callable[[str], None]) -> None:
+        self.request_stop = request_stop
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self, signums: Sequence[int], *, replace: bool = False) -> None:
+        """Take these signals (on the main thread only; `replace`: even from another handler)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in signums:
+            current = signal.getsignal(signum)
+            if replace or current in _DEFAULT_HANDLERS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        """Give the signals back to whoever had them (unless someone took them since)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt  # the `with` block, or the exit hooks, still write `end`
+        print(
+            f"\ntuimon: {signal.Signals(signum).name}: stopping at the next step (again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.request_stop("signal")
