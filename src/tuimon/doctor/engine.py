@@ -18,6 +18,11 @@ from tuimon.doctor.rule import Rule
 
 # Failures that restoring the last good weights answers (autofix, the `recover` command).
 RECOVERABLE = ("nan_loss", "nan_grad", "divergence")
+# One huge step (an LR burst) that blows the loss up is over in a step or two, and ...
+BLOW_UPS = ("divergence", "nan_loss", "nan_grad", "exploding_gradients")
+# ... some damage it does outlives it: a symptom of these is then the reason the run stays
+# stuck, said as a warning linked to the blow-up, not as an info-level consequence.
+OUTLIVE_BLOW_UPS = ("dead_relu",)
 NO_RESTORE_NOTE = (
     " Restoring the last good weights needs snapshots, which this run does not keep "
     "(Monitor(snapshot_every=20) or autofix=True; monitor.snapshot_every in a config), "
@@ -86,9 +91,18 @@ class Doctor:
                 "evidence": verdict.evidence,
             }
             if rule.symptom and self.ctx.causes:
-                cause, when = min(self.ctx.causes.items(), key=lambda item: item[1])
-                alert["severity"] = "info"
-                alert["message"] += f" (likely a consequence of {cause} at step {when})"
+                blow_ups = {c: s for c, s in self.ctx.causes.items() if c in BLOW_UPS}
+                if rule.id in OUTLIVE_BLOW_UPS and blow_ups:
+                    # The blow-up is over, its damage stays: this is what keeps the run down.
+                    cause, when = min(blow_ups.items(), key=lambda item: item[1])
+                    alert["message"] += (
+                        f", since the loss blew up at step {when} ({cause}): dead units do not "
+                        "come back, so the run cannot recover by itself"
+                    )
+                else:
+                    cause, when = min(self.ctx.causes.items(), key=lambda item: item[1])
+                    alert["severity"] = "info"
+                    alert["message"] += f" (likely a consequence of {cause} at step {when})"
                 alert["caused_by"] = cause
             if rule.cause:
                 self.ctx.causes.setdefault(rule.id, step)

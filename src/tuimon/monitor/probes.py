@@ -15,6 +15,8 @@ import torch
 from tuimon.config.schema import ProbeConfig
 from tuimon.monitor.activation_probe import ActivationProbe
 from tuimon.monitor.batch_probe import BatchProbe
+from tuimon.monitor.dead_unit_probe import PROBE as DEAD_UNITS
+from tuimon.monitor.dead_unit_probe import DeadUnitProbe
 from tuimon.monitor.device_buffer import StepRecord
 from tuimon.monitor.grad_probe import GradientProbe
 from tuimon.monitor.param_layout import ParamLayout
@@ -48,10 +50,12 @@ class StepProbes:
         self.batch = BatchProbe(settings.batch_every)
         self.activations = ActivationProbe(model, settings.activations_every)
         self.stale = StaleGradProbe(self.layout, optimizer, settings.stale_grad_every)
+        # Dead units behind functional activations, on the activation probe's schedule.
+        self.dead_units = DeadUnitProbe(model, self.layout, optimizer, settings.activations_every)
         self._layer_norms_logged = False
 
     def remove(self) -> None:
-        for probe in (self.grads, self.updates, self.activations, self.stale):
+        for probe in (self.grads, self.updates, self.activations, self.stale, self.dead_units):
             probe.remove()
 
     def sample(
@@ -65,11 +69,13 @@ class StepProbes:
             "update": self.updates.take(),
             "acts": self.activations.take(),
             "stale": self.stale.take(),
+            "dead": self.dead_units.take(),
         }
         layout: dict[str, Any] = {}
         if self.batch.due(step):
             tensors["batch"], layout = self.batch.measure(inputs, targets, outputs)
         self.activations.arm(step + 1)
+        self.dead_units.arm(step + 1)
         return StepSample(
             lrs=grads.lrs if grads is not None else None,
             tensors=tensors,
@@ -121,6 +127,15 @@ class StepProbes:
                         "probe": "activations",
                         "step": step,
                         "layers": self.activations.decode(record.values["acts"]),
+                    }
+                )
+            if "dead" in record.values:
+                probes.append(
+                    {
+                        "type": "probe",
+                        "probe": DEAD_UNITS,
+                        "step": step,
+                        "layers": self.dead_units.decode(record.values["dead"]),
                     }
                 )
             if "stale" in record.values:

@@ -1,4 +1,4 @@
-"""Activation health from sampled forward hooks: dead ReLUs, saturated sigmoid/tanh."""
+"""Activation health from sampled probes: dead ReLUs, saturated sigmoid/tanh."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ from typing import Any
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 
+# The probe event of dead units seen from zero gradient rows (monitor/dead_unit_probe.py).
+DEAD_UNITS = "dead_units"
+PERSIST_LOOKS = 3  # probes in a row a unit's gradient is zero before that probe counts it
+
 
 class _LayerShareRule(Rule):
-    """Fires when some layer's share (dead units, saturated values) stays above a bound."""
+    """Fires when some layer's share (dead units, saturated values) stays above a bound.
+
+    Each probe that measures it (module hooks, gradients) keeps its own record: one that
+    sees the fault for `patience` looks in a row is enough, and it clears when no probe
+    sees it any more.
+    """
 
     events = ("probe:activations",)
     key = ""
@@ -18,36 +27,44 @@ class _LayerShareRule(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held: deque[bool] = deque(maxlen=int(self.p["patience"]))
+        self.held: dict[str, deque[bool]] = {}  # per probe, its last looks
 
-    def worst(self, event: dict[str, Any]) -> tuple[str, float] | None:
-        layers = {
+    def shares(self, event: dict[str, Any]) -> dict[str, float]:
+        """{layer: share} in this probe event."""
+        return {
             name: stats[self.key]
             for name, stats in (event.get("layers") or {}).items()
-            if isinstance(stats.get(self.key), int | float)
+            if isinstance(stats, dict) and isinstance(stats.get(self.key), int | float)
         }
-        if not layers:
-            return None
-        name = max(layers, key=lambda n: layers[n])
-        return name, layers[name]
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        found = self.worst(event)
-        if found is None:
+        layers = self.shares(event)
+        if not layers:
             return None
-        name, share = found
+        # The worst layer; of equals the later one (a dead layer leaves every layer before
+        # it without gradient too, and layers come in the model's order).
+        top = max(layers.values())
+        name = [n for n, share in layers.items() if share >= top][-1]
+        share = layers[name]
         # A network that has learned its task can afford idle or confident units; one that
         # has not is being held back by them.
         far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         bad = share > self.p["layer_threshold"] and (far or ctx.smoothed is None)
-        self.held.append(bad)
+        probe = str(event.get("probe"))
+        held = self.held.setdefault(probe, deque(maxlen=int(self.p["patience"])))
+        held.append(bad)
         if not bad:
-            return clear()
-        if len(self.held) < self.p["patience"] or not all(self.held):
+            others = any(looks and looks[-1] for p, looks in self.held.items() if p != probe)
+            return None if others else clear()
+        needed = self.looks_needed(probe)
+        if len(held) < needed or not all(list(held)[-needed:]):
             return None
-        return self.verdict(name, share, ctx)
+        return self.verdict(name, share, ctx, probe)
 
-    def verdict(self, layer: str, share: float, ctx: RunContext) -> Verdict:
+    def looks_needed(self, probe: str) -> int:
+        return int(self.p["patience"])
+
+    def verdict(self, layer: str, share: float, ctx: RunContext, probe: str) -> Verdict:
         raise NotImplementedError
 
 
@@ -55,18 +72,48 @@ class DeadRelu(_LayerShareRule):
     id = "dead_relu"
     symptom = True
     cause = True
+    # ReLU modules (forward hooks) and any activation, F.relu too (zero gradient rows).
+    events = ("probe:activations", f"probe:{DEAD_UNITS}")
     key = "dead"
-    summary = "most units of a ReLU layer never activate (active in < 1% of samples)"
+    summary = (
+        "most units of a ReLU layer never activate (active in < 1% of samples, or no "
+        "gradient at all for whole batches)"
+    )
     fix = "lower the LR, LeakyReLU, check bias init, BatchNorm"
 
-    def verdict(self, layer: str, share: float, ctx: RunContext) -> Verdict:
+    def shares(self, event: dict[str, Any]) -> dict[str, float]:
+        if event.get("probe") != DEAD_UNITS:
+            return super().shares(event)
+        layers = event.get("layers") or {}
+        return {name: v for name, v in layers.items() if isinstance(v, int | float)}
+
+    def looks_needed(self, probe: str) -> int:
+        # A unit counts in a dead_units share only once its gradient was zero on the last
+        # PERSIST_LOOKS probes: those looks are part of the patience already.
+        if probe == DEAD_UNITS:
+            return max(1, int(self.p["patience"]) - PERSIST_LOOKS + 1)
+        return super().looks_needed(probe)
+
+    def verdict(self, layer: str, share: float, ctx: RunContext, probe: str) -> Verdict:
+        looks = self.looks_needed(probe)
+        if probe == DEAD_UNITS:
+            looks += PERSIST_LOOKS - 1
+            message = (
+                f"{share:.0%} of the units of {layer} are dead: their gradient is exactly zero "
+                f"for whole batches, over the last {looks} probes (the ReLU after {layer} "
+                "never fires for them)"
+            )
+        else:
+            message = (
+                f"{share:.0%} of the units after {layer} are dead: active for under 1% of the "
+                f"samples, over the last {looks} probes"
+            )
         return Verdict(
             True,
-            f"{share:.0%} of the units after {layer} are dead: active for under 1% of the "
-            f"samples, over the last {len(self.held)} probes",
+            message,
             "dead units get no gradient and never recover: lower the LR, use LeakyReLU, check "
             "that biases do not start very negative, or add BatchNorm before the ReLU",
-            {"layer": layer, "dead_share": share},
+            {"layer": layer, "dead_share": share, "probe": probe},
         )
 
 
@@ -77,11 +124,12 @@ class SaturatedActivations(_LayerShareRule):
     summary = "sigmoid/tanh outputs sit at their flat ends (|tanh| > 0.99, sigmoid < .01/> .99)"
     fix = "normalize inputs, smaller init, BatchNorm, or ReLU"
 
-    def verdict(self, layer: str, share: float, ctx: RunContext) -> Verdict:
+    def verdict(self, layer: str, share: float, ctx: RunContext, probe: str) -> Verdict:
+        looks = self.looks_needed(probe)
         return Verdict(
             True,
             f"{share:.0%} of the outputs of {layer} are at the flat ends of the activation, "
-            f"where its gradient is ~0, over the last {len(self.held)} probes",
+            f"where its gradient is ~0, over the last {looks} probes",
             "inputs to the activation are too large: normalize the inputs, initialize smaller "
             "(Xavier/Glorot), add BatchNorm, or use ReLU",
             {"layer": layer, "saturated_share": share},
