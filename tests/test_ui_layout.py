@@ -19,6 +19,7 @@ from conftest import ENDLESS_CONFIG, run_tuimon
 TITLES = {
     "loss": "Loss",
     "doctor": "Doctor",
+    "metrics": "Metrics",
     "lr": "Learning rate",
     "grad": "Gradients",
     "gpu": "GPU",
@@ -87,7 +88,8 @@ async def test_every_panel_fits_with_its_title(finished_run, width, height):
         status = app.query_one(StatusBar)
         assert status.region.height == 1 and "replay" in status.plain_lines()[0]
         svg = app.export_screenshot()
-        for title in ("Loss", "Doctor", "Learning", "Gradients", "GPU", "Host", "oscillation"):
+        shown = ("Loss", "Doctor", "Metrics", "Learning", "Gradients", "GPU", "Host")
+        for title in (*shown, "oscillation", "val_loss"):
             assert title in svg, title
 
 

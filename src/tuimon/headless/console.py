@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, TextIO
@@ -27,6 +28,7 @@ class ConsoleReporter:
         self._smoothing = smoothing
         self.progress = Progress(smoothing=smoothing)
         self._last_print = time.monotonic()
+        self._last_metrics_print = -math.inf
         self._actions: dict[str, dict[str, Any]] = {}  # the fix of each holding alert, by rule
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -70,12 +72,19 @@ class ConsoleReporter:
             self._print(self.progress.line(self.name))
 
     def _on_metrics(self, event: dict[str, Any]) -> None:
-        values = "  ".join(
-            f"{k} {format_value(v)}"
+        """Validation results are printed at once; scalars logged more often than every
+        `print_every` seconds (a train accuracy each step) ride on the progress line."""
+        values = {
+            k: float(v)
             for k, v in event.items()
             if k not in RESERVED_METRIC_KEYS and isinstance(v, int | float)
-        )
-        self._print(f"[{self.name}] step {event.get('step')}: {values}")
+        }
+        self.progress.add_metrics(values)
+        now = time.monotonic()
+        if values and now - self._last_metrics_print >= self.print_every:
+            self._last_metrics_print = now
+            shown = "  ".join(f"{k} {format_value(v)}" for k, v in values.items())
+            self._print(f"[{self.name}] step {event.get('step')}: {shown}")
 
     def _on_alert(self, event: dict[str, Any]) -> None:
         severity = str(event.get("severity", "warning")).upper()

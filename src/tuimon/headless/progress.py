@@ -66,6 +66,8 @@ class Progress:
     _window_steps: int = 0
     samples_per_s: float | None = None
     seconds_per_step: float | None = None
+    # The latest value of every scalar logged with `mon.log()`, in first-logged order.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ema = DebiasedEMA(self.smoothing)
@@ -84,6 +86,13 @@ class Progress:
             self._window_time += step_time
             self._window_steps += 1
             self._window_samples += int(event.get("samples") or 0)
+
+    def add_metrics(self, values: dict[str, float]) -> None:
+        self.metrics.update(values)
+
+    def metrics_text(self) -> str:
+        """Every logged metric, compact: `val_loss 0.1132  bleu 21.3`."""
+        return "  ".join(f"{name} {format_value(value)}" for name, value in self.metrics.items())
 
     def close_window(self) -> None:
         """Fold the steps since the last line into the rate estimates."""
@@ -116,6 +125,8 @@ class Progress:
         parts.append(f"loss {format_value(self.loss)} (smoothed {format_value(self.ema.value)})")
         parts.append(f"lr {format_value(self.lr)}")
         parts.append(f"grad {format_value(self.grad_norm)}")
+        if self.metrics:
+            parts.append(self.metrics_text())
         if self.samples_per_s is not None:
             parts.append(f"{self.samples_per_s:.0f} samples/s")
         if self.total_steps:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tuimon.run.run_state import RunState
 from tuimon.ui import keymap
 from tuimon.ui.connection import ReplayLoader, RunConnection
 from tuimon.ui.messages import CommandResult, ConnectionChanged, StateReplaced
-from tuimon.ui.plotting import ViewOptions
+from tuimon.ui.plotting import ViewOptions, metric_names
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.help_screen import HelpScreen
 from tuimon.ui.screens.lr_screen import LRScreen
@@ -40,6 +41,7 @@ from tuimon.ui.widgets.grad_panel import GradPanel
 from tuimon.ui.widgets.host_panel import HostPanel
 from tuimon.ui.widgets.loss_panel import LossPanel
 from tuimon.ui.widgets.lr_panel import LRPanel
+from tuimon.ui.widgets.metrics_panel import MetricsPanel
 from tuimon.ui.widgets.panel import Panel
 from tuimon.ui.widgets.status_bar import StatusBar
 
@@ -93,7 +95,9 @@ class TuimonApp(App[None]):
         yield StatusBar(id="status")
         with Horizontal(id="top"):
             yield LossPanel(id="loss")
-            yield DoctorPanel(id="doctor")
+            with Container(id="side"):
+                yield DoctorPanel(id="doctor")
+                yield MetricsPanel(id="metrics")
         with Container(id="middle"):
             yield LRPanel(id="lr")
             yield GradPanel(id="grad")
@@ -136,6 +140,7 @@ class TuimonApp(App[None]):
         if not self._panels:
             return  # not mounted yet
         self.query_one_main(StatusBar).shown_state = self.shown_state
+        self._fit_metrics()
         plots = []
         for panel in self._panels:
             if panel.PLOT and not everything:
@@ -148,6 +153,14 @@ class TuimonApp(App[None]):
             oldest.refresh_view(self.state, self.options)
             self._plot_drawn_at[oldest.id] = time.monotonic()
         self._announce_news()
+
+    def _fit_metrics(self) -> None:
+        """The Metrics panel grows with the number of logged metrics (CSS caps it)."""
+        panel = self.query_one_main(MetricsPanel)
+        with self.state.lock:
+            wanted = panel.wanted_height(self.state)
+        if panel.styles.height is None or panel.styles.height.value != wanted:
+            panel.styles.height = wanted
 
     def query_one_main(self, kind: type[Panel]) -> Any:
         """A panel of the main screen, whatever dialog is on top of it."""
@@ -324,7 +337,17 @@ class TuimonApp(App[None]):
         )
 
     def action_toggle_log(self) -> None:
-        self.options = ViewOptions(not self.options.log_y, self.options.x_mode)
+        self.options = replace(self.options, log_y=not self.options.log_y)
+        self.refresh_panels(everything=True)
+
+    def action_cycle_metric(self) -> None:
+        with self.state.lock:
+            names = metric_names(self.state)
+        if not names:
+            self.notify("no metrics logged yet: mon.log(name=value) adds them", severity="warning")
+            return
+        self.options = self.options.next_metric(names)
+        self.notify(f"main plot: {self.options.metric or 'loss'}")
         self.refresh_panels(everything=True)
 
     def action_cycle_x(self) -> None:

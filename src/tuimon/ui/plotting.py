@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import plotext as plt
@@ -21,14 +21,29 @@ X_MODES = ("step", "epoch", "time")
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "elapsed s"}
 
 
+METRIC_PREFIX = "metrics/"  # RunState keeps each `mon.log()` scalar as metrics/<name>
+
+
 @dataclass(frozen=True)
 class ViewOptions:
     log_y: bool = False
     x_mode: str = "step"
+    metric: str | None = None  # the logged metric the main plot shows; None: the loss
 
     def next_x_mode(self) -> ViewOptions:
         mode = X_MODES[(X_MODES.index(self.x_mode) + 1) % len(X_MODES)]
-        return ViewOptions(self.log_y, mode)
+        return replace(self, x_mode=mode)
+
+    def next_metric(self, names: Sequence[str]) -> ViewOptions:
+        """The loss, then each logged metric in turn, then the loss again."""
+        cycle: list[str | None] = [None, *names]
+        at = cycle.index(self.metric) if self.metric in cycle else 0
+        return replace(self, metric=cycle[(at + 1) % len(cycle)])
+
+
+def metric_names(state: RunState) -> list[str]:
+    """Every scalar logged with `mon.log()`, in the order they first appeared."""
+    return [name[len(METRIC_PREFIX) :] for name in state.series if name.startswith(METRIC_PREFIX)]
 
 
 @dataclass
@@ -163,6 +178,23 @@ def sparkline(values: Sequence[float], width: int, top: float | None = None) -> 
     if high <= 0:
         return blocks[0] * len(recent)
     return "".join(blocks[min(7, max(0, int(v / high * 7.999)))] for v in recent)
+
+
+def trend_sparkline(values: np.ndarray, width: int) -> str:
+    """A one-line chart of a whole history, scaled from its lowest to its highest value:
+    the finite values averaged into at most `width` columns (▁ to █)."""
+    finite = values[np.isfinite(values)]
+    if not finite.size or width <= 0:
+        return ""
+    if finite.size > width:
+        starts = np.linspace(0, finite.size, width, endpoint=False).astype(np.int64)
+        counts = np.diff(np.r_[starts, finite.size])
+        finite = np.add.reduceat(finite, starts) / counts
+    low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return "▄" * finite.size
+    levels = ((finite - low) / (high - low) * 7.999).astype(np.int64)
+    return "".join("▁▂▃▄▅▆▇█"[level] for level in levels)
 
 
 def bar(fraction: float | None, width: int) -> str:
