@@ -135,3 +135,40 @@ def test_replay_shows_a_finished_run_at_80x24(tmux, tmp_path):
     while tmux.run("has-session", "-t", "replay").returncode == 0:
         assert time.monotonic() < deadline, "q did not quit a replay"
         time.sleep(0.1)
+
+
+METRICS_SCRIPT = """
+import sys
+import torch
+import torch.nn.functional as F
+import tuimon
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+with tuimon.Monitor(model, optimizer, run_dir=sys.argv[1], quiet=True) as mon:
+    for step in range(60):
+        x = torch.randn(32, 8)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        output = model(x)
+        loss = F.cross_entropy(output, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        mon.step(loss, inputs=x, targets=y, outputs=output)
+        mon.log(train_acc=(output.argmax(1) == y).float().mean().item())
+"""
+
+
+def test_a_scripts_own_metric_is_on_screen_and_m_plots_it(tmux, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(METRICS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), "run"], cwd=tmp_path, env=worker_env(), timeout=120
+    )
+    assert done.returncode == 0
+    tmux.start("metrics", f"{sys.executable} -m tuimon replay run", width=80, height=24)
+    screen = tmux.wait_for("metrics", lambda s: "Metrics" in s and "train_acc" in s)
+    assert "Loss · train_acc" not in screen
+    tmux.run("send-keys", "-t", "metrics", "m")
+    tmux.wait_for("metrics", lambda s: "Loss · train_acc" in s and "▶train_acc" in s)

@@ -234,6 +234,7 @@ async def test_keys_are_bindings_with_ids_and_help_lists_them(tmp_path):
             "checkpoint",
             "stop",
             "apply",
+            "metric",
             "log-y",
             "x-axis",
             "error",
