@@ -15,7 +15,7 @@ DESCRIPTION = """\
 Run a training job from a config, or talk to a run:
 
   tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
-  tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor
+  tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor (--autofix)
   tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
   tuimon replay RUN_DIR                  a run's whole history, read-only
   tuimon doctor RUN_DIR [--rule R.T=V]   the training doctor over a recorded run
@@ -117,12 +117,27 @@ def run_command(args: list[str]) -> int:
         "tuimon.Monitor) as the worker, with the UI attached.",
     )
     _add_lr_factor(parser)
+    parser.add_argument(
+        "--autofix",
+        action="store_true",
+        help="on NaN or divergence, restore the last good weights with LR x0.1 "
+        "(as Monitor(autofix=True))",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress lines in the run's output; still log"
+    )
     parser.add_argument("script", help="the Python script")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(args)
     from tuimon.launch import launch_script
 
-    return launch_script(options.script, options.args, options.lr_factor)
+    return launch_script(
+        options.script,
+        options.args,
+        options.lr_factor,
+        autofix=options.autofix,
+        quiet=options.quiet,
+    )
 
 
 def attach_command(args: list[str]) -> int:

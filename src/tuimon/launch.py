@@ -15,9 +15,11 @@ from pathlib import Path
 from tuimon.control.client import is_alive
 from tuimon.errors import EXIT_OK, UsageError
 from tuimon.run.run_dir import (
+    AUTOFIX_ENV,
     DEFAULT_BASE,
     EVENTS_FILE,
     OUTPUT_FILE,
+    QUIET_ENV,
     RUN_DIR_ENV,
     create_run_dir,
 )
@@ -31,9 +33,16 @@ def launch_config(
     return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
-def launch_script(script: str, args: Sequence[str], lr_factor: float) -> int:
+def launch_script(
+    script: str,
+    args: Sequence[str],
+    lr_factor: float,
+    *,
+    autofix: bool = False,
+    quiet: bool = False,
+) -> int:
     """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
-    path, worker = start_script_worker(script, args)
+    path, worker = start_script_worker(script, args, autofix=autofix, quiet=quiet)
     return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
@@ -57,15 +66,32 @@ def start_config_worker(
 
 
 def start_script_worker(
-    script: str, args: Sequence[str], base: Path = DEFAULT_BASE
+    script: str,
+    args: Sequence[str],
+    base: Path = DEFAULT_BASE,
+    *,
+    autofix: bool = False,
+    quiet: bool = False,
 ) -> tuple[Path, subprocess.Popen[bytes]]:
-    """The script runs with TUIMON_RUN_DIR set, so its Monitor logs into this run."""
+    """The script runs with TUIMON_RUN_DIR set, so its Monitor logs into this run; the
+    switches reach its Monitor the same way (run_dir.py names the variables)."""
     source = Path(script)
     if not source.is_file():
         raise UsageError(f"{script}: no such script")
     path = create_run_dir(source.stem or "run", base=base)
-    env = dict(os.environ, **{RUN_DIR_ENV: str(path)})
+    env = script_env(path, autofix=autofix, quiet=quiet)
     return path, _spawn([sys.executable, str(source), *args], path, env)
+
+
+def script_env(run_dir: Path, *, autofix: bool = False, quiet: bool = False) -> dict[str, str]:
+    """The environment of a script under `tuimon run`: where it logs, and its switches."""
+    env = dict(os.environ, **{RUN_DIR_ENV: str(run_dir)})
+    for name, on in ((AUTOFIX_ENV, autofix), (QUIET_ENV, quiet)):
+        if on:
+            env[name] = "1"
+        else:
+            env.pop(name, None)
+    return env
 
 
 def attach(run_dir: str | None, lr_factor: float) -> int:
