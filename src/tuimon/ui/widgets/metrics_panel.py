@@ -35,7 +35,7 @@ class MetricsPanel(Panel):
     ) -> RenderableType:
         names = metric_names(state)
         if not names:
-            return fit([Text("none logged yet: mon.log(name=value)", style="dim")], width, height)
+            return fit([Text("no mon.log() metrics yet", style="dim")], width, height)
         shown = names
         if len(names) > height:
             # Keep the plotted one in view, and say how many more there are.
