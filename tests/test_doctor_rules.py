@@ -223,9 +223,15 @@ def test_every_rule_id_has_a_rule_and_defaults_used_here():
 # -- nan_loss ------------------------------------------------------------------------------------
 
 
+def blowing_up(n: int) -> float:
+    """Gradient norms that grow 100x from step 45: the weights are blowing up."""
+    return 1.0 if n < 45 else 100.0
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_nan_loss_fires_on_the_first_non_finite_loss(bad):
-    said = run([start(), *steps([*flat(1.5, 49), bad, bad])])
+    # Gradient norms grew 100x before it: a blow-up, answered by restore + LR x0.1.
+    said = run([start(), *steps([*flat(1.5, 49), bad, bad], grad_norm=blowing_up)])
     alert = the_alert(said, "nan_loss")
     assert alert["step"] == 50
     assert alert["severity"] == "error"
@@ -1115,7 +1121,7 @@ def test_a_symptom_after_a_cause_is_info_and_names_it():
 
 
 def test_recover_lets_nan_loss_alert_again_while_nan_persists():
-    before = steps(flat(1.5, 49))
+    before = steps(flat(1.5, 49), grad_norm=blowing_up)
     nan_steps = steps(flat(math.nan, 10), first=50)
     recover = {"type": "control", "step": 59, "command": "recover", "lr_factor": 0.1}
     still_nan = steps(flat(math.nan, 5), first=60)

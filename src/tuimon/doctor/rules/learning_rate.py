@@ -12,30 +12,48 @@ from tuimon.doctor.rule import Rule, Verdict, clear, nice_factor
 class LrTooHigh(Rule):
     id = "lr_too_high"
     cause = True
-    defaults = {"high": 0.1, "target": 0.01, "patience": 2, "min_progress": 0.05}
+    defaults = {
+        "high": 0.1,
+        "target": 0.01,
+        "warmup": 10,
+        "patience": 2,
+        "min_progress": 0.05,
+        "rise": 0.5,
+    }
     clear_after = 2
-    summary = "each step changes the weights by over 10% of their size, and the loss gains nothing"
+    summary = (
+        "past the first steps, each step changes the weights by over 10% of their size "
+        "and the loss gains nothing"
+    )
     fix = "scale the LR down to bring ‖Δw‖/‖w‖ near 1e-2"
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.held = 0
         self.loss_at_start = math.nan  # the loss when the big steps last paid off
+        self.lowest = math.inf  # the lowest smoothed loss so far
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        smoothed = ctx.smoothed
+        if smoothed is not None:
+            self.lowest = min(self.lowest, smoothed)
         ratio = event.get("update_ratio")
         if not isinstance(ratio, int | float) or not math.isfinite(ratio):
             return None
-        if ratio <= self.p["high"]:
+        # The first steps are not judged: adaptive optimizers (Adadelta at LR 1, as in
+        # pytorch/examples' MNIST) take big steps on small fresh weights, then settle.
+        if ratio <= self.p["high"] or ctx.step < self.p["warmup"] or smoothed is None:
             self.held = 0
             return clear()
-        # Big steps that still bring the loss down fast (Adam's first steps) are fine: count
-        # only the high-ratio probes since the loss last fell by `min_progress`.
+        # Big steps that still bring the loss down are fine. Steps that made the loss
+        # climb well above its lowest are judged at once; a loss that merely stands still
+        # needs `patience` high-ratio probes without `min_progress` between them.
+        rising = smoothed > (1 + self.p["rise"]) * self.lowest
         if self.held == 0 or ctx.loss < (1 - self.p["min_progress"]) * self.loss_at_start:
             self.loss_at_start = ctx.loss
             self.held = 0
         self.held += 1
-        if self.held < self.p["patience"]:
+        if self.held < self.p["patience"] and not rising:
             return None
         factor = max(0.01, min(0.5, nice_factor(self.p["target"] / ratio)))
         lr = ctx.lr
@@ -50,6 +68,9 @@ class LrTooHigh(Rule):
         )
 
 
+EARLY_STEPS = 10  # a gradient's early level: its largest norm over these first steps
+
+
 class LrTooLow(Rule):
     id = "lr_too_low"
     symptom = True
@@ -60,25 +81,35 @@ class LrTooLow(Rule):
         "decayed": 0.1,
         "far_chance": 0.5,
         "far_initial": 0.7,
+        "min_grad": 0.01,
+        "still_layers": 0.5,
     }
     suppresses = ("stall", "chance_level")
     clear_after = 2
     needs_finite_loss = True
-    summary = "each step barely changes the weights (‖Δw‖/‖w‖ < 1e-5) and the loss is high"
+    summary = (
+        "each step barely changes the weights (‖Δw‖/‖w‖ < 1e-5) though the gradient is not "
+        "negligible, and the loss is high"
+    )
     fix = "scale the LR up to bring ‖Δw‖/‖w‖ near 1e-3"
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.held = 0
+        self.early_grad = 0.0  # the largest gradient norm of the first steps
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        grad = event.get("grad_norm")
+        grad = float(grad) if isinstance(grad, int | float) and math.isfinite(grad) else None
+        if grad is not None and ctx.step <= EARLY_STEPS:
+            self.early_grad = max(self.early_grad, grad)
         ratio = event.get("update_ratio")
         if not isinstance(ratio, int | float) or not math.isfinite(ratio):
             return None
         # A schedule that has annealed the LR, or a converged run, are not "too low".
         annealed = ctx.lr is not None and ctx.lr < self.p["decayed"] * ctx.max_lr
         far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
-        if ratio >= self.p["low"] or annealed or not far:
+        if ratio >= self.p["low"] or annealed or not far or self._no_gradient(event, grad):
             self.held = 0
             return clear()
         self.held += 1
@@ -96,3 +127,13 @@ class LrTooLow(Rule):
             {"update_ratio": ratio, "lr": lr, "factor": factor},
             {"cmd": "scale-lr", "factor": factor},
         )
+
+    def _no_gradient(self, event: dict[str, Any], grad: float | None) -> bool:
+        """Tiny updates because there is (almost) nothing to follow, not because of the LR:
+        the gradient fell to a sliver of its early level, or most layers did not move at
+        all (dead units; dead_relu and vanishing_gradients name those)."""
+        if grad is not None and grad < self.p["min_grad"] * self.early_grad:
+            return True
+        layers = event.get("layer_update_ratios") or {}
+        still = sum(1 for value in layers.values() if value == 0)
+        return bool(layers) and still >= self.p["still_layers"] * len(layers)

@@ -27,16 +27,26 @@ class NanLoss(Rule):
         "saturated_activations",
         "vanishing_gradients",
     )
+    defaults = {"growth": 10.0}
     summary = "the loss is NaN or infinite"
-    fix = "restore the last good weights, LR ×0.1; check inputs for NaN"
+    fix = (
+        "after a blow-up: restore the last good weights, LR ×0.1; from step 1 or in one step "
+        "with small gradients: fix the log/division/sqrt at 0 in the loss or data"
+    )
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.last_finite: tuple[int, float] | None = None
+        self.early_grad: float | None = None  # the first finite gradient norm
+        self.peak_grad = 0.0  # the largest finite gradient norm of the finite steps
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         if math.isfinite(ctx.loss):
             self.last_finite = (ctx.step, ctx.loss)
+            grad = event.get("grad_norm")
+            if isinstance(grad, int | float) and math.isfinite(grad):
+                self.early_grad = grad if self.early_grad is None else self.early_grad
+                self.peak_grad = max(self.peak_grad, grad)
             return clear()
         before = (
             f"from {self.last_finite[1]:.4g} at step {self.last_finite[0]} "
@@ -59,6 +69,24 @@ class NanLoss(Rule):
                 "(see input_nan), not from the learning rate",
                 evidence,
             )
+        if self._numerical(ctx):
+            evidence["peak_grad_norm"] = self.peak_grad
+            when = (
+                "at the very first step, before any update"
+                if ctx.smoothed is None
+                else f"in one step {before}while gradient norms stayed small "
+                f"(at most {self.peak_grad:.3g})"
+            )
+            return Verdict(
+                True,
+                f"loss became {ctx.loss} at step {ctx.step} {when}: a numerical fault in "
+                "the loss or the data, not a learning rate that blew up",
+                "look for a log of 0, a division by zero or a sqrt at 0 in the loss and the "
+                "data (a batch statistic that is 0, a probability of exactly 0 or 1): add an "
+                "eps or clamp, or use the fused forms (log_softmax + nll_loss, "
+                "BCEWithLogitsLoss, torch.special.xlogy); a lower LR would not fix it",
+                evidence,
+            )
         lr = ctx.lr
         suggestion = (
             f"{ctx.lr_text()} blew up: restore the last good weights and use LR "
@@ -73,6 +101,18 @@ class NanLoss(Rule):
             evidence,
             dict(RECOVER, before_step=ctx.step),
         )
+
+    def _numerical(self, ctx: RunContext) -> bool:
+        """Non-finite before any update, or from one finite step to the next while the
+        gradients never grew: the loss or the data computes an undefined value. A blow-up
+        of the weights shows first as growing gradients (or a loss that climbs)."""
+        if ctx.smoothed is None:
+            return True  # no finite loss yet in this run
+        if self.last_finite is None or self.last_finite[0] != ctx.step - 1:
+            return False
+        if self.early_grad is None:
+            return False
+        return self.peak_grad <= self.p["growth"] * max(self.early_grad, 1e-12)
 
 
 class Divergence(Rule):
