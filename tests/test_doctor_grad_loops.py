@@ -207,3 +207,99 @@ def test_a_network_killed_by_an_lr_burst_is_dead_relu(tmp_path):
     when = min(a["step"] for a in blow_ups)
     assert f"since the loss blew up at step {when}" in alert["message"]
     assert alert["evidence"]["dead_share"] > 0.9
+
+
+# -- exploding_gradients across layers ------------------------------------------------------
+
+
+class DeepTanh(nn.Module):
+    """A deep tanh MLP; `gain` scales every layer's initial weights (no normalization)."""
+
+    def __init__(self, depth: int = 12, width: int = 32, gain: float = 1.0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(64 if i == 0 else width, width) for i in range(depth))
+        self.out = nn.Linear(width, 4)
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.weight.mul_(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return F.log_softmax(self.out(x), dim=1)
+
+
+def test_gradients_exploding_across_layers_are_named(tmp_path):
+    torch.manual_seed(0)
+    evs = train_classifier(
+        DeepTanh(gain=10.0), tmp_path / "run", 80, lr=1e-3, run_options=options(layer_norms_every=5)
+    )
+    [alert] = alerts(evs, "exploding_gradients")
+    assert "the first layer (layers.0) gets" in alert["message"]
+    assert "the gradient of the last (out)" in alert["message"]
+    assert alert["evidence"]["first_norm"] > 70 * alert["evidence"]["last_norm"]
+
+
+def test_healthy_nets_have_no_exploding_gradients_across_layers(tmp_path, cpu_burner):
+    images = torch.randn(256, 1, 8, 8)
+    labels = (images.mean(dim=(1, 2, 3)) > 0).long() * 3
+    tokens = torch.randint(0, 20_000, (512, 6))
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)
+            self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.relu(self.stem(x))
+            x = F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+            return F.log_softmax(self.fc(x.mean(dim=(2, 3))), dim=1)
+
+    class Bag(nn.Module):  # a huge-vocabulary embedding first: tiny per-row gradients
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(20_000, 16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return F.log_softmax(self.fc(self.embed(t).mean(dim=1)), dim=1)
+
+    cnn = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 64, 4),
+        nn.LogSoftmax(dim=1),
+    )
+    nets = {
+        "mlp": (FunctionalNet(), *task(512)),
+        "cnn_bn": (cnn, images, labels),
+        "residual": (Residual(), images, labels),
+        "embedding": (Bag(), tokens, tokens[:, 0] % 4),
+    }
+    for name, (model, x, y) in nets.items():
+        torch.manual_seed(0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        run_options = options(layer_norms_every=2)
+        with Monitor.configured(
+            model, opt, run_dir=tmp_path / name, quiet=True, options=run_options
+        ) as mon:
+            for _ in range(40):
+                index = torch.randint(0, len(x), (32,))
+                opt.zero_grad()
+                outputs = model(x[index])
+                loss = F.nll_loss(outputs, y[index])
+                loss.backward()
+                opt.step()
+                mon.step(loss, inputs=x[index], targets=y[index], outputs=outputs)
+        evs = events(tmp_path / name)
+        assert sum("layer_grad_norms" in e for e in evs if e["type"] == "step") >= 15
+        assert alerts(evs, "exploding_gradients") == [], (name, said(evs))
+        assert alerts(evs, "vanishing_gradients") == [], (name, said(evs))

@@ -43,6 +43,9 @@ class NanGrad(Rule):
 
 
 class ExplodingGradients(Rule):
+    """Gradients that explode over time (norms grow by orders of magnitude) or across
+    layers (the first layer gets far more than the last: AUTOTRAINER's β3 = 70)."""
+
     id = "exploding_gradients"
     cause = True
     # The baseline is the median of the first steps' norms: explosions start early.
@@ -52,18 +55,59 @@ class ExplodingGradients(Rule):
         "growth": 100.0,
         "huge": 1e6,
         "patience": 3,
+        "layer_ratio": 70.0,
     }
     clear_after = 20
-    summary = "gradient norms grow by orders of magnitude, or are huge"
-    fix = "clip gradients at 2× their early norm, lower the LR"
+    summary = (
+        "gradient norms grow by orders of magnitude, are huge, or the first layer's is ≫ the last's"
+    )
+    fix = "clip gradients at 2× their early norm, lower the LR; normalization, smaller init"
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.early: list[float] = []
         self.baseline: float | None = None
         self.held = 0
+        self.spread_held = 0  # per-layer looks in a row with first ≫ last
+        self.spread: tuple[str, float, str, float] | None = None
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        looked = self._look_across_layers(event)
+        over_time = self._over_time(event, ctx)
+        if over_time is not None and over_time.active:
+            return over_time
+        if self.spread_held >= self.p["patience"] and self.spread is not None:
+            return self._across_verdict(ctx)
+        if self.spread_held or (looked is False and over_time is None):
+            return None  # building up across layers: no verdict either way yet
+        return over_time
+
+    def _look_across_layers(self, event: dict[str, Any]) -> bool | None:
+        """Whether this event's per-layer norms show first ≫ last (None: none in it)."""
+        norms = _layer_norms(event)
+        if norms is None:
+            return None
+        (first, low), (last, high) = norms[0], norms[-1]
+        spread = high > 0 and low / high > self.p["layer_ratio"]
+        self.spread_held = self.spread_held + 1 if spread else 0
+        self.spread = (first, low, last, high) if spread else None
+        return spread
+
+    def _across_verdict(self, ctx: RunContext) -> Verdict:
+        assert self.spread is not None
+        first, low, last, high = self.spread
+        return Verdict(
+            True,
+            f"the first layer ({first}) gets {low / high:.3g}× the gradient of the last "
+            f"({last}): {low:.3g} against {high:.3g}, over the last {self.spread_held} looks "
+            "— gradients explode on their way back through the layers",
+            "the layers multiply the gradient up: initialize smaller (Xavier/He instead of "
+            "large weights), add BatchNorm/LayerNorm, use ReLU over saturating activations, "
+            "or residual connections; clip gradients meanwhile",
+            {"first": first, "first_norm": low, "last": last, "last_norm": high},
+        )
+
+    def _over_time(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         grad = event.get("grad_norm")
         if not isinstance(grad, int | float) or not math.isfinite(grad):
             return None
@@ -93,6 +137,19 @@ class ExplodingGradients(Rule):
         )
 
 
+def _layer_norms(event: dict[str, Any]) -> list[tuple[str, float]] | None:
+    """The event's finite per-layer gradient norms, in the model's order (None: under 2)."""
+    layers = event.get("layer_grad_norms")
+    if not layers:
+        return None
+    norms = [
+        (name, float(value))
+        for name, value in layers.items()
+        if name != NOT_IN_MODEL and isinstance(value, int | float) and math.isfinite(value)
+    ]
+    return norms if len(norms) >= 2 else None
+
+
 class VanishingGradients(Rule):
     id = "vanishing_gradients"
     symptom = True
@@ -107,15 +164,8 @@ class VanishingGradients(Rule):
         self.held: deque[bool] = deque(maxlen=int(self.p["patience"]))
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        layers = event.get("layer_grad_norms")
-        if not layers or ctx.step < self.p["warmup"]:
-            return None
-        norms = [
-            (name, value)
-            for name, value in layers.items()
-            if name != NOT_IN_MODEL and isinstance(value, int | float) and math.isfinite(value)
-        ]
-        if len(norms) < 2:
+        norms = _layer_norms(event)
+        if norms is None or ctx.step < self.p["warmup"]:
             return None
         (first, low), (last, high) = norms[0], norms[-1]
         total = math.sqrt(sum(v * v for _, v in norms))
