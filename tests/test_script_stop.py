@@ -254,3 +254,16 @@ def test_stop_modes_are_checked_and_stop_training_is_not_an_exception(tmp_path):
         tuimon.Monitor(model, opt, run_dir=tmp_path / "r", stop="halt")
     assert not issubclass(tuimon.StopTraining, Exception)
     assert issubclass(tuimon.StopTraining, BaseException)
+
+
+def test_ctl_stop_of_a_config_run_ends_stopped_with_one_checkpoint(write_config, start_worker):
+    """The built-in trainer polls should_stop (stop='flag') and ends at once: no warning."""
+    worker = start_worker(write_config())
+    first_step(worker)
+    assert run_tuimon("ctl", worker.run_dir, "stop", timeout=60).returncode == 0
+    assert worker.wait_exit() == 0
+    events = worker.events()
+    assert events[-1]["type"] == "end" and events[-1]["status"] == "stopped"
+    assert len([e for e in events if e["type"] == "checkpoint"]) == 1
+    assert not [e for e in events if e["type"] == "message" and e.get("stop_ignored")]
+    assert events[0]["loss"] == {"name": "CrossEntropyLoss"}

@@ -8,6 +8,7 @@ applies it at a step boundary, with a checkpoint, like any other stop command.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ class StopOnSignal:
         self.request_stop = request_stop
         self.count = 0
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def install(self, signums: Sequence[int], *, replace: bool = False) -> None:
         """Take these signals (on the main thread only; `replace`: even from another handler)."""
@@ -46,6 +48,12 @@ class StopOnSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (a DataLoader worker) inherited this handler: it has no run to
+            # stop, so the signal does what it would have done there.
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
         self.count += 1
         if self.count > 1:
             raise KeyboardInterrupt  # the `with` block, or the exit hooks, still write `end`
