@@ -193,3 +193,126 @@ def test_small_cnn_with_usual_optimizers_gets_no_alarm(make_optimizer, tmp_path,
         tmp_path, model, make_optimizer(model.parameters()), classify(model), images(1024, 8), 150
     )
     assert alerts(events) == []
+
+
+# -- nan_loss: a numerical fault is not an LR blow-up -------------------------------------------
+
+
+class BatchStandardized(nn.Module):
+    """Standardizes each pixel by the batch's statistics inside forward; a pixel that is
+    the same in every image (MNIST's blank border) has std 0, and 0 / 0 is NaN."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - x.mean(dim=0)) / x.std(dim=0))
+
+
+def positives_normalized_bce(model: nn.Module) -> Step:
+    """A detection-style loss: BCE summed over the positives, divided by their count. A
+    batch without any positive divides 0 by 0."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(x).squeeze(1)
+        target = y.float()
+        each = F.binary_cross_entropy_with_logits(outputs, target, reduction="none")
+        loss = (each * target).sum() / target.sum()
+        loss.backward()
+        return loss, outputs
+
+    return step
+
+
+def test_division_by_zero_at_the_first_step_is_a_numerical_fault(tmp_path):
+    torch.manual_seed(0)
+    model = BatchStandardized(mlp(64))
+    x, y = images(512, 8)
+    x[:, :, 0, :] = 0.0  # a blank top row, as in MNIST
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    events = train(tmp_path, model, optimizer, classify(model), (x, y), 5)
+    alert = named(events, "nan_loss")
+    assert alert["step"] == 1
+    assert "numerical fault" in alert["message"] and "first step" in alert["message"]
+    assert "division by zero" in alert["suggestion"]
+    assert "action" not in alert  # restoring weights and lowering the LR cannot help
+
+
+def test_division_by_a_zero_count_mid_run_is_a_numerical_fault(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(64, classes=1)
+    x, y = images(64 * 40, 8, classes=2)
+    y = y.clone()
+    y[64 * 29 : 64 * 30] = 0  # the 30th batch holds no positive
+    events = train(
+        tmp_path,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+        positives_normalized_bce(model),
+        (x, y),
+        40,
+    )
+    alert = named(events, "nan_loss")
+    assert alert["step"] == 30
+    assert "in one step" in alert["message"] and "numerical fault" in alert["message"]
+    assert "division by zero" in alert["suggestion"]
+    assert "action" not in alert
+
+
+def test_an_lr_blow_up_still_offers_recovery(tmp_path):
+    # SGD at LR 50 (configs/faults/nan_loss.yaml in a script): gradients grow first.
+    torch.manual_seed(0)
+    model = mlp(64)
+    events = train(
+        tmp_path,
+        model,
+        torch.optim.SGD(model.parameters(), lr=50.0, momentum=0.9),
+        classify(model),
+        images(1024, 8),
+        30,
+    )
+    alert = named(events, "nan_loss")
+    assert "numerical fault" not in alert["message"]
+    action = alert["action"]  # restore + LR x0.1, or LR x0.1 alone without snapshots
+    assert action.get("lr_factor", action.get("factor")) == 0.1
+
+
+# -- lr_too_low: not when there is no gradient to follow ----------------------------------------
+
+
+def test_a_dead_network_is_not_told_to_raise_the_lr(tmp_path):
+    # Every ReLU dead from the start (biases at -10): only the last layer's bias learns,
+    # the update ratio is tiny, but a bigger LR would not help.
+    torch.manual_seed(0)
+    model = mlp(64)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Linear) and layer.out_features != 10:
+                layer.bias.fill_(-10.0)
+    events = train(
+        tmp_path,
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.005),
+        classify(model),
+        images(1024, 8),
+        60,
+        probes={"update_ratio_every": 10},
+    )
+    ratios = [e["update_ratio"] for e in events if e["type"] == "step" and "update_ratio" in e]
+    assert max(ratios) < 1e-5  # what lr_too_low used to read as "LR too low, try x100"
+    assert alerts(events, ("lr_too_low",)) == []
+
+
+def test_a_really_low_lr_is_still_named(tmp_path, cpu_burner):
+    torch.manual_seed(0)
+    model = mlp(64)
+    events = train(
+        tmp_path,
+        model,
+        torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9),
+        classify(model),
+        images(1024, 8),
+        30,
+    )
+    assert named(events, "lr_too_low")["step"] <= 20
