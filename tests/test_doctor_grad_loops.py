@@ -5,15 +5,22 @@ stays silent while the machine is busy (the `cpu_burner` fixture)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
+from test_fault_zoo import HEALTHY
+from test_fault_zoo import train as train_config
 from torch import nn
 
+from tuimon.config.schema import RuleOverride
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.event_log import read_events
+
+from conftest import REPO
 
 # -- shared pieces --------------------------------------------------------------------------
 
@@ -303,3 +310,161 @@ def test_healthy_nets_have_no_exploding_gradients_across_layers(tmp_path, cpu_bu
         assert sum("layer_grad_norms" in e for e in evs if e["type"] == "step") >= 15
         assert alerts(evs, "exploding_gradients") == [], (name, said(evs))
         assert alerts(evs, "vanishing_gradients") == [], (name, said(evs))
+
+
+# -- dataloader_bottleneck -----------------------------------------------------------------
+
+
+class SlowDecoding(torch.utils.data.Dataset):
+    """Samples that take real blocking time to load (a file read, a slow decoder)."""
+
+    def __init__(self, delay: float) -> None:
+        self.x, self.y = task(256)
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.delay:
+            time.sleep(self.delay)
+        return self.x[index], self.y[index]
+
+
+def loader_options() -> RunOptions:
+    run_options = options()
+    # Short windows, so that a few seconds of training give two of them.
+    override = RuleOverride(warmup=2, window=20)
+    run_options.settings.rules = {"dataloader_bottleneck": override}
+    return run_options
+
+
+def train_epochs(run_dir: Path, delay: float, epochs: int, pause: float) -> list[dict[str, Any]]:
+    """The tutorial loop: DataLoader, train, validate, and `pause` s elsewhere per epoch."""
+    torch.manual_seed(0)
+    model = FunctionalNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    train = torch.utils.data.DataLoader(SlowDecoding(delay), batch_size=4, shuffle=True)
+    val = torch.utils.data.DataLoader(SlowDecoding(0.0), batch_size=64)
+    mon = Monitor.configured(model, opt, run_dir=run_dir, quiet=True, options=loader_options())
+    with mon:
+        for _ in range(epochs):
+            model.train()
+            for step, (x, y) in enumerate(train):
+                opt.zero_grad()
+                outputs = model(x)
+                loss = F.nll_loss(outputs, y)
+                loss.backward()
+                opt.step()
+                mon.step(loss, inputs=x, targets=y, outputs=outputs)
+                if step == 20:
+                    break
+            model.eval()
+            with torch.no_grad():
+                val_loss = sum(F.nll_loss(model(x), y).item() for x, y in val)
+            mon.log(val_loss=val_loss / len(val))
+            time.sleep(pause)  # saving, plotting, anything outside the loop
+    return events(run_dir)
+
+
+def test_a_loader_that_blocks_on_every_sample_is_named(tmp_path):
+    evs = train_epochs(tmp_path / "run", delay=0.02, epochs=3, pause=0.0)
+    steps = [(e["step"], e.get("data_time"), e["step_time"]) for e in evs if e["type"] == "step"]
+    found = alerts(evs, "dataloader_bottleneck")
+    assert len(found) == 1, (said(evs), steps[:25])
+    [alert] = found
+    assert "the step waits for data" in alert["message"]
+    assert alert["evidence"]["share"] > 0.5
+    assert alert["evidence"]["data_ms"] >= 10
+
+
+def test_time_between_epochs_is_not_data_wait(tmp_path, cpu_burner):
+    evs = train_epochs(tmp_path / "run", delay=0.0, epochs=3, pause=1.0)
+    steps = [e for e in evs if e["type"] == "step"]
+    assert len(steps) == 63
+    assert max(e["step_time"] for e in steps) >= 1.0  # the pause is in some step's time
+    assert alerts(evs, "dataloader_bottleneck") == [], said(evs)
+
+
+@pytest.mark.parametrize("path", [*HEALTHY, REPO / "configs" / "mlp.yaml"], ids=lambda p: p.stem)
+def test_healthy_configs_wait_for_no_data_under_load(path, tmp_path, cpu_burner):
+    if path.stem == "finetune":
+        pytest.skip("needs pretrained weights; test_fault_zoo covers it")
+    overrides = ["train.max_steps=1000"] if path.stem == "mlp" else []
+    evs = train_config(path, tmp_path, overrides)
+    assert alerts(evs, "dataloader_bottleneck") == [], said(evs)
+
+
+# -- missing_zero_grad on a GAN ---------------------------------------------------------------
+
+
+def train_gan(tmp_path: Path, zero_d: bool = True, steps: int = 40) -> tuple[list, list]:
+    """The DCGAN loop of pytorch/examples on tiny MLPs: D on real and detached fake, then
+    G through D (which leaves gradients in D that D zeroes before its own next step)."""
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh())
+    netD = nn.Sequential(nn.Linear(16, 32), nn.LeakyReLU(0.2), nn.Linear(32, 1), nn.Sigmoid())
+    criterion = nn.BCELoss()
+    optimizerD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizerG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    data = torch.randn(512, 16) * 0.5 + 1.0
+    monD = Monitor(netD, optimizerD, run_dir=tmp_path / "D", quiet=True)
+    monG = Monitor(netG, optimizerG, run_dir=tmp_path / "G", quiet=True)
+    with monD, monG:
+        for _ in range(steps):
+            real = data[torch.randint(0, 512, (32,))]
+            real_label = torch.ones(32, 1)
+            fake_label = torch.zeros(32, 1)
+            if zero_d:
+                netD.zero_grad()
+            errD_real = criterion(netD(real), real_label)
+            errD_real.backward()
+            fake = netG(torch.randn(32, 8))
+            errD_fake = criterion(netD(fake.detach()), fake_label)
+            errD_fake.backward()
+            optimizerD.step()
+            netG.zero_grad()
+            errG = criterion(netD(fake), real_label)
+            errG.backward()
+            optimizerG.step()
+            monD.step(errD_real + errD_fake)
+            monG.step(errG)
+    return events(tmp_path / "D"), events(tmp_path / "G")
+
+
+def test_a_gan_discriminator_is_not_missing_zero_grad(tmp_path, cpu_burner):
+    d_events, g_events = train_gan(tmp_path)
+    assert probes(d_events, "stale_grad") and probes(g_events, "stale_grad")
+    assert alerts(d_events, "missing_zero_grad") == [], said(d_events)
+    assert alerts(g_events, "missing_zero_grad") == [], said(g_events)
+
+
+def test_a_gan_without_netD_zero_grad_is_missing_zero_grad(tmp_path):
+    d_events, g_events = train_gan(tmp_path, zero_d=False)
+    [alert] = alerts(d_events, "missing_zero_grad")
+    assert alert["step"] <= 5
+    assert alerts(g_events, "missing_zero_grad") == []
+
+
+def train_accumulating(tmp_path: Path, zero_after_step: bool) -> list[dict[str, Any]]:
+    """Gradient accumulation over 4 micro-batches; zeroed after each optimizer step, or not."""
+    torch.manual_seed(0)
+    x, y = task(512)
+    model = FunctionalNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True) as mon:
+        for step in range(1, 81):
+            index = torch.randint(0, len(x), (16,))
+            loss = F.nll_loss(model(x[index]), y[index]) / 4
+            loss.backward()
+            if step % 4 == 0:
+                opt.step()
+                if zero_after_step:
+                    opt.zero_grad()
+                mon.step(loss)
+    return events(tmp_path / "run")
+
+
+def test_accumulation_is_judged_at_the_optimizer_step(tmp_path):
+    assert alerts(train_accumulating(tmp_path / "ok", True), "missing_zero_grad") == []
+    assert len(alerts(train_accumulating(tmp_path / "bad", False), "missing_zero_grad")) == 1

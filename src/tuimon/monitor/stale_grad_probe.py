@@ -1,11 +1,16 @@
-"""Catch a missing `optimizer.zero_grad()`: gradients that survive an optimizer step.
+"""Catch a missing `optimizer.zero_grad()`: gradients that survive into the next step.
 
 Every `every` steps, after `optimizer.step()`, the gradient of one small parameter (the
-optimizer's last, usually the output bias) is remembered. When the next backward reaches
-that parameter, a hook looks at what its `.grad` still holds: None or zeros means it was
-cleared; exactly the values the step used means nobody zeroed it, and new gradients are
-about to pile on. Intentional accumulation over micro-batches is not flagged: those
-gradients were never used by an optimizer step. The answer stays on the device.
+optimizer's last, usually the output bias) is remembered. Each backward that reaches that
+parameter before the next `optimizer.step()` looks at what its `.grad` still holds: exactly
+the values the step used means nobody zeroed it ("stale seen"); None or zeros means it was
+cleared ("reset seen"), which forgives any stale gradient seen before. The verdict is
+committed at that next `optimizer.step()`: stale only if the old gradient is still in what
+the step is about to use. So a GAN whose generator's backward passes through the
+discriminator (leaving gradients in D that D zeroes before its own next step) is fine,
+while a loop that never zeroes, or accumulates across optimizer steps, is caught.
+Intentional accumulation over micro-batches is not flagged: those gradients were never
+used by an optimizer step. The answer stays on the device.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class StaleGradProbe:
         self.every = every
         self._steps = 0
         self._used: torch.Tensor | None = None
+        self._stale: torch.Tensor | None = None  # since the last step: 1.0 stale, 0.0 clean
         self._result: torch.Tensor | None = None
         self._handles: list[Any] = []
         trainable = [p for p in layout.params if p.requires_grad]
@@ -34,6 +40,7 @@ class StaleGradProbe:
         )
         if self.param is not None:
             self._handles = [
+                optimizer.register_step_pre_hook(self._before_step),
                 optimizer.register_step_post_hook(self._after_step),
                 self.param.register_hook(self._on_grad),
             ]
@@ -43,9 +50,14 @@ class StaleGradProbe:
             handle.remove()
 
     def take(self) -> torch.Tensor | None:
-        """1.0 if the last checked backward found stale gradients, 0.0 if clean."""
+        """1.0 if the last checked optimizer step used stale gradients, 0.0 if clean."""
         result, self._result = self._result, None
         return result
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._used is not None and self._stale is not None:
+            self._result = self._stale.reshape(1)
+        self._used = self._stale = None
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
@@ -59,8 +71,9 @@ class StaleGradProbe:
         old = self.param.grad
         with torch.no_grad():
             if old is None:
-                self._result = torch.zeros(1, device=grad.device)
-            else:
-                same = (old == self._used).all() & (self._used != 0).any()
-                self._result = same.float().reshape(1)
-        self._used = None
+                self._stale = torch.zeros((), device=grad.device)  # reset seen
+                return
+            same = ((old == self._used).all() & (self._used != 0).any()).float()
+            zeroed = (old == 0).all()
+            before = self._stale if self._stale is not None else torch.zeros_like(same)
+            self._stale = torch.where(zeroed, torch.zeros_like(same), torch.maximum(before, same))

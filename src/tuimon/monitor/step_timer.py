@@ -24,9 +24,14 @@ class StepTimer:
         self._handle.remove()
 
     def _on_forward(self, module: torch.nn.Module, args: Any) -> None:
-        # Validation (eval mode) between steps is compute, not the end of a data wait.
-        if self._forward_at is None and module.training:
+        if self._forward_at is not None:
+            return
+        if module.training:
             self._forward_at = time.perf_counter()
+        else:
+            # Validation (eval mode) between steps: the time before it went elsewhere, and
+            # the next step's wait for data starts after it.
+            self._last_end = time.perf_counter()
 
     def lap(self) -> tuple[float, float | None]:
         """(seconds since the previous step, of which waiting for data or None if unknown)."""

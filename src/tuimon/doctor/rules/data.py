@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from typing import Any
 
@@ -204,35 +205,40 @@ class UnshuffledData(Rule):
 
 
 class DataloaderBottleneck(Rule):
+    """The typical step (the median over a window) waits on data for most of its time,
+    and for long enough to matter.
+
+    Medians, not sums: time the script spends once per epoch elsewhere (validation,
+    saving, a pause) lands in one step's wait and is an outlier, while a slow loader slows
+    every step. And a wait under `min_wait_ms` (a tiny model on a busy machine) is never a
+    bottleneck worth a worker process.
+    """
+
     id = "dataloader_bottleneck"
-    defaults = {"warmup": 20, "window": 100, "share": 0.5, "checks": 2}
+    defaults = {"warmup": 20, "window": 100, "share": 0.5, "min_wait_ms": 5.0, "checks": 2}
     clear_after = 2
-    summary = "the step waits on data most of the time"
+    summary = "the typical step waits on data most of the time (and ≥ 5 ms)"
     fix = "more DataLoader workers, pin_memory, faster decoding"
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.data = 0.0
-        self.total = 0.0
-        self.count = 0
+        self.waits: list[tuple[float, float]] = []  # (data time, step time) in the window
         self.hits = 0
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         step_time, data_time = event.get("step_time"), event.get("data_time")
         if ctx.step <= self.p["warmup"] or not isinstance(step_time, int | float):
             return None
-        if not isinstance(data_time, int | float):
+        if not isinstance(data_time, int | float) or step_time <= 0:
             return None
-        self.data += data_time
-        self.total += step_time
-        self.count += 1
-        if self.count < self.p["window"]:
+        self.waits.append((data_time, step_time))
+        if len(self.waits) < self.p["window"]:
             return None
-        share = self.data / self.total if self.total > 0 else 0.0
-        data_ms, step_ms = 1000 * self.data / self.count, 1000 * self.total / self.count
-        self.data = self.total = 0.0
-        self.count = 0
-        if share <= self.p["share"]:
+        share = statistics.median(min(1.0, data / total) for data, total in self.waits)
+        data_ms = 1000 * statistics.median(data for data, _ in self.waits)
+        step_ms = 1000 * statistics.median(total for _, total in self.waits)
+        self.waits = []
+        if share <= self.p["share"] or data_ms < self.p["min_wait_ms"]:
             self.hits = 0
             return clear()
         self.hits += 1
@@ -242,7 +248,7 @@ class DataloaderBottleneck(Rule):
         return Verdict(
             True,
             f"the step waits for data {share:.0%} of the time: {data_ms:.1f} ms of every "
-            f"{step_ms:.1f} ms",
+            f"{step_ms:.1f} ms (medians over {self.p['window']:.0f} steps)",
             f"the model is starved: raise DataLoader num_workers{workers}, set "
             "pin_memory=True, cache decoded samples, or move augmentation to the GPU",
             {"share": share, "data_ms": data_ms, "step_ms": step_ms},
