@@ -316,3 +316,165 @@ def test_a_really_low_lr_is_still_named(tmp_path, cpu_burner):
         30,
     )
     assert named(events, "lr_too_low")["step"] <= 20
+
+
+# -- the loss and what it is given --------------------------------------------------------------
+
+
+def binary(model: nn.Module, loss_fn: Callable[..., torch.Tensor], sigmoid: bool) -> Step:
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(x).squeeze(1)
+        if sigmoid:
+            outputs = torch.sigmoid(outputs)
+        loss = loss_fn(outputs, y.float())
+        loss.backward()
+        return loss, outputs
+
+    return step
+
+
+def logits_to_nll(model: nn.Module) -> Step:
+    return classify(model, F.nll_loss)
+
+
+def test_nll_loss_on_raw_logits_is_named(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    events = train(tmp_path, model, optimizer, logits_to_nll(model), images(1024, 8), 40)
+    alert = named(events, "loss_input_mismatch")
+    assert alert["step"] <= 3 and alert["severity"] == "error"
+    assert "NLLLoss expects log-probabilities" in alert["message"]
+    assert "log_softmax" in alert["suggestion"]
+    losses = [e["loss"] for e in events if e["type"] == "step"]
+    assert min(losses[:20]) < -10  # what the user sees: a loss below zero, falling fast
+
+
+def test_bce_with_logits_on_sigmoid_outputs_is_named(tmp_path):
+    torch.manual_seed(0)
+    model = mlp(64, classes=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = binary(model, F.binary_cross_entropy_with_logits, sigmoid=True)
+    events = train(tmp_path, model, optimizer, step, images(1024, 8, classes=2), 20)
+    alert = named(events, "softmax_before_loss")
+    assert alert["step"] <= 3
+    assert "sigmoid" in alert["message"] and "BCEWithLogitsLoss" in alert["message"]
+
+
+def label_smoothed(model: nn.Module) -> Step:
+    return classify(model, nn.CrossEntropyLoss(label_smoothing=0.1))
+
+
+def wgan_critic(model: nn.Module) -> Step:
+    """A WGAN critic's loss: no targets, legitimately negative and unbounded."""
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(x)
+        loss = outputs[y == 1].mean() - outputs[y == 0].mean()
+        loss.backward()
+        for p in model.parameters():
+            p.grad.clamp_(-0.01, 0.01)
+        return loss, outputs
+
+    return step
+
+
+def regression(model: nn.Module) -> Step:
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = model(x)
+        loss = F.mse_loss(outputs, x.flatten(1).mean(dim=1, keepdim=True))
+        loss.backward()
+        return loss, outputs
+
+    return step
+
+
+class WithLogSoftmax(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.body(x), dim=1)
+
+
+HEALTHY_PAIRINGS = {
+    "ce_on_logits": (lambda: SmallCNN(), classify, 10),
+    "log_softmax_nll": (lambda: WithLogSoftmax(SmallCNN()), logits_to_nll, 10),
+    "sigmoid_bce": (
+        lambda: mlp(64, classes=1),
+        lambda m: binary(m, F.binary_cross_entropy, True),
+        2,
+    ),
+    "bce_with_logits": (
+        lambda: mlp(64, classes=1),
+        lambda m: binary(m, F.binary_cross_entropy_with_logits, False),
+        2,
+    ),
+    "mse_regression": (lambda: mlp(64, classes=1), regression, 2),
+    "label_smoothing": (lambda: SmallCNN(), label_smoothed, 10),
+    "wgan_critic": (lambda: mlp(64, classes=1), wgan_critic, 2),
+}
+
+
+@pytest.mark.parametrize("pairing", sorted(HEALTHY_PAIRINGS))
+def test_right_pairings_get_no_loss_alarm(pairing, tmp_path, cpu_burner):
+    make_model, make_step, classes = HEALTHY_PAIRINGS[pairing]
+    torch.manual_seed(0)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    data = images(1024, 8, classes=classes)
+    events = train(tmp_path, model, optimizer, make_step(model), data, 60)
+    probes = [e for e in events if e["type"] == "probe" and e["probe"] == "batch"]
+    assert probes  # the batch probe looked
+    assert alerts(events, ("loss_input_mismatch", "softmax_before_loss", "nan_loss")) == []
+
+
+# -- optimizer_not_stepping: a GradScaler that skips every step ---------------------------------
+
+
+def scaled_training(
+    tmp_path: Path, model: nn.Module, scaler: torch.amp.GradScaler, penalty: bool, steps: int
+) -> list[dict[str, Any]]:
+    """An AMP loop (float16 autocast): scaler.scale(loss).backward(), scaler.step(), update().
+    With `penalty`, a spread term on pairwise embedding distances through sqrt, whose
+    diagonal (a sample's distance to itself) is sqrt(0): NaN gradients on every step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = images(1024, 8)
+    with Monitor(model, optimizer, run_dir=tmp_path / "run", quiet=True) as mon:
+        for n in range(steps):
+            start = (n * 64) % len(x)
+            xb, yb = x[start : start + 64], y[start : start + 64]
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                outputs = model(xb)
+                loss = F.cross_entropy(outputs, yb)
+            if penalty:
+                diff = outputs.float()[:, None] - outputs.float()[None]
+                loss = loss - 0.01 * torch.sqrt((diff**2).sum(dim=-1)).mean()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            mon.step(loss, inputs=xb, targets=yb, outputs=outputs)
+    return list(read_events(tmp_path / "run" / "events.jsonl"))
+
+
+def test_a_scaler_that_skips_every_step_is_named(tmp_path):
+    torch.manual_seed(0)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=10)
+    events = scaled_training(tmp_path, mlp(64), scaler, True, 40)
+    assert {e["optimizer_steps"] for e in events if e["type"] == "step"} == {0}
+    alert = named(events, "optimizer_not_stepping")
+    assert alert["step"] == 20 and alert["severity"] == "error"
+    assert "GradScaler" in alert["suggestion"] and "bf16" in alert["suggestion"]
+
+
+def test_a_scaler_that_skips_now_and_then_is_silent(tmp_path, cpu_burner):
+    # The scale doubles every 10 good steps until float16 overflows, then backs off:
+    # a skipped step now and then is normal GradScaler life.
+    torch.manual_seed(0)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=10)
+    events = scaled_training(tmp_path, mlp(64), scaler, False, 120)
+    skipped = [e["step"] for e in events if e["type"] == "step" and e["optimizer_steps"] == 0]
+    assert len(skipped) >= 3  # it did skip
+    assert alerts(events) == []

@@ -19,7 +19,13 @@ from tuimon.doctor.rules.generalization import Overfitting
 from tuimon.doctor.rules.gradients import ExplodingGradients, NanGrad, VanishingGradients
 from tuimon.doctor.rules.learning_rate import LrTooHigh, LrTooLow
 from tuimon.doctor.rules.loss import ChanceLevel, Divergence, NanLoss, Oscillation, Stall
-from tuimon.doctor.rules.model import MissingZeroGrad, OptimizerMismatch, SoftmaxBeforeLoss
+from tuimon.doctor.rules.model import (
+    LossInputMismatch,
+    MissingZeroGrad,
+    OptimizerMismatch,
+    OptimizerNotStepping,
+    SoftmaxBeforeLoss,
+)
 from tuimon.doctor.rules.system import GpuMemoryPressure
 
 # The specific before the general: a rule can suppress only rules evaluated after it
@@ -29,7 +35,9 @@ ALL_RULES: tuple[type[Rule], ...] = (
     NanLoss,
     NanGrad,
     OptimizerMismatch,
+    OptimizerNotStepping,
     MissingZeroGrad,
+    LossInputMismatch,
     SoftmaxBeforeLoss,
     Divergence,
     ExplodingGradients,

@@ -22,6 +22,8 @@ RULE_IDS: tuple[str, ...] = (
     "class_imbalance",
     "unshuffled_data",
     "softmax_before_loss",
+    "loss_input_mismatch",
+    "optimizer_not_stepping",
     "overfitting",
     "dataloader_bottleneck",
     "gpu_memory_pressure",

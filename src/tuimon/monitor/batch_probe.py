@@ -1,18 +1,30 @@
-"""A look at sampled batches: input statistics, the label histogram, output rows.
+"""A look at sampled batches: input statistics, the label histogram, output rows, and
+which standard loss of the outputs and targets the step's loss is.
 
 On probe steps (the first three, then three in a row every `every` steps, so that sorted
 data shows as a run of one-class batches) it reduces the batch to a few numbers on the
 device; they travel with the step's other values and are decoded on the host.
+
+Scripts seldom tell the Monitor their loss, so the probe finds out: it computes the usual
+candidates (cross-entropy, NLL, BCE with and without logits) of this batch's outputs and
+targets, and the loss is the one whose value equals the step's. With whether the outputs
+are probabilities or log-probabilities, that tells "NLLLoss on raw logits" or "BCE with
+logits on sigmoid outputs" apart from the right pairings without knowing any name.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 RUN = 3  # consecutive probed steps
 SCALE_SAMPLES = 16  # samples whose statistics stand for the batch's scale
+MATCH = 1e-4  # relative difference under which a candidate loss is the step's loss
+CLASS_LOSSES = ("cross_entropy", "nll_loss")
+BINARY_LOSSES = ("binary_cross_entropy_with_logits", "binary_cross_entropy")
 
 
 class BatchProbe:
@@ -23,7 +35,7 @@ class BatchProbe:
         return bool(self.every) and (step <= RUN or step % self.every < RUN)
 
     def measure(
-        self, inputs: Any, targets: Any, outputs: Any
+        self, inputs: Any, targets: Any, outputs: Any, loss: Any = None
     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """(numbers on the device, how to read them)."""
         parts: list[torch.Tensor] = []
@@ -51,6 +63,11 @@ class BatchProbe:
                 0, y.long().clamp(0, classes - 1), torch.ones(y.shape[0], device=y.device)
             )
             parts.append(counts)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and out is not None:
+            found = _candidate_losses(out.detach(), y, loss.detach())
+            if found is not None:
+                layout["loss"], values = found
+                parts.append(values)
         if not parts:
             return None, layout
         device = parts[0].device
@@ -83,7 +100,55 @@ class BatchProbe:
         if "targets" in layout:
             classes = layout["targets"]["classes"]
             event["targets"] = {"counts": row[position : position + classes]}
+            position += classes
+        if "loss" in layout:
+            names = layout["loss"]["candidates"]
+            value, *found, low, high, logsumexp = row[position : position + len(names) + 4]
+            candidates = dict(zip(names, found, strict=True))
+            event["loss"] = {
+                "value": value,
+                "candidates": candidates,
+                "matches": [
+                    name
+                    for name, candidate in candidates.items()
+                    if math.isfinite(value)
+                    and abs(candidate - value) <= MATCH * max(abs(value), 1e-6)
+                ],
+                "outputs_min": low,
+                "outputs_max": high,
+                # |log Σ exp(row)|: 0 for rows of log-probabilities (log_softmax outputs).
+                "logsumexp_error": logsumexp,
+            }
         return event
+
+
+def _candidate_losses(
+    out: torch.Tensor, y: torch.Tensor | None, loss: torch.Tensor
+) -> tuple[dict[str, Any], torch.Tensor] | None:
+    """(how to read them, [the step's loss, each candidate, outputs min, max, logsumexp
+    error]) for a classifier's (B, C) outputs with class indices, or a binary one's (B,) or
+    (B, 1) outputs with 0/1 targets; None for anything else (regression, no targets)."""
+    if y is None or not out.is_floating_point() or out.shape[0] != y.shape[0]:
+        return None
+    o = out.float()
+    with torch.no_grad():
+        if o.dim() == 2 and o.shape[1] >= 2 and y.dim() == 1 and not y.is_floating_point():
+            target = y.long().clamp(0, o.shape[1] - 1)
+            names = CLASS_LOSSES
+            values = [F.cross_entropy(o, target), F.nll_loss(o, target)]
+            logsumexp = o.logsumexp(dim=1).abs().max()
+        elif o.numel() == y.numel() and (o.dim() == 1 or o.shape[-1] == 1):
+            t = y.reshape(o.shape).float()
+            names = BINARY_LOSSES
+            values = [
+                F.binary_cross_entropy_with_logits(o, t),
+                F.binary_cross_entropy(o.clamp(0, 1), t.clamp(0, 1)),
+            ]
+            logsumexp = torch.full((), math.nan, device=o.device)
+        else:
+            return None
+        stats = [loss.float().reshape(()).to(o.device), *values, o.min(), o.max(), logsumexp]
+    return {"candidates": list(names)}, torch.stack(stats)
 
 
 def _input_stats(x: torch.Tensor) -> torch.Tensor:

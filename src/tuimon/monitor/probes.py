@@ -73,7 +73,7 @@ class StepProbes:
         }
         layout: dict[str, Any] = {}
         if self.batch.due(step):
-            tensors["batch"], layout = self.batch.measure(inputs, targets, outputs)
+            tensors["batch"], layout = self.batch.measure(inputs, targets, outputs, loss)
         self.activations.arm(step + 1)
         self.dead_units.arm(step + 1)
         return StepSample(

@@ -55,6 +55,13 @@ def corrupt_grads(model: nn.Module, step: int, faults: FaultsConfig) -> None:
                 return
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, faults: FaultsConfig) -> None:
+    """`optimizer.step()`, or (the bug) nothing: what a GradScaler does when it finds
+    inf/NaN gradients on every step (an fp16 overflow that is not transient)."""
+    if not faults.skip_optimizer_step:
+        optimizer.step()
+
+
 def epoch_order(order: torch.Tensor, labels: torch.Tensor, faults: FaultsConfig) -> torch.Tensor:
     """The epoch's sample order, or (the bug) sorted by class."""
     if not faults.sort_by_label:

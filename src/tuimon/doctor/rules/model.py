@@ -1,4 +1,5 @@
-"""Rules on how the model is trained: zero_grad, the optimizer's parameters, softmax + CE."""
+"""Rules on how the model is trained: zero_grad, the optimizer's parameters and whether it
+steps, and what the loss is given (softmax before CE, raw logits to NLL)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from typing import Any
 
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
+
+# Candidate losses the batch probe compares with the step's loss (monitor/batch_probe.py).
+CE, NLL = "cross_entropy", "nll_loss"
+BCE_LOGITS, BCE = "binary_cross_entropy_with_logits", "binary_cross_entropy"
 
 
 class MissingZeroGrad(Rule):
@@ -92,8 +97,8 @@ class SoftmaxBeforeLoss(Rule):
     events = ("probe:batch",)
     defaults = {"tolerance": 1e-3, "confirm": 2}
     suppresses = ("chance_level", "stall", "lr_too_low", "vanishing_gradients")
-    summary = "probabilities (softmax outputs) are fed to a loss that expects logits"
-    fix = "remove the softmax before CrossEntropyLoss"
+    summary = "probabilities (softmax or sigmoid outputs) are fed to a loss that expects logits"
+    fix = "remove the softmax before CrossEntropyLoss (the sigmoid before BCEWithLogitsLoss)"
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
@@ -101,8 +106,20 @@ class SoftmaxBeforeLoss(Rule):
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         outputs = event.get("outputs") or {}
-        if "row_sum_error" not in outputs:
+        found = event.get("loss") or {}
+        if "row_sum_error" in outputs:
+            verdict = self._softmax(outputs, ctx)
+        elif found.get("candidates", {}).keys() >= {BCE_LOGITS}:
+            verdict = self._sigmoid(found)
+        else:
             return None
+        if verdict is None:
+            self.held = 0
+            return clear()
+        self.held += 1
+        return verdict if self.held >= self.p["confirm"] else None
+
+    def _softmax(self, outputs: dict[str, Any], ctx: RunContext) -> Verdict | None:
         loss = ctx.loss_name
         probabilities = (
             outputs["min"] >= 0
@@ -110,10 +127,6 @@ class SoftmaxBeforeLoss(Rule):
             and outputs["row_sum_error"] < self.p["tolerance"]
         )
         if not probabilities or not ctx.loss_is_ce:
-            self.held = 0
-            return clear()
-        self.held += 1
-        if self.held < self.p["confirm"]:
             return None
         return Verdict(
             True,
@@ -122,4 +135,123 @@ class SoftmaxBeforeLoss(Rule):
             "remove the softmax at the end of the model (keep it for inference only); the "
             "double softmax squashes the gradients and training crawls",
             {"loss": loss, "row_sum_error": outputs["row_sum_error"]},
+        )
+
+    def _sigmoid(self, found: dict[str, Any]) -> Verdict | None:
+        # The step's loss is BCE-with-logits of outputs that all lie in [0, 1]: a sigmoid
+        # came first. (Sigmoid outputs with BCELoss match binary_cross_entropy instead.)
+        low, high = found.get("outputs_min", -1.0), found.get("outputs_max", 2.0)
+        matches = found.get("matches") or []
+        if BCE_LOGITS not in matches or BCE in matches or not (low >= 0 and high <= 1):
+            return None
+        return Verdict(
+            True,
+            f"the model's outputs are probabilities (all in [{low:.3g}, {high:.3g}]: a "
+            "sigmoid) but the loss is BCEWithLogitsLoss, which applies the sigmoid itself",
+            "remove the sigmoid at the end of the model (apply it for inference only) and keep "
+            "BCEWithLogitsLoss, the numerically stable pairing; the double sigmoid squashes "
+            "the gradients and training crawls",
+            {"loss": "BCEWithLogitsLoss", "outputs_min": low, "outputs_max": high},
+        )
+
+
+class LossInputMismatch(Rule):
+    id = "loss_input_mismatch"
+    cause = True
+    severity = "error"
+    events = ("probe:batch",)
+    defaults = {"tolerance": 0.01, "confirm": 2}
+    suppresses = (
+        "divergence",
+        "oscillation",
+        "stall",
+        "chance_level",
+        "softmax_before_loss",
+        "lr_too_high",
+        "exploding_gradients",
+    )
+    summary = "NLLLoss gets raw logits (or probabilities), not log-probabilities"
+    fix = "add log_softmax before NLLLoss, or use CrossEntropyLoss on the logits"
+
+    def __init__(self, params: dict[str, float] | None = None) -> None:
+        super().__init__(params)
+        self.held = 0
+
+    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        found = event.get("loss") or {}
+        if NLL not in (found.get("candidates") or {}):
+            return None
+        matches = found.get("matches") or []
+        error = found.get("logsumexp_error", 0.0)
+        # log_softmax outputs match both NLL and CE (log_softmax is idempotent) and their
+        # rows' log Σ exp is 0; NLL of anything else is a mismatch.
+        if NLL not in matches or CE in matches or not error > self.p["tolerance"]:
+            self.held = 0
+            return clear()
+        self.held += 1
+        if self.held < self.p["confirm"]:
+            return None
+        value = found.get("value", float("nan"))
+        kind = (
+            "probabilities"
+            if found.get("outputs_min", -1.0) >= 0 and found.get("outputs_max", 2.0) <= 1
+            else "raw logits"
+        )
+        negative = (
+            f"; the loss is negative ({value:.4g}) and can fall without bound" if value < 0 else ""
+        )
+        return Verdict(
+            True,
+            f"the loss is NLLLoss of the model's {kind} (each row's log Σ exp is "
+            f"{error:.3g}, not 0){negative}: NLLLoss expects log-probabilities",
+            "NLLLoss expects log-probabilities: add F.log_softmax(x, dim=1) at the end of the "
+            "model (as pytorch/examples do), or drop it and use CrossEntropyLoss on the logits",
+            {"loss": "NLLLoss", "inputs": kind, "logsumexp_error": error, "value": value},
+        )
+
+
+class OptimizerNotStepping(Rule):
+    id = "optimizer_not_stepping"
+    cause = True
+    severity = "error"
+    defaults = {"steps": 20}
+    suppresses = (
+        "chance_level",
+        "stall",
+        "lr_too_low",
+        "vanishing_gradients",
+        "oscillation",
+        "dead_relu",
+    )
+    clear_after = 1  # one real optimizer step ends it
+    summary = "optimizer.step() has not run for 20 steps (a GradScaler skipping every step)"
+    fix = "find the op that overflows in fp16; use bf16, a lower LR, clip after unscale_"
+
+    def __init__(self, params: dict[str, float] | None = None) -> None:
+        super().__init__(params)
+        self.skipped = 0
+        self.since: int | None = None
+
+    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+        steps = event.get("optimizer_steps")
+        if not isinstance(steps, int):
+            return None  # a log from before the field existed
+        if steps > 0:
+            self.skipped, self.since = 0, None
+            return clear()
+        # A GradScaler skips a few steps while it finds its scale: only a run counts.
+        self.skipped += 1
+        self.since = self.since or ctx.step
+        if self.skipped < self.p["steps"]:
+            return None
+        return Verdict(
+            True,
+            f"optimizer.step() has not run for {self.skipped} steps (since step {self.since}): "
+            "the weights do not change at all",
+            "a GradScaler skips optimizer.step() when it finds inf/NaN gradients: here it does "
+            "so every step, so the fp16 overflow is not transient. Train in bf16 (or fp32), "
+            "lower the LR, clip gradients after scaler.unscale_(optimizer), and find the op "
+            "that overflows (torch.autograd.detect_anomaly, or check each layer's output for "
+            "inf); if nothing calls optimizer.step(), call it",
+            {"skipped": self.skipped, "since": self.since},
         )
