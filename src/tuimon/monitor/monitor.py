@@ -178,8 +178,16 @@ class Monitor:
         targets: Any = None,
         outputs: Any = None,
         epoch: int | None = None,
+        samples: int | None = None,
+        micro_batches: int = 1,
+        grad_norm: Any = None,
     ) -> None:
         """Record one optimizer step; apply pending commands (a pause blocks here).
+
+        With gradient accumulation, call it once per optimizer step and give `samples` (the
+        summed batch size) or `micro_batches` (how many batches like `inputs` went into it),
+        so samples/s is right. `grad_norm`: the norm `clip_grad_norm_` returned, i.e. before
+        clipping (the step's `grad_norm` is the one the optimizer used, after it).
 
         After a stop was applied (its checkpoint saved) this raises StopTraining, unless
         the Monitor was made with `stop="flag"`.
@@ -194,7 +202,11 @@ class Monitor:
         step_time, data_time = self._timer.lap()
         sample = self._probes.sample(self.global_step, inputs, targets, outputs, loss)
         lrs = sample.lrs if sample.lrs is not None else lr_control.current_lrs(self.optimizer)
-        samples = _batch_size(inputs if inputs is not None else targets)
+        if micro_batches < 1:
+            raise ValueError(f"mon.step(micro_batches={micro_batches!r}): at least 1")
+        if samples is None:
+            batch = _batch_size(inputs if inputs is not None else targets)
+            samples = batch * micro_batches if batch is not None else None
         meta: dict[str, Any] = {
             "step": self.global_step,
             "epoch": self.epoch,
@@ -211,7 +223,10 @@ class Monitor:
             meta["samples_per_s"] = samples / step_time
         if sample.layout:
             meta["batch_layout"] = sample.layout
-        self._buffer.add(meta, loss, sample.tensors)
+        tensors = sample.tensors
+        if grad_norm is not None:
+            tensors = {**tensors, UNCLIPPED: _norm_tensor(grad_norm, self._device)}
+        self._buffer.add(meta, loss, tensors)
         self._snapshots.maybe_take(self.global_step, self.model, self.optimizer)
         if self._buffer.due():
             self._buffer.start_transfer()
@@ -337,6 +352,10 @@ class Monitor:
                 f"Monitor(stop={options.stop!r}): use stop='raise' (step() raises "
                 "tuimon.StopTraining) or stop='flag' (the loop polls mon.should_stop)"
             )
+        # torch.compile's wrapper: names, hooks and checkpoints are those of the module it
+        # wraps (no "_orig_mod." prefixes); only the step timer watches the wrapper's calls.
+        called = model
+        model = _eager_module(model)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -374,7 +393,7 @@ class Monitor:
         self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
         first = next(model.parameters(), None)
         self._device = first.device if first is not None else torch.device("cpu")
-        self._timer = StepTimer(model)
+        self._timer = StepTimer(called)
         self._buffer = DeviceBuffer(self.settings.log_every)
         every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
         self._snapshots = SnapshotRing(every)
@@ -450,6 +469,8 @@ class Monitor:
         for record, (fields, probes) in zip(records, self._probes.read(records), strict=True):
             meta = {k: v for k, v in record.meta.items() if k != "batch_layout"}
             event = {"type": "step", **meta, "loss": record.loss, **fields}
+            if UNCLIPPED in record.values:
+                event["grad_norm_unclipped"] = record.values[UNCLIPPED][0]
             self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
             # Probes first: rules then know a step's inputs before they judge its loss.
             events += [*probes, event]
@@ -687,6 +708,23 @@ def _run_length(
     if epochs is None and total_steps and steps_per_epoch:
         epochs = math.ceil(total_steps / steps_per_epoch)
     return total_steps, epochs, steps_per_epoch
+
+
+def _eager_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module behind `torch.compile(model)`, or `model` itself."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+# The device-buffer slot of the pre-clipping gradient norm a script hands to `step()`.
+UNCLIPPED = "unclipped"
+
+
+def _norm_tensor(value: Any, device: torch.device) -> torch.Tensor:
+    """A norm as a 1-element tensor, left where it is: reading it now would sync the GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().float().reshape(1)
+    return torch.tensor([float(value)], device=device)
 
 
 def _batch_size(batch: Any) -> int | None:
