@@ -71,7 +71,7 @@ def test_a_compiled_model_is_watched_under_its_own_names(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     compiled = torch.compile(model)  # compiles lazily: never called here, so it stays cheap
-    assert [n for n, _ in compiled.named_parameters()][0].startswith("_orig_mod.")
+    assert next(n for n, _ in compiled.named_parameters()).startswith("_orig_mod.")
     optimizer = torch.optim.SGD(compiled.parameters(), lr=0.05)
     with tuimon.Monitor(compiled, optimizer, run_dir=tmp_path / "run", quiet=True) as mon:
         for _ in range(3):
