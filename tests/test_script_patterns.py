@@ -87,3 +87,23 @@ def test_a_compiled_model_is_watched_under_its_own_names(tmp_path):
     assert set(_steps(tmp_path / "run")[0]["layer_grad_norms"]) == {"0", "2"}
     weights = model_weights(path)
     assert set(weights) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+def test_exploding_gradients_are_seen_through_the_users_clipping():
+    from tuimon.doctor.engine import Doctor
+
+    def steps(unclipped: bool) -> list[dict]:
+        events = []
+        for step in range(1, 40):
+            norm = 1.0 if step < 10 else 10.0 ** (step - 8)  # explodes from step 10
+            event = {"type": "step", "step": step, "loss": 1.0, "grad_norm": min(norm, 1.0)}
+            if unclipped:
+                event["grad_norm_unclipped"] = norm
+            events.append(event)
+        return events
+
+    def named(events: list[dict]) -> bool:
+        return any(a["rule"] == "exploding_gradients" for a in Doctor().run(events))
+
+    assert named(steps(unclipped=True))
+    assert not named(steps(unclipped=False))  # the clipped norm alone hides it

@@ -108,7 +108,8 @@ class ExplodingGradients(Rule):
         )
 
     def _over_time(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
-        grad = event.get("grad_norm")
+        # A script that clips hands over the norm before clipping: the one that grows.
+        grad = event.get("grad_norm_unclipped", event.get("grad_norm"))
         if not isinstance(grad, int | float) or not math.isfinite(grad):
             return None
         if self.baseline is None:
