@@ -1,8 +1,9 @@
 """An alert's fix is offered, and sent by `a`, only while the alert holds.
 
 A real user script trains with a learning rate far too small, so the real doctor in its
-Monitor raises `lr_too_low` with a `scale-lr` fix, and holds it; then the user fixes the LR
-by hand (the test touches a file the script watches) and the alert clears. The app attaches
+Monitor raises `lr_too_low` with a `scale-lr` fix (×100), and it holds until that fix is
+applied; then the alert clears, and pressing `a` again must not scale the LR again (as one
+key press once cut a healthy run's LR 20x after an early alert had cleared). The app attaches
 to the real worker through its control socket; what reaches the run is read back from the
 run's own event log.
 """
@@ -25,16 +26,13 @@ from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.widgets.doctor_panel import DoctorPanel
 
 SCRIPT = """
-import pathlib
-import sys
 import torch
 import torch.nn.functional as F
 import tuimon
 
-release = pathlib.Path(sys.argv[1])  # the user notices, and fixes the LR by hand
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
 true_w = torch.randn(8, 1)
 with tuimon.Monitor(model, optimizer) as mon:
     while not mon.should_stop:
@@ -45,8 +43,6 @@ with tuimon.Monitor(model, optimizer) as mon:
         loss.backward()
         optimizer.step()
         mon.step(loss, inputs=x, targets=y)
-        if optimizer.param_groups[0]["lr"] < 1e-3 and release.exists():
-            optimizer.param_groups[0]["lr"] = 0.05
 """
 
 
@@ -77,15 +73,24 @@ async def select(pilot, app: TuimonApp, alert: dict) -> DoctorPanel:
     return panel
 
 
+def drawn(panel: DoctorPanel, rule: str) -> str:
+    """The lines the Doctor panel drew for the alert of `rule`, up to the next alert."""
+    lines = panel.plain_lines()
+    start = next(i for i, line in enumerate(lines) if f" {rule} at step" in line)
+    heads = (" ERROR ", " WARNING ", " INFO ", "note:")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(heads)), None)
+    return "\n".join(lines[start:end])
+
+
 def lr_changes(app: TuimonApp) -> int:
     with app.state.lock:
         return sum(1 for c in app.state.controls if c["command"] == "scale-lr")
 
 
 async def test_a_sends_an_alerts_fix_only_while_the_alert_holds(tmp_path):
-    script, release = tmp_path / "train.py", tmp_path / "release"
+    script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    run_dir, process = start_script_worker(str(script), [str(release)], base=tmp_path / "runs")
+    run_dir, process = start_script_worker(str(script), [], base=tmp_path / "runs")
     try:
         app = TuimonApp(run_dir, launched=True, worker=process, fps=20)
         async with app.run_test(size=(120, 40)) as pilot:
@@ -94,15 +99,14 @@ async def test_a_sends_an_alerts_fix_only_while_the_alert_holds(tmp_path):
             alert = lr_too_low(app)
             assert alert["action"]["cmd"] == "scale-lr" and "cleared_at" not in alert
             panel = await select(pilot, app, alert)
-            assert any(line.startswith("[a] apply: scale LR ×") for line in panel.plain_lines())
+            assert "\n[a] apply: scale LR ×" in drawn(panel, "lr_too_low")
             await pilot.press("a")
             await until(pilot, lambda: lr_changes(app) == 1)
 
-            # The user fixes the LR by hand; the alert clears, and its fix no longer applies.
-            release.touch()
+            # The fix works: the alert clears, and its fix no longer applies.
             await until(pilot, lambda: alert.get("cleared_at") is not None)
             await select(pilot, app, alert)
-            text = "\n".join(panel.plain_lines())
+            text = drawn(panel, "lr_too_low")
             assert "[a] apply" not in text and "press a" not in text
             assert "fix (no longer applies): scale LR ×" in text
 
@@ -138,8 +142,8 @@ async def test_a_sends_an_alerts_fix_only_while_the_alert_holds(tmp_path):
     factor = alert["action"]["factor"]
     assert sent[0]["factor"] == factor
     assert sent[0]["new"] == pytest.approx(sent[0]["old"] * factor)
-    # The deliberate one came after the user's own fix: it scaled 0.05, not the tiny LR.
-    assert sent[1]["old"] == pytest.approx(0.05)
+    # Pressed twice, the fix would have scaled the LR twice: only the deliberate one did.
+    assert sent[1]["old"] == pytest.approx(sent[0]["new"])
 
 
 ALERT = {
@@ -175,3 +179,34 @@ def test_the_console_and_the_doctor_report_do_not_offer_a_cleared_fix(tmp_path):
     assert shown[2] == "           → SGD at LR 0.5 is too high: try 0.025 (×0.05)"
     assert shown[3] == "           (cleared at step 90)"
     assert shown[5].endswith("(×0.05, press a)")  # oscillation still holds at the end
+
+
+def test_a_new_alert_does_not_move_the_selection_off_the_highlighted_one():
+    from tuimon.run.run_state import RunState
+    from tuimon.ui.plotting import ViewOptions
+
+    state = RunState()
+    state.apply_many([{"type": "start", "seq": 1, "time": 0.0}, {**ALERT, "seq": 2}])
+    panel = DoctorPanel()
+    panel.view(state, ViewOptions(), 60, 20)
+    assert panel.selected_alert["rule"] == "lr_too_high"
+    # A new alert arrives between the redraw the user read and the key they press.
+    state.apply({"type": "alert", "seq": 3, "step": 60, "rule": "stall", "severity": "info"})
+    panel.view(state, ViewOptions(), 60, 20)
+    assert panel.selected_alert["rule"] == "lr_too_high"
+    assert [a["rule"] for a in panel._alerts] == ["stall", "lr_too_high"]
+
+
+def test_the_selected_alert_is_always_in_view():
+    from tuimon.run.run_state import RunState
+    from tuimon.ui.plotting import ViewOptions
+
+    state = RunState()
+    alerts = [{**ALERT, "seq": i + 2, "step": 10 * i, "rule": f"rule{i}"} for i in range(10)]
+    state.apply_many([{"type": "start", "seq": 1, "time": 0.0}, *alerts])
+    panel = DoctorPanel()
+    panel.view(state, ViewOptions(), 60, 8)
+    panel.move_selection(9)  # the oldest, far below the first screenful
+    text = panel.view(state, ViewOptions(), 60, 8).plain
+    assert text.startswith("↑ 9 newer") and " rule0 at step 0" in text
+    assert "[a] apply: scale LR ×0.05" in text

@@ -49,6 +49,9 @@ class DoctorPanel(Panel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.selected = 0  # index into the alerts, newest first
+        # The selected alert itself: a new alert above it does not move the selection, so
+        # `a` applies the fix of the alert that is highlighted, not of one that just arrived.
+        self._selected_key: tuple[Any, Any] | None = None
         self._alerts: list[dict[str, Any]] = []
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
@@ -68,31 +71,58 @@ class DoctorPanel(Panel):
 
     def action_select(self, delta: int) -> None:
         if self._alerts:
-            self.selected = max(0, min(len(self._alerts) - 1, self.selected + delta))
+            self.move_selection(delta)
             self.app.refresh_panels()  # type: ignore[attr-defined]
+
+    def move_selection(self, delta: int) -> None:
+        """Select the alert `delta` places older (positive) or newer than the selected one."""
+        if self._alerts:
+            self.selected = max(0, min(len(self._alerts) - 1, self.selected + delta))
+            self._selected_key = _key(self._alerts[self.selected])
 
     def view(
         self, state: RunState, options: ViewOptions, width: int, height: int
     ) -> RenderableType:
         self._alerts = list(reversed(state.alerts))
+        keys = [_key(alert) for alert in self._alerts]
+        if self._selected_key in keys:
+            self.selected = keys.index(self._selected_key)
         self.selected = min(self.selected, max(0, len(self._alerts) - 1))
+        self._selected_key = keys[self.selected] if keys else None
         # Only what fits is wrapped: a long run can hold thousands of alerts and notes.
-        return fit(list(islice(self._lines(state, width), height)), width, height)
+        return fit(list(islice(self._lines(state, width, height), height)), width, height)
 
-    def _lines(self, state: RunState, width: int) -> Iterator[Text]:
+    def _autofix_lines(self, state: RunState, width: int) -> list[Text]:
+        lines: list[Text] = []
         for fix in reversed([c for c in state.controls if c.get("source") == "autofix"]):
-            yield from wrap(
-                f"autofix at step {fix.get('step')}: {autofix_text(fix)}",
-                width,
-                style="bold magenta",
-                indent="  ",
-            )
+            text = f"autofix at step {fix.get('step')}: {autofix_text(fix)}"
+            lines += wrap(text, width, style="bold magenta", indent="  ")
+        return lines
+
+    def _selected_below(self, state: RunState, width: int, height: int) -> bool:
+        """Whether the selected alert's lines would end below the panel's last line."""
+        used = len(self._autofix_lines(state, width))
+        for alert in self._alerts[: self.selected + 1]:
+            used += len(self.alert_lines(alert, width, selected=False))
+            if used > height:
+                return True
+        return False
+
+    def _lines(self, state: RunState, width: int, height: int) -> Iterator[Text]:
+        ended = state.end is not None
+        if self.selected > 0 and self._selected_below(state, width, height):
+            # The selected alert (the one `a` applies) is always in view: the list scrolls.
+            yield Text(f"↑ {self.selected} newer (↑ selects)", style="dim")
+            for alert in self._alerts[self.selected :]:
+                yield from self.alert_lines(
+                    alert, width, selected=alert is self.selected_alert, ended=ended
+                )
+            return
+        yield from self._autofix_lines(state, width)
         if not self._alerts:
             yield from wrap("No alerts: nothing wrong seen so far.", width, style="green")
         for index, alert in enumerate(self._alerts):
-            yield from self.alert_lines(
-                alert, width, selected=index == self.selected, ended=state.end is not None
-            )
+            yield from self.alert_lines(alert, width, selected=index == self.selected, ended=ended)
         notes = [m.get("text") for m in state.messages if m.get("level") != "debug"]
         for note in [*reversed(notes), *((state.start or {}).get("notes") or [])]:
             yield from wrap(f"note: {note}", width, style="dim", indent="  ")
@@ -132,3 +162,8 @@ class DoctorPanel(Panel):
             for line in lines:
                 line.stylize("reverse", 0, len(line))
         return lines
+
+
+def _key(alert: dict[str, Any]) -> tuple[Any, Any]:
+    """What names one alert across redraws and reconnects (a snapshot has new dicts)."""
+    return alert.get("rule"), alert.get("step")
