@@ -52,7 +52,7 @@ def validate(source: ConfigSource) -> Config:
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
-        problems = _pydantic_problems(exc, source, (), Config)
+        problems = pydantic_problems(exc, source, (), Config)
         # The named sections that did parse can still be checked against torch, so that one
         # run reports a bad batch_size and a misspelt optimizer argument together.
         sections = _parsed_sections(source.data)
@@ -119,7 +119,7 @@ def _located(source: ConfigSource, path: KeyPath, message: str) -> str:
     return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
 
 
-def _pydantic_problems(
+def pydantic_problems(
     exc: ValidationError, source: ConfigSource, prefix: KeyPath, schema: type[BaseModel]
 ) -> list[str]:
     by_path: dict[KeyPath, list[str]] = {}
@@ -262,7 +262,7 @@ def _check_model(model: ModelConfig, source: ConfigSource) -> list[str]:
     try:
         schema.model_validate(model.kwargs)
     except ValidationError as exc:
-        return _pydantic_problems(exc, source, ("model",), schema)
+        return pydantic_problems(exc, source, ("model",), schema)
     return []
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tuimon.config.suggest import did_you_mean
 from tuimon.doctor.rule_ids import RULE_IDS
+from tuimon.run.run_dir import RUN_NAME_PATTERN
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
@@ -271,6 +272,6 @@ class Config(StrictModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        if value is not None and not RUN_NAME_PATTERN.fullmatch(value):
             raise ValueError("name may hold letters, digits, '.', '_' and '-' only")
         return value

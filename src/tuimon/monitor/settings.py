@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuimon.config.loader import _pydantic_problems
+from tuimon.config.loader import pydantic_problems
 from tuimon.config.schema import MonitorConfig
 from tuimon.config.source import ConfigSource
 from tuimon.errors import ConfigError
@@ -32,7 +32,7 @@ def monitor_settings(
     try:
         settings = MonitorConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, source, (), MonitorConfig)) from None
+        raise ConfigError(pydantic_problems(exc, source, (), MonitorConfig)) from None
     from tuimon.doctor.registry import override_problems
 
     problems = [
