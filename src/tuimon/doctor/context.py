@@ -35,6 +35,7 @@ class RunContext:
         # Assumed until a start event names another (the trainer's default; what most
         # classifiers use with the Monitor API).
         self.loss_name = "CrossEntropyLoss"
+        self.label_smoothing = 0.0
         self.optimizer: str = "the optimizer"
         self.num_workers: int | None = None
         self.last_input_nan_step: int | None = None
@@ -58,7 +59,12 @@ class RunContext:
             self.task = "regression"
         elif isinstance(data.get("num_classes"), int) and data["num_classes"] >= 2:
             self.task, self.num_classes = "classification", data["num_classes"]
-        self.loss_name = ((config.get("loss") or {}).get("name")) or self.loss_name
+        # The loss as the Monitor saw it (start event's `loss`), else as configured.
+        loss = event.get("loss") or config.get("loss") or {}
+        self.loss_name = loss.get("name") or self.loss_name
+        smoothing = loss.get("label_smoothing")
+        if isinstance(smoothing, int | float) and 0 < smoothing <= 1:
+            self.label_smoothing = float(smoothing)
         self.optimizer = (event.get("optimizer") or {}).get("class") or self.optimizer
         self.num_workers = (config.get("data") or {}).get("num_workers")
 
@@ -113,16 +119,28 @@ class RunContext:
             return math.log(self.num_classes)
         return None
 
+    @property
+    def loss_floor(self) -> float:
+        """The lowest loss reachable: 0, or with label smoothing ε over C classes the
+        entropy of the smoothed target, -(1-ε+ε/C)·ln(1-ε+ε/C) - (C-1)·(ε/C)·ln(ε/C)."""
+        eps, classes = self.label_smoothing, self.num_classes
+        if not eps or not classes or not self.loss_is_ce:
+            return 0.0
+        right, wrong = 1 - eps + eps / classes, eps / classes
+        return -right * math.log(right) - (classes - 1) * wrong * math.log(wrong)
+
     def unconverged(self, far_chance: float, far_initial: float) -> bool:
-        """Still far from a good loss: above `far_chance` x ln(C) for a classifier, else
-        above `far_initial` x the starting loss."""
+        """Still far from a good loss: above `far_chance` of the way from the floor up to
+        ln(C) for a classifier, else above `far_initial` x the starting loss (both measured
+        above the floor label smoothing sets)."""
         smoothed = self.smoothed
         if smoothed is None:
             return False
-        chance = self.chance_loss
+        floor, chance = self.loss_floor, self.chance_loss
         if chance is not None and self.loss_is_ce:
-            return smoothed > far_chance * chance
-        return self.initial is not None and smoothed > far_initial * self.initial
+            return smoothed - floor > far_chance * (chance - floor)
+        initial = self.initial
+        return initial is not None and smoothed - floor > far_initial * (initial - floor)
 
     @property
     def loss_is_ce(self) -> bool:

@@ -310,7 +310,8 @@ class ChanceLevel(Rule):
         chance, smoothed = ctx.chance_loss, ctx.smoothed
         if chance is None or smoothed is None or ctx.step < self.p["warmup"] or not ctx.loss_is_ce:
             return None
-        distance = abs(smoothed - chance) / chance
+        # Measured against the way from the floor (label smoothing's) up to ln(C).
+        distance = abs(smoothed - chance) / max(chance - ctx.loss_floor, 1e-12)
         if distance >= self.p["tolerance"]:
             self.held = 0
             # Only well away from ln(C) is the episode over (no flapping at the edge).
