@@ -122,11 +122,11 @@ class Divergence(Rule):
     defaults = {"warmup": 20, "ratio": 2.0, "climb": 0.5, "rise_steps": 10, "patience": 5}
     clear_after = 20
     needs_finite_loss = True
+    # Not dead_relu: units killed by the blow-up are why the run stays stuck after it.
     suppresses = (
         "oscillation",
         "stall",
         "chance_level",
-        "dead_relu",
         "vanishing_gradients",
         "saturated_activations",
     )
