@@ -4,6 +4,7 @@ healthy version of each loop stays silent while the machine is busy."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,21 @@ def test_a_loss_at_the_label_smoothing_floor_is_converged(tmp_path, cpu_burner):
     losses = [e["loss"] for e in events if e["type"] == "step"]
     assert 1.68 < sum(losses[-50:]) / 50 < 1.75  # at the floor
     assert alerts(events, RULE_IDS) == []
+
+
+def test_the_loss_candidates_never_raise_on_what_a_model_outputs():
+    # BCE's library function rejects values outside [0, 1] (a device-side assert on CUDA);
+    # a blown-up model outputs NaN and inf. The probe must measure, not break the step.
+    from tuimon.monitor.batch_probe import BatchProbe
+
+    probe = BatchProbe(1)
+    x = torch.zeros(8, 4)
+    for outputs, targets in (
+        (torch.tensor([math.nan, math.inf, -3.0, 7.0] * 2).reshape(8, 1), torch.ones(8)),
+        (torch.full((8, 3), math.nan), torch.zeros(8, dtype=torch.long)),
+    ):
+        loss = outputs.sum()
+        row, layout = probe.measure(x, targets, outputs, loss)
+        assert row is not None and "loss" in layout
+        event = BatchProbe.decode(row.tolist(), layout)
+        assert event["loss"]["matches"] == []

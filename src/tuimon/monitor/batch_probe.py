@@ -140,15 +140,21 @@ def _candidate_losses(
         elif o.numel() == y.numel() and (o.dim() == 1 or o.shape[-1] == 1):
             t = y.reshape(o.shape).float()
             names = BINARY_LOSSES
-            values = [
-                F.binary_cross_entropy_with_logits(o, t),
-                F.binary_cross_entropy(o.clamp(0, 1), t.clamp(0, 1)),
-            ]
+            values = [F.binary_cross_entropy_with_logits(o, t), _bce(o, t)]
             logsumexp = torch.full((), math.nan, device=o.device)
         else:
             return None
         stats = [loss.float().reshape(()).to(o.device), *values, o.min(), o.max(), logsumexp]
     return {"candidates": list(names)}, torch.stack(stats)
+
+
+def _bce(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """F.binary_cross_entropy's value (logs clamped at -100), written out: the library
+    function rejects values outside [0, 1] (on CUDA with a device-side assert), and these
+    outputs are whatever the model made, NaN included."""
+    p = p.clamp(0, 1)
+    log_p, log_q = torch.log(p).clamp(min=-100), torch.log1p(-p).clamp(min=-100)
+    return -(t * log_p + (1 - t) * log_q).mean()
 
 
 def _input_stats(x: torch.Tensor) -> torch.Tensor:
