@@ -131,6 +131,7 @@ def _candidate_losses(
     if y is None or not out.is_floating_point() or out.shape[0] != y.shape[0]:
         return None
     o = out.float()
+    y = y.to(o.device, non_blocking=True)  # a script may hand over its CPU copy
     with torch.no_grad():
         if o.dim() == 2 and o.shape[1] >= 2 and y.dim() == 1 and not y.is_floating_point():
             target = y.long().clamp(0, o.shape[1] - 1)
