@@ -31,7 +31,7 @@ KEYS: tuple[Key, ...] = (
         "Apply fix",
         "apply",
         "a",
-        "apply the selected alert's fix while it holds (↑/↓ select; asks if it cleared)",
+        "apply the selected alert's fix (asks if the alert cleared)",
     ),
     Key(
         "m",
@@ -39,7 +39,7 @@ KEYS: tuple[Key, ...] = (
         "Metric",
         "metric",
         "m",
-        "main plot: the loss, then each metric logged with mon.log() in turn",
+        "main plot: the loss, then each mon.log() metric in turn",
     ),
     Key("y", "toggle_log", "Log y", "log-y", "y", "log scale for the main plot"),
     Key("t", "cycle_x", "X axis", "x-axis", "t", "x axis: step → epoch → elapsed time"),
