@@ -232,7 +232,7 @@ def test_division_by_zero_at_the_first_step_is_a_numerical_fault(tmp_path):
     x, y = images(512, 8)
     x[:, :, 0, :] = 0.0  # a blank top row, as in MNIST
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    events = train(tmp_path, model, optimizer, classify(model), (x, y), 5)
+    events = train(tmp_path, model, optimizer, classify(model), (x, y), 30)
     alert = named(events, "nan_loss")
     assert alert["step"] == 1
     assert "numerical fault" in alert["message"] and "first step" in alert["message"]

@@ -30,8 +30,8 @@ class NanLoss(Rule):
     defaults = {"growth": 10.0}
     summary = "the loss is NaN or infinite"
     fix = (
-        "after a blow-up: restore the last good weights, LR ×0.1; from step 1 or in one step "
-        "with small gradients: fix the log/division/sqrt at 0 in the loss or data"
+        "a blow-up: restore the last good weights, LR ×0.1; a numerical fault (step 1, or "
+        "in one step with steady gradients): fix the log/division/sqrt at 0"
     )
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
