@@ -252,6 +252,7 @@ class OptimizerNotStepping(Rule):
             "so every step, so the fp16 overflow is not transient. Train in bf16 (or fp32), "
             "lower the LR, clip gradients after scaler.unscale_(optimizer), and find the op "
             "that overflows (torch.autograd.detect_anomaly, or check each layer's output for "
-            "inf); if nothing calls optimizer.step(), call it",
+            "inf). If nothing calls optimizer.step(), call it; with gradient accumulation, "
+            "call mon.step() once per optimizer step, not per micro-batch",
             {"skipped": self.skipped, "since": self.since},
         )
