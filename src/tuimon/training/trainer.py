@@ -204,7 +204,7 @@ class Trainer:
                 (loss / train.accumulate).backward()
                 total += loss.detach()
             faults.corrupt_grads(self.model, mon.global_step + 1, bugs)
-            self.optimizer.step()
+            faults.optimizer_step(self.optimizer, bugs)
             if step_scheduler:
                 self.scheduler.step()
             mean_loss = total / train.accumulate
