@@ -98,3 +98,25 @@ def test_emit_does_not_wait_for_a_slow_listener(tmp_path):
     log.close()
     assert elapsed < 0.5
     assert len(list(read_events(tmp_path / "events.jsonl"))) == 1000
+
+
+def test_flush_puts_what_listeners_emit_before_what_comes_next(tmp_path):
+    """The doctor answers steps on the writer thread; a flush() before `end` puts its
+    alerts before `end`, and alerts the last batch causes after close() are kept too."""
+    log = EventLog(tmp_path / "events.jsonl")
+
+    def doctor(event: dict) -> None:
+        if event["type"] == "step":
+            log.emit({"type": "alert", "step": event["step"]})
+
+    log.subscribe(doctor)
+    for step in range(1, 6):
+        log.emit({"type": "step", "step": step})
+    assert log.flush()
+    log.emit({"type": "end"})
+    log.emit({"type": "step", "step": 6})  # its alert is emitted while the log closes
+    log.close()
+    kinds = [(e["type"], e.get("step")) for e in read_events(tmp_path / "events.jsonl")]
+    assert kinds[-3:] == [("end", None), ("step", 6), ("alert", 6)]
+    assert kinds.index(("end", None)) > kinds.index(("alert", 5))
+    assert [e["seq"] for e in read_events(tmp_path / "events.jsonl")] == list(range(1, 14))

@@ -297,6 +297,8 @@ class Monitor:
             end["error"] = error
         if reason:
             end["reason"] = reason
+        # The doctor reads the last steps on the log's thread: its alerts go before `end`.
+        self._log.flush()
         self._log.emit(end)
         self._log.close()
         self._server.close()

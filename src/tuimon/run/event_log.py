@@ -44,7 +44,8 @@ class EventLog:
 
     def emit(self, event: Event) -> int:
         """Queue an event; returns its sequence number. Never blocks on I/O."""
-        if self._closed:
+        # After close() only the writer's own listeners (the doctor's last alerts) may add.
+        if self._closed and threading.current_thread() is not self._thread:
             return 0
         with self._seq_lock:
             self._seq += 1
@@ -64,6 +65,16 @@ class EventLog:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every event emitted so far is written and seen by the listeners
+        (whose own events, such as the doctor's alerts, are then queued): what comes
+        next is logged after them."""
+        if self._closed or threading.current_thread() is self._thread:
+            return False
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
     def close(self) -> None:
         """Write everything still queued, then stop the writer."""
         if self._closed:
@@ -75,16 +86,20 @@ class EventLog:
 
     def _run(self) -> None:
         stopping = False
-        while not stopping:
+        while True:
             try:
-                first = self._queue.get(timeout=self._flush_interval)
+                item = self._queue.get(timeout=self._flush_interval)
             except queue.Empty:
                 continue
-            batch = []
-            item = first
+            batch: list[Event] = []
             while True:
                 if item is _STOP:
                     stopping = True
+                elif isinstance(item, threading.Event):  # a flush() barrier
+                    if batch:
+                        self._write(batch)
+                        batch = []
+                    item.set()
                 else:
                     batch.append(item)
                 try:
@@ -93,6 +108,9 @@ class EventLog:
                     break
             if batch:
                 self._write(batch)
+            # Once stopping, what the last batch's listeners emitted is written too.
+            if stopping and self._queue.empty():
+                return
 
     def _write(self, batch: list[Event]) -> None:
         lines = []
