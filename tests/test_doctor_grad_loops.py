@@ -9,18 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 import torch.nn.functional as F
-from test_fault_zoo import HEALTHY
-from test_fault_zoo import train as train_config
 from torch import nn
 
 from tuimon.config.schema import RuleOverride
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.event_log import read_events
-
-from conftest import REPO
 
 # -- shared pieces --------------------------------------------------------------------------
 
@@ -383,15 +378,6 @@ def test_time_between_epochs_is_not_data_wait(tmp_path, cpu_burner):
     steps = [e for e in evs if e["type"] == "step"]
     assert len(steps) == 63
     assert max(e["step_time"] for e in steps) >= 1.0  # the pause is in some step's time
-    assert alerts(evs, "dataloader_bottleneck") == [], said(evs)
-
-
-@pytest.mark.parametrize("path", [*HEALTHY, REPO / "configs" / "mlp.yaml"], ids=lambda p: p.stem)
-def test_healthy_configs_wait_for_no_data_under_load(path, tmp_path, cpu_burner):
-    if path.stem == "finetune":
-        pytest.skip("needs pretrained weights; test_fault_zoo covers it")
-    overrides = ["train.max_steps=1000"] if path.stem == "mlp" else []
-    evs = train_config(path, tmp_path, overrides)
     assert alerts(evs, "dataloader_bottleneck") == [], said(evs)
 
 

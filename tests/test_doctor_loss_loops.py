@@ -179,6 +179,29 @@ def test_pytorch_examples_mnist_gets_no_lr_alarm(seed, tmp_path, cpu_burner):
     assert alerts(events) == []
 
 
+def test_pytorch_examples_mnist_is_silent_on_every_rule(tmp_path, cpu_burner):
+    # Half of fc1's units die in the first steps (their gradient rows are exactly zero)
+    # while the loss falls fast: a healthy run, which dead_relu used to flag at step 20.
+    torch.manual_seed(0)
+    model = MnistNet()
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    scheduler = StepLR(optimizer, step_size=1, gamma=0.7)
+    data = images(64 * 12, 28)
+    events = train(
+        tmp_path,
+        model,
+        optimizer,
+        classify(model, F.nll_loss),
+        data,
+        60,
+        scheduler=scheduler,
+        probes={"activations_every": 10},
+    )
+    dead = [e["layers"]["fc1"] for e in events if e.get("probe") == "dead_units"]
+    assert max(dead) > 0.5
+    assert alerts(events, RULE_IDS) == []
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [

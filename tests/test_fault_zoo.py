@@ -53,7 +53,8 @@ def test_each_fault_is_named_by_its_rule(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", [*HEALTHY, REPO / "configs" / "mlp.yaml"], ids=lambda p: p.stem)
-def test_healthy_runs_raise_nothing(path, tmp_path):
+def test_healthy_runs_raise_nothing(path, tmp_path, cpu_burner):
+    """Silent on a busy machine too, as CI's is: timing-based rules (data wait) included."""
     overrides = []
     if path.stem == "finetune":
         # Fine-tune from weights trained by the converged healthy run.

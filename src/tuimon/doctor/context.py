@@ -112,6 +112,18 @@ class RunContext:
                 return value
         return None
 
+    def learning(self, window: int, fraction: float) -> bool:
+        """Whether the smoothed loss reached a new low, by `fraction`, in the last `window`
+        steps: below its lowest before them (or its first value, early in the run).
+        A run that still learns is not held back by whatever a rule sees in it."""
+        if not self._ema_history:
+            return False
+        since = self.step - window
+        before = [v for s, v in self._ema_history if s <= since]
+        recent = [v for s, v in self._ema_history if s > since]
+        reference = min(before) if before else self._ema_history[0][1]
+        return bool(recent) and min(recent) < (1 - fraction) * reference
+
     @property
     def chance_loss(self) -> float | None:
         """ln(C): the cross-entropy of a classifier that predicts uniformly."""

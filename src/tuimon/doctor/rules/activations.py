@@ -23,7 +23,12 @@ class _LayerShareRule(Rule):
 
     events = ("probe:activations",)
     key = ""
-    defaults = {"layer_threshold": 0.5, "patience": 3, "far_chance": 0.5, "far_initial": 0.7}
+    defaults = {
+        "layer_threshold": 0.5,
+        "patience": 3,
+        "far_chance": 0.5,
+        "far_initial": 0.7,
+    }
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
@@ -48,7 +53,7 @@ class _LayerShareRule(Rule):
         share = layers[name]
         # A network that has learned its task can afford idle or confident units; one that
         # has not is being held back by them.
-        far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
+        far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"]) and self.stuck(ctx)
         bad = share > self.p["layer_threshold"] and (far or ctx.smoothed is None)
         probe = str(event.get("probe"))
         held = self.held.setdefault(probe, deque(maxlen=int(self.p["patience"])))
@@ -60,6 +65,10 @@ class _LayerShareRule(Rule):
         if len(held) < needed or not all(list(held)[-needed:]):
             return None
         return self.verdict(name, share, ctx, probe)
+
+    def stuck(self, ctx: RunContext) -> bool:
+        """Whether the loss is not learning its way out by itself (some rules ask)."""
+        return True
 
     def looks_needed(self, probe: str) -> int:
         return int(self.p["patience"])
@@ -75,6 +84,7 @@ class DeadRelu(_LayerShareRule):
     # ReLU modules (forward hooks) and any activation, F.relu too (zero gradient rows).
     events = ("probe:activations", f"probe:{DEAD_UNITS}")
     key = "dead"
+    defaults = {**_LayerShareRule.defaults, "window": 50, "min_progress": 0.05}
     summary = (
         "most units of a ReLU layer never activate (active in < 1% of samples, or no "
         "gradient at all for whole batches)"
@@ -86,6 +96,12 @@ class DeadRelu(_LayerShareRule):
             return super().shares(event)
         layers = event.get("layers") or {}
         return {name: v for name, v in layers.items() if isinstance(v, int | float)}
+
+    def stuck(self, ctx: RunContext) -> bool:
+        # Many units of a healthy ReLU net die early (pytorch/examples' MNIST loses half of
+        # fc1's at Adadelta lr=1) while its loss falls fast: only a net that stopped
+        # learning is held back by them.
+        return not ctx.learning(int(self.p["window"]), self.p["min_progress"])
 
     def looks_needed(self, probe: str) -> int:
         # A unit counts in a dead_units share only once its gradient was zero on the last
