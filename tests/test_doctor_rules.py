@@ -367,6 +367,16 @@ def test_oscillation_needs_under_five_percent_progress(progress, fires):
         quiet(said, "oscillation")
 
 
+@pytest.mark.parametrize(("ratio", "fires"), [(1e-2, True), (1e-6, False)])
+def test_oscillation_is_not_blamed_on_an_lr_that_barely_moves_the_weights(ratio, fires):
+    # The same swing; with an LR so low the weights stand still it is the batches' spread.
+    said = run([start(), *steps(seesaw(2.1, 300), update_ratio=ratio)])
+    if fires:
+        assert the_alert(said, "oscillation")["step"] == 150
+    else:
+        quiet(said, "oscillation")
+
+
 def test_oscillation_clears_when_the_loss_settles():
     said = run([start(), *steps([*seesaw(2.1, 150), *flat(1.0, 350)])])
     alert, end = one_episode(said, "oscillation")

@@ -24,6 +24,7 @@ class RunContext:
         self.lr: float | None = None
         self.max_lr = 0.0
         self.grad_norm: float | None = None
+        self.update_ratio: float | None = None  # the latest probed ‖Δw‖/‖w‖
         self.ema = DebiasedEMA(0.9)
         self.initial: float | None = None
         self.best: float | None = None
@@ -78,6 +79,9 @@ class RunContext:
             self.max_lr = max(self.max_lr, self.lr)
         grad = event.get("grad_norm")
         self.grad_norm = float(grad) if isinstance(grad, int | float) else self.grad_norm
+        ratio = event.get("update_ratio")
+        if isinstance(ratio, int | float) and math.isfinite(ratio):
+            self.update_ratio = float(ratio)
         smoothed = self.ema.update(self.loss)
         if math.isfinite(self.loss) and len(self._first) < INITIAL_STEPS:
             self._first.append(self.loss)

@@ -190,6 +190,7 @@ class Oscillation(Rule):
         "far_initial": 0.5,
         "checks": 2,
         "every": 25,
+        "still": 1e-4,
     }
     clear_after = 4
     needs_finite_loss = True
@@ -216,9 +217,13 @@ class Oscillation(Rule):
         if then is None or now is None or ctx.initial is None:
             return None
         progress = (then - now) / max(abs(then), 1e-12)
+        # Weights that barely move (‖Δw‖/‖w‖ under `still`) cannot make the loss bounce:
+        # its swings are the batches' own spread, and halving the LR would be wrong advice.
+        moving = ctx.update_ratio is None or ctx.update_ratio >= self.p["still"]
         holds = (
             spread > self.p["swing"]
             and progress < self.p["min_progress"]
+            and moving
             and ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         )
         if not holds:
