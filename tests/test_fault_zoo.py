@@ -20,6 +20,8 @@ from conftest import REPO, run_tuimon
 
 FAULTS = sorted((REPO / "configs" / "faults").glob("*.yaml"))
 HEALTHY = sorted((REPO / "configs" / "healthy").glob("*.yaml"))
+# Healthy runs of millisecond steps; the CNN ones would take minutes on a loaded machine.
+FAST_STEPPING = ("small_batch", "mlp", "regression")
 
 
 def train(path: Path, tmp_path: Path, overrides: list[str] | None = None) -> list[dict]:
@@ -53,8 +55,11 @@ def test_each_fault_is_named_by_its_rule(path, tmp_path):
 
 
 @pytest.mark.parametrize("path", [*HEALTHY, REPO / "configs" / "mlp.yaml"], ids=lambda p: p.stem)
-def test_healthy_runs_raise_nothing(path, tmp_path, cpu_burner):
-    """Silent on a busy machine too, as CI's is: timing-based rules (data wait) included."""
+def test_healthy_runs_raise_nothing(path, tmp_path, request):
+    """Silent, and the runs whose steps take a millisecond (where a busy machine's stalls
+    look like data waits: CI's machine is shared) are judged with the CPU loaded."""
+    if path.stem in FAST_STEPPING:
+        request.getfixturevalue("cpu_burner")
     overrides = []
     if path.stem == "finetune":
         # Fine-tune from weights trained by the converged healthy run.

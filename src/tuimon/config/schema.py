@@ -256,6 +256,9 @@ class FaultsConfig(StrictModel):
     skip_optimizer_step: bool = Field(
         False, description="optimizer.step() never runs (a GradScaler skipping every step)"
     )
+    slow_storage_ms: float = Field(
+        0.0, ge=0, description="each batch waits this long for its files (cold network storage)"
+    )
 
 
 class Config(StrictModel):

@@ -6,12 +6,16 @@ is meant for, on a real training run (configs/faults/). All are off by default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from tuimon.config.schema import FaultsConfig
+
+Batch = TypeVar("Batch")
 
 
 def apply_init_faults(model: nn.Module, faults: FaultsConfig) -> None:
@@ -68,3 +72,12 @@ def epoch_order(order: torch.Tensor, labels: torch.Tensor, faults: FaultsConfig)
         return order
     classes = labels[order].reshape(len(order), -1)[:, 0]
     return order[torch.sort(classes, stable=True).indices]
+
+
+def slow_storage(batches: Iterator[Batch], faults: FaultsConfig) -> Iterator[Batch]:
+    """The batches, each (the bug) after a wait for storage: the loop blocks on I/O, as
+    with a cold network filesystem and too few DataLoader workers."""
+    for batch in batches:
+        if faults.slow_storage_ms:
+            time.sleep(faults.slow_storage_ms / 1000)
+        yield batch

@@ -186,7 +186,9 @@ class Trainer:
             and sched_cfg.interval == "step"
             and not is_plateau(self.scheduler)
         )
-        batches = iter(self._loader(epoch, skip_batches=skip * train.accumulate))
+        batches = faults.slow_storage(
+            iter(self._loader(epoch, skip_batches=skip * train.accumulate)), self.config.faults
+        )
         self._epoch_loss = torch.zeros((), device=self.device)
         self._epoch_steps = 0
         self.model.train()
