@@ -101,6 +101,16 @@ def test_lr_too_low_quiet_when_the_gradient_fell_to_a_sliver():
     assert the_alert(run([start(), *series]), "lr_too_low")["step"] == 13
 
 
+def test_lr_too_low_waits_for_a_warm_up_schedule_to_finish_rising():
+    # LinearLR from 1e-4 of the LR over 60 steps: the first updates are tiny on purpose.
+    lrs = lambda n: 0.1 * min(1.0, n / 60)  # noqa: E731
+    ratios = lambda n: 1e-6 * min(1.0, n / 60) if n < 60 else 1e-6  # noqa: E731
+    said = run([start(), *steps(flat(2.0, 80), lr=lrs, update_ratio=ratios)])
+    assert the_alert(said, "lr_too_low")["step"] == 63  # three looks (61-63) once the LR holds
+    ratios_ok = lambda n: 1e-6 * min(1.0, n / 60) if n < 60 else 1e-3  # noqa: E731
+    quiet(run([start(), *steps(flat(2.0, 80), lr=lrs, update_ratio=ratios_ok)]), "lr_too_low")
+
+
 def test_lr_too_low_quiet_when_most_layers_do_not_move():
     still = {"fc1": 0.0, "fc2": 0.0, "fc3": 3e-6}
     moving = {"fc1": 1e-6, "fc2": 2e-6, "fc3": 3e-6}

@@ -97,6 +97,7 @@ class LrTooLow(Rule):
         super().__init__(params)
         self.held = 0
         self.early_grad = 0.0  # the largest gradient norm of the first steps
+        self.last_lr: float | None = None  # at the previous probe
 
     def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
         grad = event.get("grad_norm")
@@ -105,6 +106,12 @@ class LrTooLow(Rule):
             self.early_grad = max(self.early_grad, grad)
         ratio = event.get("update_ratio")
         if not isinstance(ratio, int | float) or not math.isfinite(ratio):
+            return None
+        # A warm-up schedule starts the LR tiny on purpose: no verdict while it still rises.
+        rising = ctx.lr is not None and self.last_lr is not None and ctx.lr > self.last_lr
+        self.last_lr = ctx.lr
+        if rising:
+            self.held = 0
             return None
         # A schedule that has annealed the LR, or a converged run, are not "too low".
         annealed = ctx.lr is not None and ctx.lr < self.p["decayed"] * ctx.max_lr
