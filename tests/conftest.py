@@ -164,6 +164,15 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
                 stream.close()
 
 
+async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let a Textual app under Pilot run until `predicate` holds (fails after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        await pilot.pause(0.05)
+
+
 def wait_for(
     client: ControlClient, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -11,8 +11,6 @@ run's own event log.
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 
 import pytest
 from textual.widgets import Button
@@ -24,6 +22,8 @@ from tuimon.run.event_log import read_events
 from tuimon.ui.app import TuimonApp
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.widgets.doctor_panel import DoctorPanel
+
+from conftest import until
 
 SCRIPT = """
 import torch
@@ -44,15 +44,6 @@ with tuimon.Monitor(model, optimizer) as mon:
         optimizer.step()
         mon.step(loss, inputs=x, targets=y)
 """
-
-
-async def until(pilot, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Let the app run until `predicate` holds (fails the test after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await pilot.pause(0.05)
 
 
 def lr_too_low(app: TuimonApp) -> dict | None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
-from collections.abc import Callable
 
 import pytest
 from rich.console import Console
@@ -18,7 +16,7 @@ from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.loss_panel import LossPanel
 from tuimon.ui.widgets.lr_panel import LRPanel
 
-from conftest import ENDLESS_CONFIG, REPO
+from conftest import ENDLESS_CONFIG, REPO, until
 
 MLP = str(REPO / "configs" / "mlp.yaml")
 # The shipped MLP job, made endless, with a constant LR so every change is easy to see.
@@ -30,15 +28,6 @@ MLP_ARGS = (
     "--set",
     "monitor.system_interval=0.2",
 )
-
-
-async def until(pilot, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Let the app run until `predicate` holds (fails the test after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        await pilot.pause(0.05)
 
 
 def rendered(renderable) -> str:
