@@ -95,7 +95,8 @@ def test_launch_steer_detach_and_attach(tmux, tmp_path):
     [run] = list((tmp_path / "runs").iterdir())
 
     tmux.run("send-keys", "-t", "ui", "-")
-    tmux.wait_for("ui", lambda s: "scale-lr" in s)  # the toast and the LR panel's header
+    # The toast names the command when it is sent; the run applies it at its next step.
+    tmux.wait_for("ui", lambda s: "scale-lr at step" in s)  # the "applied" toast
     changes = [e for e in read_events(run / "events.jsonl") if e["type"] == "control"]
     assert [(c["command"], c["source"]) for c in changes] == [("scale-lr", "ui")]
 
