@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuimon.config import load_config
 from tuimon.doctor.registry import ALL_RULES
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tuimon.control.client import ControlClient
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 TESTS_DIR = Path(__file__).parent
 REPO = TESTS_DIR.parent

@@ -18,7 +18,7 @@ from textual.widgets import Button
 from tuimon.doctor.report import format_report
 from tuimon.headless.console import ConsoleReporter
 from tuimon.launch import start_script_worker
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.ui.app import TuimonApp
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.widgets.doctor_panel import DoctorPanel

@@ -15,7 +15,7 @@ from torch import nn
 
 from tuimon.config.schema import RuleOverride
 from tuimon.monitor.monitor import Monitor, RunOptions
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 # -- shared pieces --------------------------------------------------------------------------
 

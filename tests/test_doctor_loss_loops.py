@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import StepLR
 
 from tuimon import Monitor
 from tuimon.doctor.rule_ids import RULE_IDS
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.training.synthetic import SyntheticImages
 
 # The rules this file speaks for: healthy loops must get none of them.

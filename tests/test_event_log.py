@@ -6,7 +6,8 @@ import json
 import threading
 import time
 
-from tuimon.run.event_log import EventLog, read_events
+from tuimon.run.event_log import EventLog
+from tuimon.run.log_reader import read_events
 
 
 def test_events_are_numbered_written_and_fanned_out(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuimon.config import load_config
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.training.trainer import Trainer
 
 from conftest import REPO, run_tuimon

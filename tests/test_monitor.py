@@ -12,7 +12,7 @@ from torch import nn
 import tuimon
 from tuimon.control.client import ControlClient
 from tuimon.monitor.monitor import Monitor, RunOptions
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 from conftest import worker_env
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 from conftest import ENDLESS_CONFIG, REPO, run_tuimon, worker_env
 

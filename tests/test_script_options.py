@@ -21,7 +21,7 @@ import tuimon
 from tuimon.control.client import ControlClient
 from tuimon.doctor.engine import RECOVERABLE
 from tuimon.errors import ConfigError
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.run.run_dir import RUN_DIR_ENV
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions

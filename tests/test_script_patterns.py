@@ -14,7 +14,7 @@ from torch import nn
 
 import tuimon
 from tuimon.run.checkpoint import model_weights
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 
 def _steps(run_dir: Path) -> list[dict]:

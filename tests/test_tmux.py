@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tuimon.control.client import is_alive
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 
 from conftest import REPO, run_tuimon, worker_env
 

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from tuimon.config import load_config
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.training.trainer import Trainer
 
 from conftest import REPO

@@ -15,7 +15,7 @@ from tuimon.doctor.engine import Doctor
 from tuimon.doctor.registry import RULES, override_problems
 from tuimon.errors import UsageError
 from tuimon.headless.alert_text import without_key_hint
-from tuimon.run.event_log import read_events
+from tuimon.run.log_reader import read_events
 from tuimon.run.run_dir import EVENTS_FILE
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}

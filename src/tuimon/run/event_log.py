@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -138,20 +138,3 @@ class EventLog:
                         listener(event)
                     except Exception:  # a listener's bug must not stop the log
                         traceback.print_exc(file=sys.stderr)
-
-
-def read_events(path: str | Path) -> Iterator[Event]:
-    """Events of a log, skipping a torn last line of a run that is still writing."""
-    with Path(path).open(encoding="utf-8") as file:
-        for line in file:
-            if not line.endswith("\n"):
-                return
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                yield event

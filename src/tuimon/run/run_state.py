@@ -15,7 +15,8 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
-from tuimon.run.event_log import RESERVED_METRIC_KEYS, read_events
+from tuimon.run.event_log import RESERVED_METRIC_KEYS
+from tuimon.run.log_reader import read_events
 from tuimon.series.bucketed import BucketSeries
 from tuimon.series.smoothing import DebiasedEMA
 
