@@ -662,6 +662,8 @@ class Monitor:
             "stop_mode": self.stop_mode,
             "stop_requested_at": self._stop_step if self._stop_requested else None,
             "stop_ignored": self._stop_ignored,
+            # recording false: events are not reaching events.jsonl (a full disk), and why.
+            "log": self._log.health(),
         }
 
     # -- exits --------------------------------------------------------------------------

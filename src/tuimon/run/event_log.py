@@ -3,11 +3,29 @@
 Events are handed to a writer thread so the training thread never waits on disk or on a
 client; the writer flushes after every batch it drains (so at least every `flush_interval`
 seconds) and then passes each event to listeners (the control server, the console).
+
+A write that fails (a full disk, a quota, an I/O error) never stops the writer nor the run.
+Like a database's log, the run is worth more than its record, and pausing training on a
+full disk would hold a GPU hostage to an operator who may not be watching; so the run goes
+on and says loudly that it is not being recorded:
+
+- events that could not be written still reach the listeners (the UI, the console, clients
+  keep working) and are counted as dropped;
+- at the first failure the listeners (not the file) get a `message` event of level `error`
+  naming the cause ("no space left on device"); `health()` (served by `ctl status`) says
+  `recording: false` until a write succeeds again;
+- the writer retries with a later batch, at most every `RETRY_INTERVAL` seconds;
+- when a write succeeds it starts with a newline, so a line torn by the failure stays a
+  bad line of its own (readers skip it), and then records a `message` of level `warning`
+  with how many events were dropped and the steps and time span they covered.
+
+`close()` never raises: the last batch (with `end`) gets a few brief retries; if they fail,
+one line on stderr says what was lost.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import queue
 import sys
 import threading
@@ -15,13 +33,20 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from tuimon.run.event_codec import encode_event
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
 
 # Fields every event may carry; a `metrics` event's other keys are its scalars.
 RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
+# While writes fail, a later batch tries again at most this often (seconds).
+RETRY_INTERVAL = 1.0
+# The last batch, written by close(): tries and the pause between them (seconds).
+CLOSE_TRIES = 4
+CLOSE_RETRY_PAUSE = 0.25
 _STOP = object()
 
 
@@ -30,7 +55,9 @@ class EventLog:
 
     def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
         self.path = Path(path)
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        # Unbuffered: one write() per batch, and a failed write leaves nothing behind in a
+        # buffer to come out later in the middle of another line.
+        self._file = self.path.open("ab", buffering=0)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._flush_interval = flush_interval
         self._seq = 0
@@ -39,6 +66,9 @@ class EventLog:
         self._listener_lock = threading.Lock()
         self._written_seq = 0
         self._closed = False
+        self._stopping = False
+        self._outage: _Outage | None = None  # set while writes fail
+        self._dropped_total = 0
         self._thread = threading.Thread(target=self._run, name="tuimon-event-log", daemon=True)
         self._thread.start()
 
@@ -55,7 +85,8 @@ class EventLog:
             return self._seq
 
     def subscribe(self, listener: Listener) -> int:
-        """Add a listener; returns the last seq already in the file (it gets all later ones)."""
+        """Add a listener; returns the last seq the writer has handled (it gets all later
+        ones). Those events are in the file unless `health()` reports them dropped."""
         with self._listener_lock:
             self._listeners.append(listener)
             return self._written_seq
@@ -64,6 +95,18 @@ class EventLog:
         with self._listener_lock:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+
+    def health(self) -> dict[str, Any]:
+        """Whether events are being recorded: `recording`, `dropped` (events never written,
+        over the whole run), `error` (why not, while not recording) and `since` (when
+        recording stopped; None while recording)."""
+        outage = self._outage
+        return {
+            "recording": outage is None,
+            "dropped": self._dropped_total,
+            "error": outage.error if outage else None,
+            "since": outage.since if outage else None,
+        }
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every event emitted so far is written and seen by the listeners
@@ -76,16 +119,16 @@ class EventLog:
         return done.wait(timeout)
 
     def close(self) -> None:
-        """Write everything still queued, then stop the writer."""
+        """Write everything still queued, then stop the writer. Never raises."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def _run(self) -> None:
-        stopping = False
         while True:
             try:
                 item = self._queue.get(timeout=self._flush_interval)
@@ -94,12 +137,14 @@ class EventLog:
             batch: list[Event] = []
             while True:
                 if item is _STOP:
-                    stopping = True
+                    self._stopping = True
                 elif isinstance(item, threading.Event):  # a flush() barrier
-                    if batch:
-                        self._write(batch)
-                        batch = []
-                    item.set()
+                    try:
+                        if batch:
+                            self._write(batch)
+                            batch = []
+                    finally:
+                        item.set()
                 else:
                     batch.append(item)
                 try:
@@ -109,26 +154,15 @@ class EventLog:
             if batch:
                 self._write(batch)
             # Once stopping, what the last batch's listeners emitted is written too.
-            if stopping and self._queue.empty():
+            if self._stopping and self._queue.empty():
+                self._report_loss_at_close()
                 return
 
     def _write(self, batch: list[Event]) -> None:
-        lines = []
-        for event in batch:
-            try:
-                lines.append(json.dumps(event, separators=(",", ":"), default=str))
-            except (TypeError, ValueError) as exc:  # a bad value must not lose the run's log
-                lines.append(
-                    json.dumps(
-                        {
-                            "type": "log_error",
-                            "seq": event.get("seq"),
-                            "error": f"unserializable event: {exc}",
-                        }
-                    )
-                )
-        self._file.write("\n".join(lines) + "\n")
-        self._file.flush()
+        try:
+            self._store(batch)
+        except Exception:  # the writer must outlive anything; the events still go out
+            traceback.print_exc(file=sys.stderr)
         with self._listener_lock:
             self._written_seq = batch[-1]["seq"]
             listeners = list(self._listeners)
@@ -138,3 +172,175 @@ class EventLog:
                         listener(event)
                     except Exception:  # a listener's bug must not stop the log
                         traceback.print_exc(file=sys.stderr)
+
+    def _store(self, batch: list[Event]) -> None:
+        """Append the batch to the file, or count it dropped while the file cannot be written."""
+        outage = self._outage
+        throttled = outage is not None and time.monotonic() - outage.tried < RETRY_INTERVAL
+        if throttled and not self._stopping:
+            assert outage is not None
+            outage.drop(batch)
+            self._dropped_total += len(batch)
+            return
+        lines = _encode(batch)
+        tries = CLOSE_TRIES if self._stopping and not (outage and outage.gave_up) else 1
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(CLOSE_RETRY_PAUSE)
+            # After a failure the file may end in a torn line: keep it apart from the next.
+            prefix = b"\n" if outage is not None else b""
+            data = prefix + b"\n".join(lines) + b"\n"
+            written, error = self._write_all(data)
+            if error is None:
+                if outage is not None:
+                    self._recovered(outage)
+                return
+            if outage is None:
+                outage = self._outage = _Outage(str(self.path), error)
+                self._not_recording(outage, batch)
+            # Lines that reached the file whole before the failure are not lost.
+            whole = max(0, data[:written].count(b"\n") - len(prefix))
+            batch, lines = batch[whole:], lines[whole:]
+            if not batch:
+                return
+        assert outage is not None
+        outage.tried = time.monotonic()
+        outage.gave_up = self._stopping
+        outage.drop(batch)
+        self._dropped_total += len(batch)
+
+    def _write_all(self, data: bytes) -> tuple[int, OSError | None]:
+        """Bytes written and the error that stopped the write, if any."""
+        written = 0
+        view = memoryview(data)
+        try:
+            while written < len(data):
+                count = self._file.write(view[written:])
+                if not count:  # a raw file that took nothing: treat as full
+                    raise OSError("the file accepted no bytes")
+                written += count
+        except OSError as exc:
+            return written, exc
+        return written, None
+
+    def _not_recording(self, outage: _Outage, batch: list[Event]) -> None:
+        """Tell the listeners (the file cannot be told) that events are not recorded."""
+        step = next((e["step"] for e in reversed(batch) if "step" in e), None)
+        self._tell_listeners(
+            {
+                "type": "message",
+                "step": step,
+                "level": "error",
+                "text": (
+                    f"events are not being recorded: cannot write {outage.path}: "
+                    f"{outage.error}. Training goes on; the log will say what was lost "
+                    "once it can be written again."
+                ),
+                "time": outage.since,
+                "recording": False,
+            }
+        )
+
+    def _tell_listeners(self, event: Event) -> None:
+        with self._listener_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+
+    def _recovered(self, outage: _Outage) -> None:
+        self._outage = None
+        if not outage.dropped:
+            return
+        steps = (
+            f"steps {outage.first_step}-{outage.last_step}"
+            if outage.first_step is not None
+            else "no steps"
+        )
+        span = max(0.0, (outage.last_time or 0.0) - (outage.first_time or 0.0))
+        self.emit(
+            {
+                "type": "message",
+                "step": outage.last_step,
+                "level": "warning",
+                "text": (
+                    f"{outage.dropped} events were not recorded ({steps}, {span:.1f}s "
+                    f"of the run): {outage.error}. Recording resumed."
+                ),
+                "dropped_events": outage.dropped,
+                "dropped_steps": [outage.first_step, outage.last_step],
+                "dropped_time": [outage.first_time, outage.last_time],
+            }
+        )
+
+    def _report_loss_at_close(self) -> None:
+        outage = self._outage
+        if outage is None or not outage.dropped:
+            return
+        steps = (
+            f", steps {outage.first_step}-{outage.last_step}"
+            if outage.first_step is not None
+            else ""
+        )
+        with contextlib.suppress(Exception):
+            print(
+                f"tuimon: {outage.dropped} events{steps} (the last ones of the run) could not "
+                f"be written to {outage.path}: {outage.error}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _encode(batch: list[Event]) -> list[bytes]:
+    """Each event's line; an event JSON cannot hold becomes a `log_error` line."""
+    try:
+        return list(map(encode_event, batch))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    lines = []
+    for event in batch:
+        try:
+            lines.append(encode_event(event))
+        except (TypeError, ValueError, RecursionError) as exc:
+            # A bad value must not lose the run's log.
+            lines.append(
+                encode_event(
+                    {
+                        "type": "log_error",
+                        "seq": event.get("seq"),
+                        "error": f"unserializable event: {exc}",
+                    }
+                )
+            )
+    return lines
+
+
+class _Outage:
+    """A stretch of time during which the log could not be written."""
+
+    def __init__(self, path: str, error: OSError) -> None:
+        self.path = path
+        reason = error.strerror or str(error)
+        self.error = reason[:1].lower() + reason[1:]  # "no space left on device"
+        self.since = time.time()
+        self.tried = time.monotonic()
+        self.gave_up = False  # close() already spent its retries
+        self.dropped = 0
+        self.first_step: Any = None
+        self.last_step: Any = None
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+
+    def drop(self, batch: list[Event]) -> None:
+        self.dropped += len(batch)
+        for event in batch:
+            step = event.get("step")
+            if isinstance(step, int | float):
+                if self.first_step is None:
+                    self.first_step = step
+                self.last_step = step
+        if self.first_time is None:
+            self.first_time = batch[0].get("time")
+        self.last_time = batch[-1].get("time")

@@ -1,4 +1,9 @@
-"""Copy what a headless run prints into the run directory's `output.log`."""
+"""Copy what a headless run prints into the run directory's `output.log`.
+
+The copy is a convenience; the terminal is what the user reads. A copy that cannot be
+written (a full disk, a quota, an I/O error) is abandoned at its first failure — without
+an exception at run time or at exit — and the real stream goes on alone.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,68 @@ import contextlib
 import io
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
 
 
+class _Copy:
+    """The file both streams are copied to; gives up for good at its first failure."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file: TextIO | None = file
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        self._attempt(lambda file: file.write(text))
+
+    def flush(self) -> None:
+        self._attempt(lambda file: file.flush())
+
+    def close(self) -> None:
+        with self.lock:
+            file, self._file = self._file, None
+        if file is not None:
+            _close_quietly(file)
+
+    def _attempt(self, action: Callable[[TextIO], object]) -> None:
+        # Called with self.lock held by the tee, so writes of stdout and stderr never mix.
+        file = self._file
+        if file is None:
+            return
+        try:
+            action(file)
+        except (OSError, ValueError):  # ValueError: closed at shutdown
+            self._file = None
+            _close_quietly(file)
+
+
+def _close_quietly(file: TextIO) -> None:
+    # A buffered file that cannot flush raises on close, and again when collected: drop
+    # its buffer first so neither happens.
+    with contextlib.suppress(OSError, ValueError):
+        file.close()
+    buffer = getattr(file, "buffer", None)
+    raw = getattr(buffer, "raw", None)
+    with contextlib.suppress(OSError, ValueError):
+        if raw is not None and not raw.closed:
+            raw.close()
+
+
 class _Tee(io.TextIOBase):
-    def __init__(self, stream: TextIO, copy: TextIO, lock: threading.Lock) -> None:
+    def __init__(self, stream: TextIO, copy: _Copy) -> None:
         self._stream = stream
         self._copy = copy
-        self._lock = lock
 
     def write(self, text: str) -> int:
-        with self._lock:
+        with self._copy.lock:
             self._stream.write(text)
-            with contextlib.suppress(ValueError):  # the copy was closed at shutdown
-                self._copy.write(text)
+            self._copy.write(text)
         return len(text)
 
     def flush(self) -> None:
         self._stream.flush()
-        with contextlib.suppress(ValueError):
+        with self._copy.lock:
             self._copy.flush()
 
     def isatty(self) -> bool:
@@ -43,11 +89,10 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def tee_output(path: Path) -> Iterator[None]:
     """While active, stdout and stderr also go (line-buffered) to `path`."""
-    copy = path.open("a", encoding="utf-8", buffering=1)
-    lock = threading.Lock()
+    copy = _Copy(path.open("a", encoding="utf-8", buffering=1))
     saved = sys.stdout, sys.stderr
-    sys.stdout = _Tee(saved[0], copy, lock)  # type: ignore[assignment]
-    sys.stderr = _Tee(saved[1], copy, lock)  # type: ignore[assignment]
+    sys.stdout = _Tee(saved[0], copy)  # type: ignore[assignment]
+    sys.stderr = _Tee(saved[1], copy)  # type: ignore[assignment]
     try:
         yield
     finally:
