@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from tuimon.monitor.lr_control import current_lrs, scale_lr, set_lr
+from tuimon.monitor.lr_control import (
+    LrLimits,
+    LrRefused,
+    current_lrs,
+    scale_lr,
+    set_lr,
+    show_lr,
+)
 
 
 def make(schedule, lrs=(0.1,), optimizer=torch.optim.SGD, **opt_kwargs):
@@ -106,3 +116,122 @@ def test_without_scheduler_and_with_tensor_lr():
     scale_lr(tensor_lr, None, 2.0)
     assert tensor_lr.param_groups[0]["lr"] is lr_tensor  # still the same tensor
     assert float(lr_tensor) == pytest.approx(0.02)
+
+
+# -- every LR a command leads to is checked, and a refused change writes nothing -------
+
+BOUNDED = {
+    "step": lambda o: lr_scheduler.StepLR(o, step_size=7, gamma=0.5),
+    "cosine_eta_min": lambda o: lr_scheduler.CosineAnnealingLR(o, T_max=50, eta_min=1e-3),
+    "onecycle": lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=60),
+    "lambda": lambda o: lr_scheduler.LambdaLR(o, lambda e: 1 / (1 + e)),
+}
+
+
+def numbers(value):
+    """Every float or int inside a scheduler's or optimizer's state (lambdas excluded)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, torch.Tensor):
+        return value.flatten().tolist() if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in numbers(v)]
+    return []
+
+
+def lr_state(opt, sched):
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return {"groups": groups, "scheduler": sched.state_dict()}
+
+
+def assert_all_finite(opt, sched):
+    state = lr_state(opt, sched)
+    assert all(math.isfinite(n) for n in numbers(state)), state
+
+
+def advance(opt, sched, steps=5):
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        assert_all_finite(opt, sched)
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_set_lr_to_a_denormal_is_refused_and_changes_nothing(name):
+    opt, sched = make(BOUNDED[name], lrs=(0.1, 0.02))
+    advance(opt, sched, 3)
+    before = copy.deepcopy(lr_state(opt, sched))
+    with pytest.raises(LrRefused, match=r"resulting lr 5e-324 is below the minimum 1e-12"):
+        set_lr(opt, sched, 5e-324)
+    assert lr_state(opt, sched) == before
+    # The old code accepted it, and the next set-lr scaled by ~1e322: eta_min = 0 * inf.
+    set_lr(opt, sched, 0.05)
+    advance(opt, sched)
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_scaling_up_stops_at_the_maximum(name):
+    opt, sched = make(BOUNDED[name])
+    advance(opt, sched, 2)
+    accepted = 0
+    for _ in range(3):
+        before = copy.deepcopy(lr_state(opt, sched))
+        try:
+            scale_lr(opt, sched, 1000)
+            accepted += 1
+        except LrRefused as exc:
+            assert "above the maximum 100" in str(exc)
+            assert lr_state(opt, sched) == before
+        assert_all_finite(opt, sched)
+        assert max(current_lrs(opt)) <= 100
+    # 0.1 (or less) x 1000 is within the limit; another x1000 is not.
+    assert accepted == 1
+    advance(opt, sched)
+    # Every value a schedule may rise back to stays within the maximum too.
+    for _ in range(50 if name == "onecycle" else 10):
+        assert max(current_lrs(opt)) <= 100
+        opt.step()
+        sched.step()
+
+
+def test_limits_can_be_widened_and_refusals_name_the_group():
+    opt, sched = make(lambda o: lr_scheduler.StepLR(o, 5), lrs=(0.1, 0.001))
+    wide = LrLimits(minimum=1e-300, maximum=1e6)
+    set_lr(opt, sched, 1e-200, limits=wide)
+    assert current_lrs(opt)[0] == pytest.approx(1e-200)
+    set_lr(opt, sched, 0.1, limits=wide)
+    with pytest.raises(LrRefused, match="resulting lr 1e-13 of group 1 is below the minimum"):
+        set_lr(opt, sched, 1e-11)  # group 1 keeps its ratio: 1e-13
+    with pytest.raises(LrRefused, match=r"param group 999 does not exist: .*groups: 0, 1"):
+        scale_lr(opt, sched, 2.0, group=999)
+    assert current_lrs(opt) == pytest.approx([0.1, 0.001])
+
+
+def test_an_lr_outside_the_limits_may_move_back_toward_them():
+    opt, sched = make(lambda o: lr_scheduler.StepLR(o, 5), lrs=(500.0,))
+    scale_lr(opt, sched, 0.5)  # 500 -> 250: still above 100, but lower
+    assert current_lrs(opt) == [250.0]
+    with pytest.raises(LrRefused, match="above the maximum"):
+        scale_lr(opt, sched, 1.5)
+
+
+def test_a_zero_lr_scaled_stays_zero():
+    opt, sched = make(lambda o: lr_scheduler.LambdaLR(o, lambda e: 0.0 if e == 0 else 1.0))
+    scale_lr(opt, sched, 0.5)  # 0 x 0.5: nothing below the minimum was asked for
+    assert current_lrs(opt) == [0.0] and sched.base_lrs == [0.05]
+    with pytest.raises(LrRefused, match="below the minimum"):
+        set_lr(opt, sched, 1e-20)
+
+
+def test_show_lr_writes_values_as_typed():
+    assert [show_lr(v) for v in (5e-324, 1e6, 0.1, 100.0, 1e-12)] == [
+        "5e-324",
+        "1e+06",
+        "0.1",
+        "100",
+        "1e-12",
+    ]
