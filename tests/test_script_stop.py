@@ -188,15 +188,20 @@ def test_ctl_stop_ends_a_script_that_never_polls_should_stop(
     assert control["command"] == "stop" and control["step"] == checkpoint["step"] == end["step"]
 
 
-@pytest.mark.parametrize("run", [WITH_BLOCK, NO_WITH], ids=["with-block", "never-closed"])
-def test_sigterm_ends_a_script_with_an_end_event(tmp_path, started, run):
+@pytest.mark.parametrize(
+    ("run", "signum"),
+    [(WITH_BLOCK, signal.SIGTERM), (NO_WITH, signal.SIGTERM), (WITH_BLOCK, signal.SIGHUP)],
+    ids=["with-block", "never-closed", "hangup"],
+)
+def test_a_stop_signal_ends_a_script_with_an_end_event(tmp_path, started, run, signum):
+    """SIGHUP (the script's terminal closed) ends it as cleanly as SIGTERM does."""
     worker = start_script(tmp_path, write_script(tmp_path, run), under_tuimon_run=False)
     started.append(worker)
     first_step(worker)
-    worker.process.send_signal(signal.SIGTERM)
+    worker.process.send_signal(signum)
     code, _out, err = finish(worker)
     assert code == 0, err
-    assert "SIGTERM: stopping at the next step" in err
+    assert f"{signal.Signals(signum).name}: stopping at the next step" in err
     events = worker.events()
     assert events[-1]["type"] == "end" and events[-1]["status"] == "stopped"
     [checkpoint] = [e for e in events if e["type"] == "checkpoint"]

@@ -6,6 +6,7 @@ so closing the terminal (an SSH drop, SIGHUP) ends only the UI; `tuimon attach` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuimon.control.client import is_alive
-from tuimon.errors import EXIT_OK, UsageError
+from tuimon.errors import EXIT_FAILED, EXIT_OK, UsageError
+from tuimon.run.event_codec import decode_line
 from tuimon.run.run_dir import (
     AUTOFIX_ENV,
     DEFAULT_BASE,
@@ -51,9 +53,7 @@ def start_config_worker(
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     path = create_run_dir(name, run_dir)
     command = [
-        sys.executable,
-        "-m",
-        "tuimon",
+        *worker_python(),
         config_path,
         "--headless",
         "--detached",
@@ -63,6 +63,18 @@ def start_config_worker(
     for override in overrides:
         command += ["--set", override]
     return path, _spawn(command, path, dict(os.environ))
+
+
+def worker_python() -> list[str]:
+    """`python -m tuimon` without the current directory on `sys.path`: a `yaml.py` or
+    `torch.py` lying in the directory the user started from must not run in the worker."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "tuimon"]
+    # Python 3.10 has no -P: drop the '' that -c puts first before importing anything.
+    return [sys.executable, "-c", _SAFE_MAIN]
+
+
+_SAFE_MAIN = "import sys; del sys.path[0]; from tuimon.cli import main; sys.exit(main())"
 
 
 def start_script_worker(
@@ -145,12 +157,47 @@ def run_app(
     launched = worker is not None
     app = TuimonApp(run_dir, replay=replay, launched=launched, worker=worker, lr_factor=lr_factor)
     app.run()
-    if worker is not None and worker.poll() is None:
+    if worker is None:
+        return EXIT_OK
+    status = end_status(run_dir / EVENTS_FILE)
+    if status is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(timeout=30)  # it has logged its end and is exiting
+    if worker.poll() is None:
         if app.stopped_run:
             print(f"Stopping the run; it saves a checkpoint in {run_dir}")
-        else:
+        elif status is None:
             print(f"The run goes on in the background. Reattach with: tuimon attach {run_dir}")
+        return EXIT_OK
+    return worker_exit_code(run_dir, status, worker.returncode)
+
+
+def worker_exit_code(run_dir: Path, status: str | None, returncode: int) -> int:
+    """The exit code of `tuimon CONFIG` or `tuimon run` once its worker is done: 1 when
+    training failed (the log's `end` status says so, or the worker died without one)."""
+    if status == "failed" or (status is None and returncode != 0):
+        why = "failed" if status == "failed" else f"died (exit code {returncode})"
+        print(f"The run {why}: see {run_dir / OUTPUT_FILE}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def end_status(events: Path, tail_bytes: int = 1 << 16) -> str | None:
+    """The status in the log's `end` event, read from its last lines (None: no `end`)."""
+    try:
+        with events.open("rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - tail_bytes))
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            event = decode_line(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("type") == "end":
+            return str(event.get("status", "completed"))
+    return None
 
 
 def _spawn(command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

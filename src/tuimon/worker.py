@@ -15,6 +15,7 @@ import yaml
 
 from tuimon.config.schema import Config
 from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from tuimon.monitor.stop_signals import ignore_hangup
 from tuimon.run.output_capture import tee_output
 from tuimon.run.run_dir import CONFIG_FILE, OUTPUT_FILE, create_run_dir
 from tuimon.training.trainer import Trainer
@@ -38,6 +39,7 @@ def run_config(
     )
     # A detached worker's stdout and stderr already are the run's output file.
     with tee_output(path / OUTPUT_FILE) if capture_output else contextlib.nullcontext():
+    ignore_hangup()  # the run has a log now: it outlives a dropped SSH session
         try:
             # The Monitor takes SIGINT/SIGTERM (monitor/stop_signals.py): first a stop at
             # the next step boundary with a checkpoint, then an abort.

@@ -83,7 +83,7 @@ class RunOptions:
     stop: str = "raise"
     # Signals that stop the run (first: at the next step; second: abort), and whether to
     # take them from a handler someone else installed (the built-in worker does).
-    stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)
     replace_signal_handlers: bool = False
 
 

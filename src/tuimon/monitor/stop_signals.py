@@ -1,9 +1,15 @@
 """Signals that stop a run: the first one stops at the next step, the second aborts.
 
-One mechanism for every run: a script's Monitor takes SIGTERM (only where nobody else
-handles it, so a user's or a framework's handler stays in charge), and the built-in
-worker also hands SIGINT to it. The handler only queues a stop; the training thread
-applies it at a step boundary, with a checkpoint, like any other stop command.
+One mechanism for every run: a script's Monitor takes SIGTERM and SIGHUP (only where
+nobody else handles them, so a user's or a framework's handler stays in charge), and the
+built-in worker also hands SIGINT to it. A closed terminal (SIGHUP) thus ends a script
+cleanly, with a checkpoint and an `end` event, instead of killing it mid-step. The
+built-in worker instead ignores SIGHUP once its run has a log (`ignore_hangup`): like a
+job under nohup or tmux, `tuimon CONFIG --headless` outlives a dropped SSH session, its
+output goes on into the run directory, and `tuimon attach` finds it again.
+
+The handler only queues a stop; the training thread applies it at a step boundary, with
+a checkpoint, like any other stop command.
 """
 
 from __future__ import annotations
@@ -63,3 +69,10 @@ class StopOnSignal:
             flush=True,
         )
         self.request_stop("signal")
+
+
+def ignore_hangup() -> None:
+    """Outlive the terminal: a dropped SSH session no longer ends this process (the
+    run's output already goes to its run directory as well)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)

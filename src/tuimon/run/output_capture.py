@@ -1,6 +1,8 @@
 """Copy what a headless run prints into the run directory's `output.log`.
 
-The copy is a convenience; the terminal is what the user reads. A copy that cannot be
+The copy is a convenience while the terminal is what the user reads, and the only
+record once that terminal is gone (`tuimon CONFIG --headless` outlives a dropped SSH
+session). A copy that cannot be
 written (a full disk, a quota, an I/O error) is abandoned at its first failure — without
 an exception at run time or at exit — and the real stream goes on alone.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -60,20 +63,32 @@ def _close_quietly(file: TextIO) -> None:
 
 
 class _Tee(io.TextIOBase):
+    """One of stdout/stderr, copied. A terminal that went away (a dropped SSH session:
+    writes fail with EIO) is given up, and the copy goes on alone."""
+
     def __init__(self, stream: TextIO, copy: _Copy) -> None:
         self._stream = stream
         self._copy = copy
+        self.terminal_gone = False
 
     def write(self, text: str) -> int:
         with self._copy.lock:
-            self._stream.write(text)
+            self._to_terminal(lambda: self._stream.write(text))
             self._copy.write(text)
         return len(text)
 
     def flush(self) -> None:
-        self._stream.flush()
+        self._to_terminal(self._stream.flush)
         with self._copy.lock:
             self._copy.flush()
+
+    def _to_terminal(self, action: Callable[[], object]) -> None:
+        if self.terminal_gone:
+            return
+        try:
+            action()
+        except (OSError, ValueError):
+            self.terminal_gone = True
 
     def isatty(self) -> bool:
         return self._stream.isatty()
@@ -91,10 +106,22 @@ def tee_output(path: Path) -> Iterator[None]:
     """While active, stdout and stderr also go (line-buffered) to `path`."""
     copy = _Copy(path.open("a", encoding="utf-8", buffering=1))
     saved = sys.stdout, sys.stderr
-    sys.stdout = _Tee(saved[0], copy)  # type: ignore[assignment]
-    sys.stderr = _Tee(saved[1], copy)  # type: ignore[assignment]
+    tees = _Tee(saved[0], copy), _Tee(saved[1], copy)
+    sys.stdout, sys.stderr = tees  # type: ignore[assignment]
     try:
         yield
     finally:
         sys.stdout, sys.stderr = saved
         copy.close()
+        if any(tee.terminal_gone for tee in tees):
+            _silence_lost_terminal()
+
+
+def _silence_lost_terminal() -> None:
+    """Point fds 1 and 2 at /dev/null, so what is still buffered for the lost terminal
+    (and Python's flush at exit) no longer fails with EIO and exit code 120."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.close(null)
