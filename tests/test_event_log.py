@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+from tuimon.run.event_codec import encode_event
 from tuimon.run.event_log import EventLog
 from tuimon.run.log_reader import read_events
 
@@ -121,3 +122,26 @@ def test_flush_puts_what_listeners_emit_before_what_comes_next(tmp_path):
     assert kinds[-3:] == [("end", None), ("step", 6), ("alert", 6)]
     assert kinds.index(("end", None)) > kinds.index(("alert", 5))
     assert [e["seq"] for e in read_events(tmp_path / "events.jsonl")] == list(range(1, 14))
+
+
+def test_lines_are_the_codecs_whatever_the_values(tmp_path):
+    """The writer's fast path writes exactly what event_codec.encode_event does: orjson's
+    UTF-8 for plain events, json's NaN/Infinity tokens, big ints, and a "null" in a text."""
+    events = [
+        {"type": "start", "name": "réseau-β", "argv": ["train.py", "--lr", "0.1"]},
+        {"type": "step", "step": 1, "loss": 0.25, "samples": None},
+        {"type": "step", "step": 2, "loss": float("nan"), "layers": {"fc": float("-inf")}},
+        {"type": "message", "text": "null pointer? no: null is fine", "level": "info"},
+        {"type": "metrics", "step": 3, "huge": 2**70, "when": object()},
+    ]
+    log = EventLog(tmp_path / "events.jsonl")
+    for event in events:
+        log.emit(event)
+    log.close()
+    assert (tmp_path / "events.jsonl").read_bytes() == b"".join(
+        encode_event(event) + b"\n" for event in events
+    )
+    assert "réseau-β".encode() in (tmp_path / "events.jsonl").read_bytes()
+    back = list(read_events(tmp_path / "events.jsonl"))
+    assert back[2]["loss"] != back[2]["loss"] and back[2]["layers"]["fc"] == float("-inf")
+    assert back[4]["huge"] == 2**70 and back[1]["samples"] is None
