@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 
 import pytest
 import torch
 
-from tuimon.control.client import ControlClient, ControlError
+from tuimon.control.client import CommandRefused, ControlClient, ControlError
 from tuimon.run.run_state import RunState
 
 from conftest import ENDLESS_CONFIG, run_tuimon, wait_for
@@ -197,12 +198,18 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
         ("abc", "must be a number"),
         ("-1", "must be > 0"),
         ("nan", "must be finite"),
-        ("1e9", "absurdly large"),
+        # Refused by the run, against its LR limits, and said in its reply.
+        ("1e9", "set-lr 1e+09: resulting lr 1e+09 is above the maximum 100"),
+        ("5e-324", "set-lr 5e-324: resulting lr 5e-324 is below the minimum 1e-12"),
     ):
         refused = run_tuimon(*ctl, "set-lr", bad, timeout=60)
         assert refused.returncode == 2
         assert message in refused.stderr
         assert "Traceback" not in refused.stderr
+    no_group = run_tuimon(*ctl, "set-lr", "0.1", "--group", "999", timeout=60)
+    assert no_group.returncode == 2, no_group.stderr
+    assert "param group 999 does not exist" in no_group.stderr
+    assert "the optimizer has 1 param group, group 0" in no_group.stderr
     clip = run_tuimon(*ctl, "set-grad-clip", "1.5", timeout=60)
     assert "set-grad-clip None -> 1.5" in clip.stdout
     unclip = run_tuimon(*ctl, "set-grad-clip", "0", timeout=60)
@@ -221,6 +228,49 @@ def test_ctl_cli_applies_and_refuses(write_config, start_worker):
     assert lrs == [pytest.approx(0.02)]
     notes = [e["text"] for e in worker.events() if e["type"] == "message"]
     assert any("no good snapshot to restore" in text for text in notes)
+
+
+def test_lr_commands_beyond_the_limits_are_refused_and_change_nothing(write_config, start_worker):
+    worker = start_worker(write_config(COSINE))
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 3)
+        with pytest.raises(CommandRefused) as denormal:
+            client.request("set-lr", value=5e-324)
+        assert str(denormal.value) == (
+            "set-lr 5e-324: resulting lr 5e-324 is below the minimum 1e-12"
+        )
+        outcomes = []
+        for _ in range(3):
+            try:
+                client.request("scale-lr", factor=1000)
+            except CommandRefused as exc:
+                outcomes.append(str(exc))
+                continue
+            control, _ = wait_for(client, control_of("scale-lr"))
+            outcomes.append(control["new"])
+        client.request("stop")
+    assert worker.wait_exit() == 0
+    # The cosine's LR (<= 0.1) x 1000 is within 100; another x 1000 is refused, twice.
+    assert outcomes[0] <= 100
+    assert all("resulting lr" in o and "above the maximum 100" in o for o in outcomes[1:])
+    events = worker.events()
+    lrs = [e["lr"] for e in events if is_step(e)]
+    assert all(math.isfinite(lr) and 0 < lr <= 100 for lr in lrs)
+    commands = [e["command"] for e in events if e["type"] == "control"]
+    assert commands == ["scale-lr", "stop"]
+
+
+def test_ctl_checkpoint_says_why_it_failed(write_config, start_worker):
+    worker = start_worker(write_config())
+    checkpoints = worker.run_dir / "checkpoints"
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.write_text("a file where the checkpoint directory belongs")
+    done = run_tuimon("ctl", worker.run_dir, "checkpoint", timeout=60)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "checkpoint failed" in done.stderr
+    assert "None -> None" not in done.stdout
+    worker.process.send_signal(signal.SIGKILL)
 
 
 def test_ctl_on_a_missing_run_fails_clearly(tmp_path):

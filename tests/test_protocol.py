@@ -17,9 +17,11 @@ from tuimon.control.protocol import (
 
 
 @pytest.mark.parametrize(
-    ("text", "value"), [("0.003", 0.003), (" 1e-4 ", 1e-4), (2, 2.0), ("100", 100.0)]
+    ("text", "value"),
+    [("0.003", 0.003), (" 1e-4 ", 1e-4), (2, 2.0), ("100", 100.0), ("1e9", 1e9)],
 )
 def test_valid_learning_rates(text, value):
+    # The range is the run's to check, against its LR limits (monitor.lr_min/lr_max).
     assert validate_lr(text) == value
 
 
@@ -35,7 +37,8 @@ def test_valid_learning_rates(text, value):
         ("nan", "must be finite"),
         ("inf", "must be finite"),
         ("-inf", "must be finite"),
-        ("1e9", "absurdly large"),
+        ("1e999", "must be finite"),
+        (10**400, "must be finite"),  # beyond any float: OverflowError before
         ([0.1], "must be a number"),
     ],
 )
@@ -77,11 +80,37 @@ def test_parse_a_full_request():
         (b'{"cmd": "ping", "source": 3}', '"source" must be a string'),
         (b"\xc3\x28", "not UTF-8"),
         (b"x" * (MAX_LINE_BYTES + 1), "longer than"),
+        # What came back as "internal error" before: RecursionError, ValueError, Overflow.
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        (b'{"cmd": "set-lr", "value": ' + b"9" * 5000 + b"}", "more than 4300 digits"),
+        (b'{"cmd": "set-lr", "value": ' + b"9" * 4000 + b"}", "must be finite"),
+        (b'{"cmd": "scale-lr", "factor": 1e999}', "must be finite"),
+        (b'{"cmd": "set-grad-clip", "value": -1e999}', "must be finite"),
+        (b'{"cmd": "recover", "lr_factor": ' + b"1" * 4000 + b"}", "must be finite"),
+        (b'{"cmd": "set-lr", "value": ' + b"[" * 900 + b"]" * 900 + b"}", "must be a number"),
+        (b'{"cmd": "set-lr", "value": 0.1, "group": ' + b"9" * 4000 + b"}", "group must be"),
+        (b'{"cmd": "recover", "before_step": ' + b"9" * 4000 + b"}", "before_step must"),
+        (b'{"cmd": "ping", "id": ' + b"[" * 900 + b"]" * 900 + b"}", '"id" must be'),
+        (b'{"cmd": "ping", "id": ' + b"9" * 4000 + b"}", '"id" must be'),
+        (b'{"cmd": "ping", "id": "' + b"x" * 200 + b'"}', '"id" must be'),
+        (b'{"cmd": "ping", "source": "\\u001b]0;pwned\\u0007"}', '"source" must be'),
+        (b'{"cmd": "ping", "source": "\\ud800"}', '"source" must be'),
+        (b'{"cmd": "' + b"q" * 60_000 + b'"}', "unknown command 'qqq"),
+        (b'"just a string"', "got string"),
+        (b"null", "got null"),
+        (b"\xff\xfe{}", "not UTF-8"),
     ],
+    ids=lambda value: repr(value)[:40],
 )
 def test_bad_messages_are_refused_with_a_reason(line, reason):
     with pytest.raises(ProtocolError, match=reason):
         parse_request(line)
+
+
+def test_error_messages_stay_short():
+    with pytest.raises(ProtocolError) as refused:
+        parse_request(b'{"cmd": "' + b"q" * 60_000 + b'"}')
+    assert len(str(refused.value)) < 300
 
 
 def test_encode_is_one_json_line():

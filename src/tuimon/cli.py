@@ -166,10 +166,14 @@ def replay_command(args: list[str]) -> int:
 
 
 def ctl_command(args: list[str]) -> int:
+    """Exit codes: 0 applied (or sent, when --wait ran out), 2 refused (a bad value here,
+    or the run's own refusal: an unknown param group, an LR beyond its limits), 1 the run
+    could not be reached or failed applying it (a checkpoint that could not be written)."""
     import json
 
-    from tuimon.control.client import ControlClient, ControlError
+    from tuimon.control.client import CommandRefused, ControlClient, ControlError
     from tuimon.control.protocol import RUN_COMMANDS, ProtocolError, parse_request
+    from tuimon.terminal_text import printable
 
     parser = argparse.ArgumentParser(
         prog="tuimon ctl", description="Send a command to a running job."
@@ -221,13 +225,17 @@ def ctl_command(args: list[str]) -> int:
             if options.command == "status":
                 status = client.request("status")["status"]
                 for key, value in status.items():
-                    print(f"{key}: {value}")
+                    print(printable(f"{key}: {value}", keep_newlines=False))
                 return EXIT_OK
             client.subscribe()
             reply = client.request(options.command, source="ctl", **fields)
             return _await_applied(client, reply["id"], options.wait)
+    except CommandRefused as exc:
+        # The run's words: printed, never interpreted by the terminal.
+        print(f"tuimon ctl: {options.command} refused: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except ControlError as exc:
-        print(f"tuimon ctl: {exc}", file=sys.stderr)
+        print(f"tuimon ctl: {printable(exc)}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -278,25 +286,54 @@ def doctor_command(args: list[str]) -> int:
 
 
 def _await_applied(client: Any, request_id: Any, wait: float) -> int:
-    """Print what the run did with our command, once it reaches a step boundary."""
+    """Print what the run did with our command, once it reaches a step boundary: what it
+    changed (exit 0), or why it could not (exit 1 for a failure such as a checkpoint that
+    could not be written, 2 for a change refused at the boundary)."""
     import time
 
+    from tuimon.terminal_text import printable
+
     deadline = time.monotonic() + wait
+    last_error: str | None = None  # the run's latest error message: why a checkpoint failed
     while (remaining := deadline - time.monotonic()) > 0:
         event = client.next_event(timeout=remaining)
         if event is None:
             break
-        if event.get("type") == "control" and event.get("request_id") == request_id:
+        kind = event.get("type")
+        ours = event.get("request_id") == request_id
+        if kind == "message" and event.get("level") == "error":
+            if ours:  # refused at the boundary (the LR moved beyond the limits meanwhile)
+                print(f"tuimon ctl: {printable(event.get('text'))}", file=sys.stderr)
+                return EXIT_USAGE
+            last_error = str(event.get("text"))
+        if kind == "control" and ours:
+            failure = _control_failure(event, last_error)
+            if failure is not None:
+                print(f"tuimon ctl: {printable(failure)}", file=sys.stderr)
+                return EXIT_FAILED
             print(
-                f"applied at step {event.get('step')}: {event.get('command')} "
-                f"{_fmt(event.get('old'))} -> {_fmt(event.get('new'))}"
+                printable(
+                    f"applied at step {event.get('step')}: {event.get('command')} "
+                    f"{_fmt(event.get('old'))} -> {_fmt(event.get('new'))}",
+                    keep_newlines=False,
+                )
             )
             return EXIT_OK
-        if event.get("type") == "end":
-            print(f"the run ended ({event.get('status')}) before applying it")
+        if kind == "end":
+            print(printable(f"the run ended ({event.get('status')}) before applying it"))
             return EXIT_FAILED
     print(f"sent; the run applies it at its next step boundary (none reached in {wait:g}s)")
     return EXIT_OK
+
+
+def _control_failure(event: dict[str, Any], last_error: str | None) -> str | None:
+    """Why an applied command failed, or None: an `error` (or ok false) on its event, or a
+    checkpoint without a path (the run's last error message says why)."""
+    if event.get("error") or event.get("ok") is False:
+        return str(event.get("error") or last_error or f"{event.get('command')} failed")
+    if event.get("command") == "checkpoint" and not event.get("path"):
+        return last_error or "checkpoint failed: the run saved no file"
+    return None
 
 
 def _fmt(value: Any) -> str:

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from tuimon.control import protocol
-from tuimon.control.socket_path import connect
+from tuimon.control.socket_path import short_address
 from tuimon.run.run_dir import CONTROL_SOCKET
+
+# A refused connection is a dead worker's socket file on Linux, but also what a socket
+# between its worker's bind() and listen() answers (and, on macOS, a full backlog): it is
+# retried this long (at most the timeout) before the worker is called gone.
+REFUSED_GRACE_SECONDS = 1.0
+_RETRY_SECONDS = 0.01
 
 
 class ControlError(RuntimeError):
     """The run refused a command, or could not be reached."""
+
+
+class CommandRefused(ControlError):
+    """The run answered, and refused the command: the text is its reason."""
 
 
 class ControlClient:
@@ -32,6 +45,11 @@ class ControlClient:
         except ConnectionRefusedError:
             raise ControlError(
                 f"{self.socket_path} refuses connections: the run's worker is gone"
+            ) from None
+        except BlockingIOError:
+            raise ControlError(
+                f"{self.socket_path} did not accept the connection within {timeout:g}s "
+                "(the worker is stopped or overwhelmed)"
             ) from None
         except OSError as exc:
             raise ControlError(f"cannot connect to {self.socket_path}: {exc}") from None
@@ -60,7 +78,7 @@ class ControlClient:
         self._sock.sendall(protocol.encode(message))
         reply = self.wait_reply(request_id)
         if not reply.get("ok"):
-            raise ControlError(str(reply.get("error", "refused")))
+            raise CommandRefused(str(reply.get("error", "refused")))
         return reply
 
     def wait_reply(self, request_id: Any = None, timeout: float | None = None) -> dict[str, Any]:
@@ -108,7 +126,49 @@ class ControlClient:
                 raise ControlError("the run closed the connection")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ControlError("the run sent a line that is not a JSON message") from None
+        if not isinstance(message, dict):
+            raise ControlError("the run sent a line that is not a JSON message")
+        return message
+
+
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A socket connected to `path`, waiting up to `timeout` s for the worker to take it.
+
+    A socket with a Python timeout is non-blocking underneath, and a non-blocking AF_UNIX
+    connect fails at once with EAGAIN when the listen backlog is full (a burst of clients):
+    so connect in blocking mode, bounded by SO_SNDTIMEO (Linux bounds a Unix connect by
+    it), and retry EAGAIN, and for a moment ECONNREFUSED, until the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    refused_until = time.monotonic() + min(timeout, REFUSED_GRACE_SECONDS)
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _set_send_timeout(sock, max(deadline - time.monotonic(), 0.001))
+            with short_address(path) as address:
+                sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            now = time.monotonic()
+            busy = exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+            refused = exc.errno == errno.ECONNREFUSED
+            if not ((busy and now < deadline) or (refused and now < refused_until)):
+                raise
+            time.sleep(_RETRY_SECONDS)
+            continue
+        _set_send_timeout(sock, 0)
+        sock.settimeout(timeout)
+        return sock
+
+
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def is_alive(run_dir: str | Path, timeout: float = 1.0) -> bool:

@@ -2,22 +2,29 @@
 
 A request is `{"cmd": "set-lr", "value": 0.01, "id": 7, "source": "ui"}`; its reply is
 `{"type": "reply", "id": 7, "ok": true, ...}` or `{"type": "reply", "ok": false, "error": …}`.
-Everything here is pure: parsing a line either gives a valid request or a clear reason.
+Everything here is pure: parsing a line either gives a valid request or a clear reason,
+whatever the line holds (nesting 100,000 deep, a 5000-digit integer, 1e999, a list where a
+number belongs, bytes that are not UTF-8): a sender's mistake is never an "internal error".
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuimon.config.suggest import did_you_mean
+from tuimon.run.event_codec import encode_event
 
 MAX_LINE_BYTES = 64 * 1024
-# An LR beyond this is a typo (3e4 for 3e-4), not a choice.
-MAX_LR = 100.0
 MAX_SCALE = 1000.0
+# A request id is echoed in the reply and the log: a number or a short string.
+MAX_ID_CHARS = 128
+MAX_SOURCE_CHARS = 64
+# No optimizer has this many param groups; a bigger index is refused before it is shown.
+MAX_GROUP = 2**31
 
 # Commands that change the run, applied by the training thread at a step boundary.
 RUN_COMMANDS = (
@@ -48,12 +55,12 @@ class Request:
 
 
 def validate_lr(value: Any) -> float:
-    """A learning rate typed by a person: a finite number in (0, MAX_LR]."""
+    """A learning rate typed by a person: a finite number > 0. Its range is the run's to
+    check (its LR limits, monitor.lr_min/lr_max: 1e-12 and 100 by default), as every LR a
+    set-lr or scale-lr leads to is."""
     number = _number(value, "learning rate")
     if number <= 0:
         raise ProtocolError(f"learning rate must be > 0, got {_show(value)}")
-    if number > MAX_LR:
-        raise ProtocolError(f"learning rate {number:g} is absurdly large (limit {MAX_LR:g})")
     return number
 
 
@@ -77,14 +84,23 @@ def _number(value: Any, what: str) -> float:
             raise ProtocolError(f"{what} must be a number, got {_show(value)}") from None
     if not isinstance(value, int | float):
         raise ProtocolError(f"{what} must be a number, got {_show(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ProtocolError(f"{what} must be finite, got {_show(value)}") from None
     if not math.isfinite(number):
         raise ProtocolError(f"{what} must be finite, got {_show(value)}")
     return number
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value for an error message, at most 40 characters, whatever it is."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deep to print
+        return f"a nested {type(value).__name__}"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -97,24 +113,73 @@ def parse_request(line: bytes | str) -> Request:
             line = line.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("message is not UTF-8 text") from None
-    try:
-        message = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"message is not JSON ({exc.msg} at column {exc.colno})") from None
+    message = _load_json(line)
     if not isinstance(message, dict):
-        raise ProtocolError(f"message must be a JSON object, got {type(message).__name__}")
+        raise ProtocolError(f"message must be a JSON object, got {_json_type(message)}")
     cmd = message.get("cmd")
     if not isinstance(cmd, str):
         raise ProtocolError('message needs a "cmd" string, e.g. {"cmd": "pause"}')
     if cmd not in COMMANDS:
         raise ProtocolError(
-            f"unknown command {cmd!r}{did_you_mean(cmd, COMMANDS)}; known: {', '.join(COMMANDS)}"
+            f"unknown command {_show(cmd)}{did_you_mean(cmd[:40], COMMANDS)}; "
+            f"known: {', '.join(COMMANDS)}"
         )
     source = message.get("source", "socket")
-    if not isinstance(source, str):
-        raise ProtocolError('"source" must be a string')
+    if not _is_short_text(source, MAX_SOURCE_CHARS):
+        raise ProtocolError(
+            f'"source" must be a string of at most {MAX_SOURCE_CHARS} printable characters'
+        )
     args = {k: v for k, v in message.items() if k not in ("cmd", "id", "source")}
-    return Request(cmd=cmd, args=_check_args(cmd, args), id=message.get("id"), source=source)
+    request_id = _request_id(message.get("id"))
+    return Request(cmd=cmd, args=_check_args(cmd, args), id=request_id, source=source)
+
+
+def request_id_of(line: bytes | str) -> Any:
+    """The id of a refused request, when one can be read from it, for the error reply."""
+    try:
+        return _request_id(json.loads(line).get("id"))
+    except Exception:  # any line at all: no id then
+        return None
+
+
+def _load_json(line: str) -> Any:
+    """The line's JSON value, or a ProtocolError naming what is wrong with it."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply") from None
+    except ValueError:  # json's limit on the digits of an integer (CVE-2020-10735)
+        raise ProtocolError(
+            f"message holds an integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _request_id(value: Any) -> Any:
+    """An id to echo: null, a number or a short string (it goes back in the reply)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) < 2**63:
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if _is_short_text(value, MAX_ID_CHARS):
+        return value
+    raise ProtocolError(
+        f'"id" must be a number or a string of at most {MAX_ID_CHARS} printable characters'
+    )
+
+
+def _is_short_text(value: Any, limit: int) -> bool:
+    """A string that can be logged and printed as it is (no control characters, no lone
+    surrogates from a JSON escape)."""
+    return isinstance(value, str) and len(value) <= limit and value.isprintable()
 
 
 def _check_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -144,25 +209,27 @@ def _check_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         checked = {"lr_factor": factor}
         if "before_step" in args:
             before = args.pop("before_step")
-            if isinstance(before, bool) or not isinstance(before, int) or before < 0:
+            if isinstance(before, bool) or not isinstance(before, int) or not 0 <= before < 2**63:
                 raise ProtocolError(f"before_step must be a step number, got {_show(before)}")
             checked["before_step"] = before
     else:
         checked = {}
     if args:
-        raise ProtocolError(f"{cmd} takes no argument {sorted(args)[0]!r}")
+        raise ProtocolError(f"{cmd} takes no argument {_show(sorted(args)[0])}")
     return checked
 
 
 def _group(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_GROUP:
         raise ProtocolError(f"group must be a param group index >= 0, got {_show(value)}")
     return value
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One message as a line. NaN and Infinity are written as JSON's extension tokens."""
-    return (json.dumps(message, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+    """One message as a line, as the event log writes events (event_codec): NaN and
+    Infinity are JSON's extension tokens. Raises TypeError/ValueError for a value JSON
+    cannot hold."""
+    return encode_event(message) + b"\n"
 
 
 def reply(request_id: Any, ok: bool, **fields: Any) -> dict[str, Any]:

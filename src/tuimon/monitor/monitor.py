@@ -491,6 +491,13 @@ class Monitor:
             raise ProtocolError(f"the run has ended ({self.state})")
         if self._stop_requested and not self._stop_ignored and request.cmd != "stop":
             raise ProtocolError("the run is stopping")
+        if request.cmd in ("set-lr", "scale-lr"):
+            # Refused now, in the reply, if it would be refused at the step boundary (the
+            # boundary checks again: the schedule may move the LR in between).
+            try:
+                self._plan_lr(request)
+            except lr_control.LrRefused as exc:
+                raise ProtocolError(_lr_refusal(request, exc)) from None
         self._inbox.put(request)
         return {"queued": True, "step": self.global_step}
 
@@ -575,16 +582,33 @@ class Monitor:
             }
         )
 
-    def _apply_lr(self, request: Request) -> None:
+    def _plan_lr(self, request: Request) -> lr_control.LrChange:
+        """The set-lr / scale-lr change, checked against the run's LR limits."""
         group = request.args.get("group")
+        limits = lr_control.LrLimits.of(self.settings)
         if request.cmd == "set-lr":
-            old, new = lr_control.set_lr(
-                self.optimizer, self.scheduler, request.args["value"], group
+            return lr_control.plan_set_lr(
+                self.optimizer, self.scheduler, request.args["value"], group, limits
             )
-        else:
-            old, new = lr_control.scale_lr(
-                self.optimizer, self.scheduler, request.args["factor"], group
+        return lr_control.plan_scale_lr(
+            self.optimizer, self.scheduler, request.args["factor"], group, limits
+        )
+
+    def _apply_lr(self, request: Request) -> None:
+        try:
+            old, new = self._plan_lr(request).apply()
+        except lr_control.LrRefused as exc:
+            # Accepted when sent, out of bounds at the boundary: say so to the sender.
+            self._log.emit(
+                {
+                    "type": "message",
+                    "step": self.global_step,
+                    "level": "error",
+                    "text": f"{_lr_refusal(request, exc)}; the LR is unchanged",
+                    "request_id": request.id,
+                }
             )
+            return
         extra = {"old_lrs": old, "new_lrs": new} if len(old) > 1 else {}
         self._control(request, old[0], new[0], **extra)
 
@@ -594,7 +618,14 @@ class Monitor:
         restored = self._snapshots.restore(
             self.model, self.optimizer, request.args.get("before_step")
         )
-        old, new = lr_control.scale_lr(self.optimizer, self.scheduler, request.args["lr_factor"])
+        limits = lr_control.LrLimits.of(self.settings)
+        try:
+            old, new = lr_control.scale_lr(
+                self.optimizer, self.scheduler, request.args["lr_factor"], limits=limits
+            )
+        except lr_control.LrRefused as exc:
+            old = new = lr_control.current_lrs(self.optimizer)
+            self.note(f"recover: the LR is unchanged: {exc}", level="warning")
         self._control(request, old[0], new[0], restored_step=restored)
         if restored is None:
             self.note(
@@ -685,6 +716,13 @@ class Monitor:
 
     def _close_at_exit(self) -> None:
         self.close()
+
+
+def _lr_refusal(request: Request, exc: lr_control.LrRefused) -> str:
+    """`set-lr 5e-324: resulting lr 5e-324 is below the minimum 1e-12`."""
+    value = request.args.get("value", request.args.get("factor"))
+    shown = lr_control.show_lr(value) if isinstance(value, float) else value
+    return f"{request.cmd} {shown}: {exc}"
 
 
 def _default_name() -> str:
