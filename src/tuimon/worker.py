@@ -17,6 +17,7 @@ from tuimon.config.schema import Config
 from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tuimon.monitor.stop_signals import ignore_hangup
 from tuimon.run.output_capture import tee_output
+from tuimon.run.private_files import write_private_file
 from tuimon.run.run_dir import CONFIG_FILE, OUTPUT_FILE, create_run_dir
 from tuimon.training.trainer import Trainer
 
@@ -34,12 +35,13 @@ def run_config(
     trainer.setup()
     assert config.name is not None
     path = create_run_dir(config.name, run_dir)
-    (path / CONFIG_FILE).write_text(
-        yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    # Atomically, never through a symlink: the run directory may hold an older config.yaml.
+    write_private_file(
+        path / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     )
+    ignore_hangup()  # the run has a log now: it outlives a dropped SSH session
     # A detached worker's stdout and stderr already are the run's output file.
     with tee_output(path / OUTPUT_FILE) if capture_output else contextlib.nullcontext():
-    ignore_hangup()  # the run has a log now: it outlives a dropped SSH session
         try:
             # The Monitor takes SIGINT/SIGTERM (monitor/stop_signals.py): first a stop at
             # the next step boundary with a checkpoint, then an abort.

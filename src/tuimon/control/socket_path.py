@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,19 +43,26 @@ def connect(path: Path, timeout: float | None = 5.0) -> socket.socket:
 
 
 def listen(path: Path) -> socket.socket:
-    """Bind a listening socket at `path`, readable and writable by this user only."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
+    """Bind a listening socket at `path`, readable and writable by this user only.
+
+    The mode comes from the umask at bind(): a chmod afterwards would follow a symlink
+    put in the socket's place. With TUIMON_GROUP_ACCESS too the socket stays 0600: the
+    group may read a run, not steer it.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a stale socket (or a link: unlink removes the link, not its target)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         with short_address(path) as address:
             sock.bind(address)
+        info = path.lstat()
+        if not stat.S_ISSOCK(info.st_mode) or stat.S_IMODE(info.st_mode) & 0o077:
+            raise OSError(f"{path} is not the private socket just bound: refusing to serve it")
     except OSError:
         sock.close()
         raise
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
     sock.listen(16)
     return sock

@@ -545,8 +545,7 @@ class Monitor:
                     path = self._checkpoint_or_note("stop")
                 self._control(request, old, self.state, path=path)
             elif cmd == "checkpoint":
-                path = self._checkpoint_or_note("command")
-                self._control(request, None, path, path=path)
+                self._checkpoint_command(request)
             elif cmd == "set-grad-clip":
                 clip = request.args["value"] or None  # 0 stops clipping
                 old, self._probes.grads.clip = self._probes.grads.clip, clip
@@ -656,6 +655,17 @@ class Monitor:
         action = alert.get("action") or RECOVER  # some verdicts (NaN from the inputs) carry none
         args = {k: v for k, v in action.items() if k != "cmd"}
         self._inbox.put(Request(cmd="recover", args=args, source="autofix"))
+
+    def _checkpoint_command(self, request: Request) -> None:
+        """`checkpoint`: its control event says where the file is, or (`ok` false) why
+        there is none, such as "no space left on device"."""
+        try:
+            path = str(self.checkpoint("command"))
+        except Exception as exc:
+            self.note(f"checkpoint failed: {exc}", level="error")
+            self._control(request, None, None, ok=False, error=f"checkpoint failed: {exc}")
+        else:
+            self._control(request, None, path, path=path)
 
     def _checkpoint_or_note(self, reason: str) -> str | None:
         try:

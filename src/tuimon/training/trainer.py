@@ -19,7 +19,8 @@ import torch
 from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
-from tuimon.run.checkpoint import ResumeState, load_checkpoint, model_weights
+from tuimon.run.checkpoint import CheckpointError, ResumeState, load_checkpoint, model_weights
+from tuimon.run.private_files import remove_leftover_temp_files
 from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
@@ -60,6 +61,7 @@ class Trainer:
         seed_everything(train.seed)
         self.device = select_device(train.device)
         self.data: DataBundle = build_data(cfg.data, train.seed, cfg.faults)
+        self.notes = list(self.data.notes)
         self.model = build_model(cfg, self.data.shape)
         faults.apply_init_faults(self.model, cfg.faults)
         if train.init_from:
@@ -89,19 +91,32 @@ class Trainer:
                 steps_per_epoch=self.steps_per_epoch,
             )
         if train.resume:
-            path = Path(train.resume).expanduser()
-            if not path.is_file():
-                raise UsageError(f"train.resume: no checkpoint at {path}")
-            try:
-                self.resume = load_checkpoint(
-                    path,
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    map_location=self.device,
-                )
-            except (ValueError, RuntimeError, KeyError) as exc:
-                raise UsageError(f"train.resume: cannot resume from {path}: {exc}") from None
+            self._resume(Path(train.resume).expanduser())
+
+    def _resume(self, path: Path) -> None:
+        """`train.resume`: model, optimizer, scheduler, step and RNG from a tuimon checkpoint."""
+        if not path.is_file():
+            raise UsageError(f"train.resume: no checkpoint at {path}")
+        # The run that wrote it may have been killed mid-write: its temporary files go now.
+        removed = remove_leftover_temp_files(path.parent)
+        if removed:
+            size = sum(size for _, size in removed) / 2**20
+            self.notes.append(
+                f"removed {len(removed)} temporary checkpoint file(s) ({size:.1f} MiB) "
+                f"that a killed run left in {path.parent}"
+            )
+        try:
+            self.resume = load_checkpoint(
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                map_location=self.device,
+            )
+        except CheckpointError as exc:
+            raise UsageError(f"train.resume: {exc}") from None
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise UsageError(f"train.resume: cannot resume from {path}: {exc}") from None
 
     def _load_weights(self, path: Path) -> None:
         """`train.init_from`: model weights only (a tuimon checkpoint or a state_dict)."""
@@ -109,6 +124,8 @@ class Trainer:
             raise UsageError(f"train.init_from: no file at {path}")
         try:
             self.model.load_state_dict(model_weights(path))
+        except CheckpointError as exc:
+            raise UsageError(f"train.init_from: {exc}") from None
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"train.init_from: cannot load weights from {path}: {exc}") from None
 
@@ -134,7 +151,7 @@ class Trainer:
             start_epoch=start // self.steps_per_epoch,
             resumed_from=str(cfg.train.resume) if self.resume else None,
             data=self.data.info,
-            notes=list(self.data.notes),
+            notes=list(self.notes),
             loss={"name": cfg.loss.name, **cfg.loss.kwargs},
             # The loop polls should_stop after every step and ends cleanly itself.
             stop="flag",
