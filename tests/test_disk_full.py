@@ -41,8 +41,11 @@ def poll(predicate: Any, what: str, timeout: float = 60.0) -> Any:
 
 # -- a real filesystem that fills up ---------------------------------------------------------
 
+# Paced to at most ~1000 steps/s (~250 KB/s of log), so that once the filler is gone the
+# log cannot fill the 4 MiB disk again before the test ends the run.
 TRAIN_SCRIPT = """
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -60,6 +63,7 @@ with tuimon.Monitor(model, opt, run_dir=run_dir, name="full") as mon:
         loss.backward()
         opt.step()
         mon.step(loss, inputs=x)
+        time.sleep(0.001)
 print("training done")
 """
 
