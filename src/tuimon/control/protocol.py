@@ -19,6 +19,9 @@ from tuimon.config.suggest import did_you_mean
 from tuimon.run.event_codec import encode_event
 
 MAX_LINE_BYTES = 64 * 1024
+# The run's default upper LR limit (monitor/lr_control.py's DEFAULT_MAX_LR; not imported:
+# this module is the UI's too, and the UI never imports torch).
+MAX_LR = 100.0
 MAX_SCALE = 1000.0
 # A request id is echoed in the reply and the log: a number or a short string.
 MAX_ID_CHARS = 128
@@ -54,13 +57,16 @@ class Request:
     source: str = "socket"
 
 
-def validate_lr(value: Any) -> float:
-    """A learning rate typed by a person: a finite number > 0. Its range is the run's to
-    check (its LR limits, monitor.lr_min/lr_max: 1e-12 and 100 by default), as every LR a
-    set-lr or scale-lr leads to is."""
+def validate_lr(value: Any, maximum: float | None = MAX_LR) -> float:
+    """A learning rate typed by a person: a finite number > 0, and not above `maximum`
+    (the UI's LR dialog refuses a typo in place). A request's LR is parsed with no
+    maximum: its range is the run's to check, against the run's own LR limits, as every
+    LR a set-lr or scale-lr leads to is."""
     number = _number(value, "learning rate")
     if number <= 0:
         raise ProtocolError(f"learning rate must be > 0, got {_show(value)}")
+    if maximum is not None and number > maximum:
+        raise ProtocolError(f"learning rate {number:g} is absurdly large (limit {maximum:g})")
     return number
 
 
@@ -186,7 +192,7 @@ def _check_args(cmd: str, args: dict[str, Any]) -> dict[str, Any]:
     if cmd == "set-lr":
         if "value" not in args:
             raise ProtocolError('set-lr needs "value"')
-        checked: dict[str, Any] = {"value": validate_lr(args.pop("value"))}
+        checked: dict[str, Any] = {"value": validate_lr(args.pop("value"), maximum=None)}
         if "group" in args:
             checked["group"] = _group(args.pop("group"))
     elif cmd == "scale-lr":
