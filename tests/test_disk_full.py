@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tuimon.control.client import ControlClient
-from tuimon.run import event_log
+from tuimon.run import event_log, output_capture
 from tuimon.run.event_log import EventLog
 from tuimon.run.log_reader import read_events
 from tuimon.run.output_capture import tee_output
@@ -340,12 +340,23 @@ def test_the_last_batch_is_written_when_space_returns_during_close(tmp_path, mon
 
 # -- output.log --------------------------------------------------------------------------
 
-FULL_DEVICE = Path("/dev/full")  # every write fails with ENOSPC
+FULL_DEVICE = Path("/dev/full")  # every write to it fails with ENOSPC
 
 
-@pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full on this system")
-def test_output_capture_on_a_full_disk_never_raises(capfd):
-    with tee_output(FULL_DEVICE):
+@pytest.fixture
+def full_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """output.log's file is /dev/full (tee_output itself refuses a device: it is given one)."""
+    if not FULL_DEVICE.exists():
+        pytest.skip("no /dev/full on this system")
+
+    def open_full(path: Path, *, binary: bool, buffering: int = -1) -> Any:
+        return FULL_DEVICE.open("ab" if binary else "a", buffering=buffering)
+
+    monkeypatch.setattr(output_capture, "open_private_append", open_full)
+
+
+def test_output_capture_on_a_full_disk_never_raises(full_copy, capfd):
+    with tee_output(Path("output.log")):
         print("line one")
         print("line two", file=sys.stderr)
         sys.stdout.flush()
@@ -354,9 +365,8 @@ def test_output_capture_on_a_full_disk_never_raises(capfd):
     assert out == "line one\nunfinished" and err == "line two\n"
 
 
-@pytest.mark.skipif(not FULL_DEVICE.exists(), reason="no /dev/full on this system")
-def test_output_capture_failing_only_at_exit_never_raises(capfd):
-    with tee_output(FULL_DEVICE):
+def test_output_capture_failing_only_at_exit_never_raises(full_copy, capfd):
+    with tee_output(Path("output.log")):
         sys.stdout.write("no newline, so nothing is written until the copy is closed")
     assert capfd.readouterr().out.startswith("no newline")
 

@@ -33,11 +33,12 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 
 from tuimon.run.event_codec import encode_event
+from tuimon.run.private_files import open_private_append
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
@@ -58,8 +59,9 @@ class EventLog:
     def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
         self.path = Path(path)
         # Unbuffered: one write() per batch, and a failed write leaves nothing behind in a
-        # buffer to come out later in the middle of another line.
-        self._file = self.path.open("ab", buffering=0)
+        # buffer to come out later in the middle of another line. Private, never through a
+        # planted symlink (private_files.py).
+        self._file = cast(BinaryIO, open_private_append(self.path, binary=True, buffering=0))
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._flush_interval = flush_interval
         self._seq = 0

@@ -16,7 +16,9 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
+
+from tuimon.run.private_files import open_private_append
 
 
 class _Copy:
@@ -104,7 +106,7 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def tee_output(path: Path) -> Iterator[None]:
     """While active, stdout and stderr also go (line-buffered) to `path`."""
-    copy = _Copy(path.open("a", encoding="utf-8", buffering=1))
+    copy = _Copy(cast(TextIO, open_private_append(path, binary=False, buffering=1)))
     saved = sys.stdout, sys.stderr
     tees = _Tee(saved[0], copy), _Tee(saved[1], copy)
     sys.stdout, sys.stderr = tees  # type: ignore[assignment]
