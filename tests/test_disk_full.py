@@ -5,6 +5,7 @@ with ENOSPC injected into the writer's file (anywhere)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tuimon.control.client import ControlClient
+from tuimon.headless.console import ConsoleReporter
 from tuimon.run import event_log, output_capture
 from tuimon.run.event_log import EventLog
 from tuimon.run.log_reader import read_events
@@ -378,3 +380,23 @@ def test_output_capture_keeps_writing_the_copy_while_it_works(tmp_path, capfd):
         print("oops", file=sys.stderr)
     assert copy.read_text() == "hello\noops\n"
     assert capfd.readouterr() == ("hello\n", "oops\n")
+
+
+def test_the_writer_outlives_a_console_and_stderr_on_the_full_disk(tmp_path, monkeypatch):
+    """A detached worker's stdout and stderr are output.log: on a full disk the console's
+    print fails, and so does printing that failure; the writer must outlive both."""
+    if not FULL_DEVICE.exists():
+        pytest.skip("no /dev/full on this system")
+    full_out = FULL_DEVICE.open("a", buffering=1)
+    monkeypatch.setattr(sys, "stdout", full_out)
+    monkeypatch.setattr(sys, "stderr", full_out)
+    log = EventLog(tmp_path / "events.jsonl", flush_interval=0.05)
+    log.subscribe(ConsoleReporter("full", print_every=0.0))
+    log.emit({"type": "message", "step": 0, "level": "info", "text": "printed: fails"})
+    assert log.flush()
+    steps(log, 1, 3)
+    log.close()
+    monkeypatch.undo()
+    with contextlib.suppress(OSError):
+        full_out.close()
+    assert [e.get("step") for e in read_events(tmp_path / "events.jsonl")] == [0, 1, 2, 3]

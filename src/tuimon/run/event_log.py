@@ -166,7 +166,7 @@ class EventLog:
         try:
             self._store(batch)
         except Exception:  # the writer must outlive anything; the events still go out
-            traceback.print_exc(file=sys.stderr)
+            _print_exception()
         with self._listener_lock:
             self._written_seq = batch[-1]["seq"]
             listeners = list(self._listeners)
@@ -175,7 +175,7 @@ class EventLog:
                     try:
                         listener(event)
                     except Exception:  # a listener's bug must not stop the log
-                        traceback.print_exc(file=sys.stderr)
+                        _print_exception()
 
     def _store(self, batch: list[Event]) -> None:
         """Append the batch to the file, or count it dropped while the file cannot be written."""
@@ -252,7 +252,7 @@ class EventLog:
             try:
                 listener(event)
             except Exception:
-                traceback.print_exc(file=sys.stderr)
+                _print_exception()
 
     def _recovered(self, outage: _Outage) -> None:
         self._outage = None
@@ -295,6 +295,13 @@ class EventLog:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _print_exception() -> None:
+    """Show a listener's bug on stderr; a stderr that cannot be written (a detached
+    worker's output.log on a full disk) must not kill the writer in its turn."""
+    with contextlib.suppress(Exception):
+        traceback.print_exc(file=sys.stderr)
 
 
 def _encode(batch: list[Event]) -> list[bytes]:
