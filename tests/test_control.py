@@ -249,16 +249,27 @@ def test_lr_commands_beyond_the_limits_are_refused_and_change_nothing(write_conf
                 continue
             control, _ = wait_for(client, control_of("scale-lr"))
             outcomes.append(control["new"])
+        # At the floor, a recover (autofix's command) restores but leaves the LR alone.
+        client.request("set-lr", value=1e-12)
+        floor, _ = wait_for(client, control_of("set-lr"))
+        client.request("recover", lr_factor=0.1)
+        recover, before = wait_for(client, control_of("recover"))
         client.request("stop")
     assert worker.wait_exit() == 0
     # The cosine's LR (<= 0.1) x 1000 is within 100; another x 1000 is refused, twice.
     assert outcomes[0] <= 100
     assert all("resulting lr" in o and "above the maximum 100" in o for o in outcomes[1:])
+    assert floor["new"] == 1e-12
+    assert recover["old"] == recover["new"]
+    assert any(
+        "recover: the LR is unchanged" in e.get("text", "") and "below the minimum" in e["text"]
+        for e in before
+    )
     events = worker.events()
     lrs = [e["lr"] for e in events if is_step(e)]
     assert all(math.isfinite(lr) and 0 < lr <= 100 for lr in lrs)
     commands = [e["command"] for e in events if e["type"] == "control"]
-    assert commands == ["scale-lr", "stop"]
+    assert commands == ["scale-lr", "set-lr", "recover", "stop"]
 
 
 def test_ctl_checkpoint_says_why_it_failed(write_config, start_worker):

@@ -103,9 +103,17 @@ def plan_scale_lr(
     limits: LrLimits = LrLimits(),
 ) -> LrChange:
     """The change `scale_lr` would make, checked; raises LrRefused and changes nothing."""
+    change = _scaled(optimizer, scheduler, factor, _group_indices(optimizer, group))
+    _check(change, limits)
+    return change
+
+
+def _scaled(
+    optimizer: torch.optim.Optimizer, scheduler: Any, factor: float, groups: list[int]
+) -> LrChange:
+    """Every LR-like value of `groups` and their schedule times `factor`, unchecked."""
     if not math.isfinite(factor) or factor <= 0:
         raise LrRefused(f"the scale factor must be finite and > 0, got {show_lr(factor)}")
-    groups = _group_indices(optimizer, group)
     change = LrChange(optimizer, groups)
     for index in groups:
         param_group = optimizer.param_groups[index]
@@ -128,7 +136,6 @@ def plan_scale_lr(
                     change.writes.append(
                         _Write(sched, attr, float(value), float(value) * factor, attr, None)
                     )
-    _check(change, limits)
     return change
 
 
@@ -145,7 +152,12 @@ def plan_set_lr(
     # The target itself first, so the reason names the value that was asked for.
     _check_value(value, reference, "lr", group, limits)
     if reference > 0:
-        return plan_scale_lr(optimizer, scheduler, value / reference, group, limits)
+        change = _scaled(optimizer, scheduler, value / reference, groups)
+        for write in change.writes:
+            if write.name == "lr" and write.group == groups[0]:
+                write.new = value  # exactly what was asked, not reference * (value/reference)
+        _check(change, limits)
+        return change
     # Nothing to scale from (an LR of exactly 0): set it and its schedule base outright.
     change = LrChange(optimizer, groups)
     for index in groups:
