@@ -18,8 +18,9 @@ from tuimon.run.run_dir import CONTROL_SOCKET
 
 # A refused connection is a dead worker's socket file on Linux, but also what a socket
 # between its worker's bind() and listen() answers (and, on macOS, a full backlog): it is
-# retried this long (at most the timeout) before the worker is called gone.
-REFUSED_GRACE_SECONDS = 1.0
+# retried this long (at most the timeout) before the worker is called gone. Short, as
+# `tuimon attach` asks every killed run's stale socket in turn.
+REFUSED_GRACE_SECONDS = 0.1
 _RETRY_SECONDS = 0.01
 
 
