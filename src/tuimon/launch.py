@@ -16,6 +16,7 @@ from pathlib import Path
 from tuimon.control.client import is_alive
 from tuimon.errors import EXIT_FAILED, EXIT_OK, UsageError
 from tuimon.run.event_codec import decode_line
+from tuimon.run.private_files import open_private_append
 from tuimon.run.run_dir import (
     AUTOFIX_ENV,
     DEFAULT_BASE,
@@ -201,7 +202,8 @@ def end_status(events: Path, tail_bytes: int = 1 << 16) -> str | None:
 
 
 def _spawn(command: list[str], run_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    output = (run_dir / OUTPUT_FILE).open("ab")
+    # Never through a symlink planted in the run directory (run/private_files.py).
+    output = open_private_append(run_dir / OUTPUT_FILE, binary=True)
     try:
         return subprocess.Popen(
             command,
