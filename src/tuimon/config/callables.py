@@ -12,6 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tuimon.config.shown_values import clipped, shown_value
 from tuimon.config.suggest import did_you_mean
 
 
@@ -59,24 +60,25 @@ def loss_names() -> dict[str, type]:
 def resolve_name(kind: str, name: str, table: dict[str, Any]) -> Any:
     if name in table:
         return table[name]
-    raise UnknownNameError(f"unknown {kind} {name!r}{did_you_mean(name, table)}")
+    raise UnknownNameError(f"unknown {kind} {shown_value(name)}{did_you_mean(name, table)}")
 
 
 def resolve_callable(spec: str) -> Callable[..., Any]:
     """Import `package.module:attribute` and return the attribute."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise UnknownNameError(f"{spec!r} is not of the form package.module:callable")
+        raise UnknownNameError(f"{shown_value(spec)} is not of the form package.module:callable")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UnknownNameError(f"cannot import {module_name!r}: {exc}") from None
+        reason = clipped(str(exc))
+        raise UnknownNameError(f"cannot import {shown_value(module_name)}: {reason}") from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
             names = [n for n in dir(target) if not n.startswith("_")]
             hint = did_you_mean(part, names)
-            raise UnknownNameError(f"{module_name} has no attribute {part!r}{hint}")
+            raise UnknownNameError(f"{module_name} has no attribute {shown_value(part)}{hint}")
         target = getattr(target, part)
     if not callable(target):
         raise UnknownNameError(f"{spec} is not callable")
@@ -123,21 +125,54 @@ def check_kwargs(
 
 def _type_problem(param: inspect.Parameter, value: Any) -> str | None:
     default = param.default
-    annotation = str(param.annotation)
-    if default is inspect.Parameter.empty or default is None or value is None:
+    if value is None:
         return None
+    if default is inspect.Parameter.empty or default is None:
+        # No default to compare with (`T_max: int`): the annotation says what it takes.
+        return _annotation_problem(_annotation_name(param.annotation), value)
+    annotation = _annotation_name(param.annotation)
     if isinstance(default, bool):
-        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if isinstance(value, bool):
+            return None
+        return f"expected true or false, got {shown_value(value)}"
     if isinstance(default, int | float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number, got {value!r}"
+            return f"expected a number, got {shown_value(value)}"
         if annotation == "int" and not isinstance(value, int):
-            return f"expected an integer, got {value!r}"
+            return f"expected an integer, got {shown_value(value)}"
         return None
     if isinstance(default, tuple | list):
         if not isinstance(value, list | tuple) or len(value) != len(default):
-            return f"expected a list of {len(default)} values like {list(default)}, got {value!r}"
+            return (
+                f"expected a list of {len(default)} values like {list(default)}, "
+                f"got {shown_value(value)}"
+            )
         return None
     if isinstance(default, str) and not isinstance(value, str):
-        return f"expected a string, got {value!r}"
+        return f"expected a string, got {shown_value(value)}"
+    return None
+
+
+def _annotation_name(annotation: Any) -> str:
+    """'int' for both `int` and the string annotation 'int' (torch uses either)."""
+    if isinstance(annotation, str):
+        return annotation.strip()
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+def _annotation_problem(annotation: str, value: Any) -> str | None:
+    """A value that cannot be what a plain `int`/`float`/`bool`/`str` annotation asks."""
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"expected an integer, got {shown_value(value)}"
+    elif annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"expected a number, got {shown_value(value)}"
+    elif annotation == "bool":
+        if not isinstance(value, bool):
+            return f"expected true or false, got {shown_value(value)}"
+    elif annotation == "str" and not isinstance(value, str):
+        return f"expected a string, got {shown_value(value)}"
     return None

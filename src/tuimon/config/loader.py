@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +23,15 @@ from tuimon.config.schema import (
     TorchvisionOptions,
     VGGSmallOptions,
 )
+from tuimon.config.shown_values import dotted_key, problem_line, shown_value
 from tuimon.config.source import ConfigSource, KeyPath, load_source
 from tuimon.config.suggest import did_you_mean
 from tuimon.errors import ConfigError
 
+# No setting takes an integer beyond 64 bits: torch, the log and JSON readers cannot.
+MAX_INTEGER = 2**63 - 1
+# Scheduler arguments that are learning rates, held to the same limits as optimizer.lr.
+SCHEDULER_LR_ARGS = ("max_lr", "base_lr", "eta_min", "min_lr")
 # Model arguments that tuimon derives from the data; a custom model may accept them.
 MODEL_CONTEXT_ARGS = ("num_classes", "in_channels", "image_size")
 _SCHEMA_CLASS_NAMES = {
@@ -49,6 +55,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
 
 def validate(source: ConfigSource) -> Config:
     """The validated config, or a ConfigError listing every problem in the file at once."""
+    problems = _number_problems(source)
+    if problems:
+        # Non-finite or huge numbers first, alone: they would only confuse the checks below.
+        raise ConfigError(problems)
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
@@ -62,11 +72,79 @@ def validate(source: ConfigSource) -> Config:
         source, config.model, config.optimizer, config.scheduler, config.loss
     )
     problems += _check_rule_overrides(config, source)
+    problems += _lr_problems(config, source)
+    if not problems:
+        problems += _size_problems(config, source)
     if problems:
         raise ConfigError(problems)
     if config.name is None:
         config.name = _default_name(source.origin)
     return config
+
+
+def _number_problems(source: ConfigSource) -> list[str]:
+    """NaN, ±inf and integers beyond 64 bits, wherever they are: no setting means them,
+    and each would end a run later (an LR of inf, 10**5000 samples) far from its line."""
+    problems: list[str] = []
+    stack: list[tuple[KeyPath, Any]] = [((), source.data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(_located(source, path, f"must be a finite number, got {value}"))
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            problems.append(
+                _located(source, path, f"{shown_value(value)} is beyond any setting's range")
+            )
+    return sorted(problems, key=_position)
+
+
+def _lr_problems(config: Config, source: ConfigSource) -> list[str]:
+    """optimizer.lr (and a scheduler's LR arguments) within the run's LR limits: the same
+    [monitor.lr_min, monitor.lr_max] that every set-lr and scale-lr is held to."""
+    low, high = config.monitor.lr_min, config.monitor.lr_max
+    limits = f"[{low:g}, {high:g}] (monitor.lr_min, monitor.lr_max)"
+    problems = []
+    lr = config.optimizer.lr
+    if not low <= lr <= high:
+        problems.append(
+            _located(source, ("optimizer", "lr"), f"must be within {limits}, got {lr:g}")
+        )
+    if config.scheduler is not None:
+        for key in SCHEDULER_LR_ARGS:
+            given = config.scheduler.kwargs.get(key)
+            values = given if isinstance(given, list) else [given]
+            if any(_is_number(v) and v > high for v in values):
+                problems.append(
+                    _located(
+                        source,
+                        ("scheduler", key),
+                        f"an LR above monitor.lr_max ({high:g}), got {shown_value(given)}",
+                    )
+                )
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _size_problems(config: Config, source: ConfigSource) -> list[str]:
+    """Data and model that cannot fit in this machine's memory, refused before a byte of
+    them is allocated (training/memory_estimate.py says how they are sized)."""
+    from tuimon.training import memory_estimate
+    from tuimon.training.datasets import data_shape
+
+    available = memory_estimate.available_memory()
+    oversize = memory_estimate.data_oversize(config, available)
+    if oversize is None:
+        oversize = memory_estimate.model_oversize(config, data_shape(config.data), available)
+    if oversize is None:
+        return []
+    return [_located(source, oversize.key, oversize.message)]
 
 
 def _check_rule_overrides(config: Config, source: ConfigSource) -> list[str]:
@@ -114,9 +192,9 @@ def _default_name(origin: str) -> str:
 
 
 def _located(source: ConfigSource, path: KeyPath, message: str) -> str:
-    dotted = ".".join(str(p) for p in path)
+    dotted = dotted_key(path)
     where = source.where(path)
-    return f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}"
+    return problem_line(f"{where}: {dotted}: {message}" if dotted else f"{where}: {message}")
 
 
 def pydantic_problems(
@@ -139,7 +217,7 @@ def pydantic_problems(
         elif kind == "missing":
             message = "missing required key"
         elif kind in ("model_type", "dict_type"):
-            message = f"must be a section (a mapping of keys), got {error['input']!r}"
+            message = f"must be a section (a mapping of keys), got {shown_value(error['input'])}"
         else:
             message = _value_message(error)
         messages = by_path.setdefault(prefix + loc, [])
@@ -166,7 +244,7 @@ def _value_message(error: Any) -> str:
     message = re.sub(r"^(Value error|Assertion failed), ", "", message)
     message = message.replace("Input should be", "must be")
     if "input" in error and not isinstance(error["input"], dict):
-        message += f" (got {error['input']!r})"
+        message += f" (got {shown_value(error['input'])})"
     return message
 
 

@@ -8,26 +8,63 @@ thing; those arguments are checked against its signature in `config/callables.py
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from tuimon.config.shown_values import shown_value
 from tuimon.config.suggest import did_you_mean
 from tuimon.doctor.rule_ids import RULE_IDS
 from tuimon.run.run_dir import RUN_NAME_PATTERN
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
+# The run's LR limits, as monitor/lr_control.py's LrLimits defaults: below, float noise;
+# above, a typo (3e4 for 3e-4). optimizer.lr and every set-lr / scale-lr stay within them.
+DEFAULT_LR_MIN = 1e-12
+DEFAULT_LR_MAX = 100.0
+# Seeds are mixed with sample indices (synthetic.py) and must stay within torch's 64 bits.
+MAX_SEED = 2**32 - 1
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+class _NoBoolNumbers(BaseModel):
+    """Pydantic reads `true` as 1 for an int field; a config saying `batch_size: yes`
+    is a mistake, not a batch of one."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            members = _members(cls.model_fields[info.field_name].annotation)
+            if bool not in members and members & {int, float}:
+                raise ValueError(f"expected a number, got {str(value).lower()}")
+        return value
 
 
-class NamedCall(BaseModel):
+def _members(annotation: Any) -> set[Any]:
+    """The types a field accepts: {int, NoneType} for `int | None`."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return set(typing.get_args(annotation))
+    return {annotation}
+
+
+class StrictModel(_NoBoolNumbers):
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+class NamedCall(_NoBoolNumbers):
     """A section naming a callable; every other key is a keyword argument for it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str
 
@@ -43,7 +80,7 @@ class ModelConfig(NamedCall):
 class MLPOptions(StrictModel):
     """Options of the built-in `mlp`: inputs are flattened."""
 
-    hidden: list[int] = Field([512, 256], description="units of each hidden layer")
+    hidden: list[int] = Field([512, 256], max_length=1000, description="units of each hidden layer")
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
     batchnorm: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -59,7 +96,7 @@ class MLPOptions(StrictModel):
 class VGGSmallOptions(StrictModel):
     """Options of the built-in `vgg_small`: conv blocks, each followed by a 2x2 max-pool."""
 
-    blocks: list[list[int]] = Field([[64], [128], [256, 256], [512, 512]])
+    blocks: list[list[int]] = Field([[64], [128], [256, 256], [512, 512]], max_length=100)
     width: float = Field(1.0, gt=0, le=4, description="multiplies every block's channels")
     batchnorm: bool = True
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
@@ -74,6 +111,8 @@ class VGGSmallOptions(StrictModel):
     def _non_empty(cls, value: list[list[int]]) -> list[list[int]]:
         if not value or any(not block for block in value):
             raise ValueError("need at least one block, each with at least one conv layer")
+        if any(len(block) > 100 for block in value):
+            raise ValueError("a block may hold at most 100 conv layers")
         if any(channels <= 0 for block in value for channels in block):
             raise ValueError("every conv layer needs at least one channel")
         return value
@@ -88,7 +127,7 @@ class TorchvisionOptions(StrictModel):
 
 class OptimizerConfig(NamedCall):
     name: str = "SGD"
-    lr: float = Field(0.01, gt=0)
+    lr: float = Field(0.01, gt=0, description="within [monitor.lr_min, monitor.lr_max]")
 
 
 class SchedulerConfig(NamedCall):
@@ -121,17 +160,23 @@ class NormalizeSpec(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    random_crop: int = Field(0, ge=0, description="padding in pixels for a random crop; 0 = off")
+    random_crop: int = Field(
+        0, ge=0, le=256, description="padding in pixels for a random crop; 0 = off"
+    )
     hflip: bool = False
 
 
 class SyntheticConfig(StrictModel):
-    num_samples: int | None = Field(None, gt=0, description="default 10000, or the real size")
-    channels: int = Field(3, gt=0)
-    image_size: int = Field(32, ge=4)
-    num_classes: int = Field(10, ge=2)
+    # Bounds that keep the set's index tensors (8 bytes a sample, a few of them) and its
+    # class prototypes within reason; memory_estimate.py checks what they add up to.
+    num_samples: int | None = Field(
+        None, gt=0, le=100_000_000, description="default 10000, or the real size"
+    )
+    channels: int = Field(3, gt=0, le=1024)
+    image_size: int = Field(32, ge=4, le=4096)
+    num_classes: int = Field(10, ge=2, le=100_000)
     noise: float = Field(1.0, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     task: Literal["classification", "regression"] = Field(
         "classification", description="regression: predict the class index as a number"
     )
@@ -146,7 +191,7 @@ class DataConfig(StrictModel):
     normalize: bool | NormalizeSpec = True
     augment: AugmentConfig = AugmentConfig()
     shuffle: bool = True
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
     limit: int | None = Field(None, gt=0, description="use only this many training samples")
     synthetic: SyntheticConfig = SyntheticConfig()
 
@@ -155,16 +200,19 @@ class DataConfig(StrictModel):
     def _known_dataset(cls, value: str) -> str:
         if value not in DATASETS:
             hint = did_you_mean(value, DATASETS)
-            raise ValueError(f"unknown dataset {value!r}{hint}; one of: {', '.join(DATASETS)}")
+            raise ValueError(
+                f"unknown dataset {shown_value(value)}{hint}; one of: {', '.join(DATASETS)}"
+            )
         return value
 
 
 class TrainConfig(StrictModel):
-    epochs: int | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, gt=0)
+    # Bounds that keep the step count an exact number in the log (JSON, below 2**53).
+    epochs: int | None = Field(None, gt=0, le=1_000_000)
+    max_steps: int | None = Field(None, gt=0, le=10**15)
     batch_size: int = Field(64, gt=0)
     device: str = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     grad_clip: float | None = Field(None, gt=0)
     accumulate: int = Field(1, gt=0)
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch end")
@@ -178,7 +226,7 @@ class TrainConfig(StrictModel):
     @classmethod
     def _known_device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {shown_value(value)}")
         return value
 
     @model_validator(mode="after")
@@ -222,6 +270,8 @@ class MonitorConfig(StrictModel):
     smoothing: float = Field(0.9, ge=0, lt=1, description="EMA weight of the smoothed loss")
     probes: ProbeConfig = ProbeConfig()
     rules: dict[RuleId, RuleOverride] = {}
+    lr_min: float = Field(DEFAULT_LR_MIN, gt=0, description="the lowest LR a command may set")
+    lr_max: float = Field(DEFAULT_LR_MAX, gt=0, description="the highest LR a command may set")
     autofix: bool = Field(False, description="on NaN or divergence: restore, LR x0.1")
     autofix_max: int = Field(3, ge=1, description="autofix gives up after this many tries")
     snapshot_every: int = Field(
@@ -233,6 +283,12 @@ class MonitorConfig(StrictModel):
         description="Monitor(stop='flag'): steps a script may run on after a stop before "
         "tuimon says it ignores should_stop and takes commands again",
     )
+
+    @model_validator(mode="after")
+    def _lr_range(self) -> MonitorConfig:
+        if self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min ({self.lr_min:g}) must be below lr_max ({self.lr_max:g})")
+        return self
 
 
 class FaultsConfig(StrictModel):

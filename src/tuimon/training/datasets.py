@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from tuimon.config.schema import DataConfig, FaultsConfig
+from tuimon.config.shown_values import clipped
 from tuimon.errors import UsageError
-from tuimon.training.models import DataShape
+from tuimon.training.models import DataShape, is_allocation_failure
 from tuimon.training.synthetic import SyntheticImages
 
 DOWNLOAD_TIMEOUT_S = 30
@@ -197,6 +198,22 @@ def data_shape(config: DataConfig) -> DataShape:
 
 
 def build_data(config: DataConfig, seed: int, faults: FaultsConfig | None = None) -> DataBundle:
+    """The data, or a UsageError naming the data keys when its memory cannot be had (the
+    loader refuses what clearly cannot fit; this catches what fails anyway)."""
+    try:
+        return _build_data(config, seed, faults)
+    except (MemoryError, RuntimeError) as exc:
+        if not is_allocation_failure(exc):
+            raise
+        first_line = (str(exc).strip().splitlines() or ["out of memory"])[0]
+        raise UsageError(
+            f"data: making the {config.name} data failed for lack of memory "
+            f"({clipped(first_line)}); lower data.synthetic.num_samples, image_size, "
+            "channels or num_classes, or data.limit"
+        ) from None
+
+
+def _build_data(config: DataConfig, seed: int, faults: FaultsConfig | None) -> DataBundle:
     faults = faults or FaultsConfig()
     notes: list[str] = []
     known = KNOWN.get(config.name)

@@ -13,6 +13,7 @@ from torch import nn
 from tuimon.config import callables
 from tuimon.config.loader import MODEL_CONTEXT_ARGS, model_options
 from tuimon.config.schema import Config, MLPOptions, TorchvisionOptions, VGGSmallOptions
+from tuimon.config.shown_values import clipped, shown_value
 from tuimon.errors import UsageError
 from tuimon.training.architectures import MLP, VGGSmall
 
@@ -37,6 +38,41 @@ def torchvision_model_names() -> list[str]:
 
 
 def build_model(config: Config, shape: DataShape) -> nn.Module:
+    """The model, or a UsageError naming the model's keys when its memory cannot be had
+    (the loader refuses what clearly cannot fit; this catches what fails anyway)."""
+    try:
+        return _build(config, shape)
+    except MemoryError:
+        raise _too_big(config, "out of memory") from None
+    except RuntimeError as exc:
+        if not is_allocation_failure(exc):
+            raise
+        raise _too_big(config, str(exc)) from None
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """torch's way of saying an allocation failed (CPU or CUDA), as opposed to a bug."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or any(sign in text for sign in ALLOCATION_FAILURES)
+
+
+# What torch's allocators say when they cannot allocate (CPU, CUDA, MPS).
+ALLOCATION_FAILURES = ("DefaultCPUAllocator", "can't allocate", "out of memory")
+
+
+def _too_big(config: Config, reason: str) -> UsageError:
+    keys = {
+        "mlp": "model.hidden",
+        "vgg_small": "model.blocks, model.width, model.hidden",
+    }.get(config.model.name, "model.name and its arguments")
+    first_line = reason.strip().splitlines()[0] if reason.strip() else reason
+    return UsageError(
+        f"model: building {shown_value(config.model.name)} failed for lack of memory "
+        f"({clipped(first_line)}); make it smaller ({keys}) or the data's images smaller"
+    )
+
+
+def _build(config: Config, shape: DataShape) -> nn.Module:
     name = config.model.name
     options = model_options(config)
     if isinstance(options, MLPOptions):
