@@ -17,6 +17,7 @@ import collections
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,12 @@ class ControlServer:
             self.path.unlink()
         with self._lock:
             clients = list(self._clients)
+        # One drain time for all: every writer starts its last sends at once.
         for client in clients:
-            client.close(drain_timeout)
+            client.stop_queueing()
+        deadline = time.monotonic() + drain_timeout
+        for client in clients:
+            client.close(max(deadline - time.monotonic(), 0.0))
         self._thread.join(timeout=2)
 
     def _accept_loop(self) -> None:
@@ -230,11 +235,15 @@ class _Client:
         with contextlib.suppress(OSError):
             self._conn.shutdown(socket.SHUT_RDWR)  # wakes a reader in recv, a writer in send
 
-    def close(self, drain_timeout: float) -> None:
-        """Let the writer send what is queued (up to `drain_timeout` s), then close."""
+    def stop_queueing(self) -> None:
+        """Queue nothing more; the writer sends what is queued, then ends."""
         with self._ready:
             self._closing = True
             self._ready.notify_all()
+
+    def close(self, drain_timeout: float) -> None:
+        """Let the writer send what is queued (up to `drain_timeout` s), then close."""
+        self.stop_queueing()
         if threading.current_thread() is not self._writer:
             self._writer.join(timeout=drain_timeout)
         with self._close_lock:
