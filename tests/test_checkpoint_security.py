@@ -7,6 +7,7 @@ config key. Writes are atomic and leave nothing behind, even on a full filesyste
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
@@ -453,3 +454,26 @@ def test_the_checkpoint_command_reports_injected_enospc(tmp_path, writes_to_dev_
     assert event["ok"] is False
     assert event["error"].startswith("checkpoint failed: no space left on device")
     assert leftovers(tmp_path / "run" / "checkpoints") == []
+
+
+def test_ctl_checkpoint_on_a_full_disk_exits_1_with_the_reason(tmp_path, writes_to_dev_full):
+    """Before: `applied at step N: checkpoint None -> None`, exit 0."""
+    model, optimizer = tiny()
+    run = tmp_path / "run"
+    with Monitor(model, optimizer, run_dir=run, quiet=True) as mon:
+        ctl = subprocess.Popen(
+            [sys.executable, "-m", "tuimon", "ctl", str(run), "checkpoint", "--wait", "120"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+        )
+        deadline = time.monotonic() + 180
+        while ctl.poll() is None and time.monotonic() < deadline:
+            mon.step(torch.tensor(1.0))  # each step boundary may apply the command
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ctl.wait(timeout=0.05)
+        out, err = ctl.communicate(timeout=30)
+    assert ctl.returncode == 1, (out, err)
+    assert "tuimon ctl: checkpoint failed: no space left on device" in err
+    assert "None -> None" not in out
