@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -173,3 +174,48 @@ def test_a_scripts_own_metric_is_on_screen_and_m_plots_it(tmux, tmp_path):
     assert "Loss · train_acc" not in screen
     tmux.run("send-keys", "-t", "metrics", "m")
     tmux.wait_for("metrics", lambda s: "Loss · train_acc" in s and "▶train_acc" in s)
+
+
+def test_attach_to_a_killed_run_shows_its_log_and_says_the_worker_is_gone(
+    tmux, tmp_path, write_config, start_worker
+):
+    """`tuimon attach` on a run killed with SIGKILL: its history, "worker gone", no ETA."""
+    worker = start_worker(write_config())
+    deadline = time.monotonic() + 60
+    while step_count(worker.run_dir) < 10:
+        assert time.monotonic() < deadline, "the worker logged no steps"
+        time.sleep(0.05)
+    pid = worker.process.pid
+    os.kill(pid, signal.SIGKILL)
+    worker.process.wait(timeout=30)
+    tmux.start("dead", f"{sys.executable} -m tuimon attach {worker.run_dir.name}")
+    screen = tmux.wait_for(
+        "dead", lambda s: f"pid {pid} not running" in s and "worker gone" in s and "Loss" in s
+    )
+    assert "ETA" not in screen and "/100000000" in screen  # the step count, but no ETA
+    tmux.run("send-keys", "-t", "dead", "-")
+    tmux.wait_for("dead", lambda s: "nothing to send it to" in toast_text(s))
+
+
+def toast_text(screen: str) -> str:
+    """The words of the toasts on a screen (each toast line starts with ▌), joined."""
+    parts = [line.split("▌", 1)[1].rstrip("│╮╯─ ") for line in screen.splitlines() if "▌" in line]
+    return " ".join(" ".join(parts).split())
+
+
+def test_replay_of_a_crafted_log_leaves_the_terminal_title_alone(tmux, tmp_path):
+    """A log whose run name, messages and traceback hold an OSC title sequence (and CSI
+    clears, 8-bit CSI, Rich markup): the pane's title is the one it had before."""
+    from test_escape_codes import MARKUP, write_crafted_log
+
+    write_crafted_log(tmp_path / "run")
+    # The pane waits for Enter, so its title is set before tuimon can write anything.
+    tmux.start("evil", f"sh -c 'read go; exec {sys.executable} -m tuimon replay run'")
+    tmux.run("select-pane", "-t", "evil", "-T", "title-before-replay")
+    tmux.run("send-keys", "-t", "evil", "Enter")
+    screen = tmux.wait_for("evil", lambda s: "replay" in s and "Doctor" in s and "pwned" in s)
+    assert MARKUP[:18] in screen  # markup shown as typed
+    tmux.run("send-keys", "-t", "evil", "e")  # the traceback, escapes and all
+    tmux.wait_for("evil", lambda s: "RuntimeError: boom" in s)
+    title = tmux.run("display", "-p", "-t", "evil", "#{pane_title}").stdout.strip()
+    assert title == "title-before-replay"

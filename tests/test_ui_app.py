@@ -9,7 +9,7 @@ from rich.console import Console
 from textual.widgets import Button, Input, Static
 
 from tuimon.control.client import is_alive
-from tuimon.ui.app import TuimonApp
+from tuimon.ui.app import WORKER_GONE, TuimonApp
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.lr_screen import LRScreen
 from tuimon.ui.screens.text_screen import TextScreen
@@ -187,7 +187,7 @@ async def test_quit_can_leave_a_launched_run_running(start_worker):
     assert worker.wait_exit() == 0
 
 
-async def test_disconnected_when_the_worker_dies_then_reconnects(
+async def test_worker_gone_when_the_worker_dies_then_reconnects(
     write_config, start_worker, tmp_path
 ):
     config = write_config()
@@ -197,12 +197,16 @@ async def test_disconnected_when_the_worker_dies_then_reconnects(
         await until(pilot, lambda: app.state.step > 3)
         worker.process.kill()  # the worker vanishes without an `end` event
         worker.process.wait()
-        await until(pilot, lambda: app.shown_state == "disconnected")
-        # A worker comes back on the same socket path (here: a new run in the same dir).
+        # Its pid is not running: the app says so (tests/test_attach_dead_run.py has more).
+        await until(pilot, lambda: app.shown_state == WORKER_GONE)
+        assert f"pid {worker.process.pid} not running" in app.notice
+        # A worker comes back on the same socket path (here: a new run in the same dir):
+        # the app watches the socket file and attaches to it.
         (worker.run_dir / "events.jsonl").unlink()
         again = start_worker(config, run_dir=worker.run_dir)
         await until(pilot, lambda: app.connection_status == "connected")
         await until(pilot, lambda: app.shown_state == "running")
+        assert app.notice == ""
         again.client().request("stop")
         await until(pilot, lambda: app.shown_state == "stopped")
     assert again.wait_exit() == 0

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from tuimon.headless.alert_text import describe_action
 from tuimon.headless.progress import Progress, format_value, show_value
 from tuimon.run.event_log import RESERVED_METRIC_KEYS
+from tuimon.terminal_text import printable
 
 
 class ConsoleReporter:
@@ -38,8 +39,10 @@ class ConsoleReporter:
             handler(event)
 
     def _print(self, text: str) -> None:
+        """Every line goes out through here: names, messages, paths and tracebacks come
+        from the run, and an escape sequence in them must not reach the terminal."""
         stream = self._stream or sys.stdout
-        print(text, file=stream, flush=True)
+        print(printable(text), file=stream, flush=True)
 
     def _on_start(self, event: dict[str, Any]) -> None:
         self.progress = Progress(

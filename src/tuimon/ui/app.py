@@ -27,6 +27,7 @@ from tuimon.headless.alert_text import cleared_at, stale_action_text
 from tuimon.headless.progress import show_value
 from tuimon.run.run_dir import OUTPUT_FILE
 from tuimon.run.run_state import RunState
+from tuimon.terminal_text import printable
 from tuimon.ui import keymap
 from tuimon.ui.connection import ReplayLoader, RunConnection
 from tuimon.ui.messages import CommandResult, ConnectionChanged, StateReplaced
@@ -48,6 +49,7 @@ from tuimon.ui.widgets.status_bar import StatusBar
 NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
 SHORT_HEIGHT = 32  # below this GPU | Host shrink to two lines each
 FINAL_STATES = ("completed", "stopped", "failed")
+WORKER_GONE = "worker gone"  # the state shown for a run whose worker was killed
 OUTPUT_TAIL_LINES = 2000
 
 
@@ -82,6 +84,7 @@ class TuimonApp(App[None]):
         self.state = RunState()
         self.options = ViewOptions()
         self.connection_status = "loading" if replay else "connecting"
+        self.connection_detail = ""  # the connection's line: why there is none, and so on
         self.stopped_run = False  # the user quit with "stop the run"
         self._announced_controls = 0
         self._announced_alerts = 0
@@ -139,7 +142,14 @@ class TuimonApp(App[None]):
         so a tick never costs more than one plotext drawing."""
         if not self._panels:
             return  # not mounted yet
-        self.query_one_main(StatusBar).shown_state = self.shown_state
+        status_bar = self.query_one_main(StatusBar)
+        status_bar.shown_state = self.shown_state
+        status_bar.notice = self.notice
+        if status_bar.styles.height is None or status_bar.styles.height.value != (
+            wanted := status_bar.wanted_height()
+        ):
+            status_bar.styles.height = wanted
+        self.query_one_main(DoctorPanel).no_commands = self.no_commands
         self._fit_metrics()
         plots = []
         for panel in self._panels:
@@ -174,6 +184,8 @@ class TuimonApp(App[None]):
         status = self.state.status
         if status in FINAL_STATES:
             return status
+        if self.connection_status == "worker-gone":
+            return WORKER_GONE
         if self.connection_status == "worker-exited":
             return "failed"
         if self.connection_status in ("connecting", "starting") and self.state.start is None:
@@ -181,6 +193,31 @@ class TuimonApp(App[None]):
         if self.connection_status == "disconnected":
             return "disconnected"
         return status
+
+    @property
+    def notice(self) -> str:
+        """A line under the status bar: what a replay's log lacks, why the socket does not
+        answer, that the worker is gone. Empty when all is well."""
+        if self.connection_status == "worker-gone":
+            return f"{self.connection_detail} — showing the log; keys that steer the run are off"
+        if self.connection_status in ("replay", "disconnected"):
+            return self.connection_detail
+        return ""
+
+    @property
+    def no_commands(self) -> str | None:
+        """Why keys that steer the run cannot reach it, or None when they can."""
+        if self.replay:
+            return "replay"
+        if self.connection_status == "worker-gone":
+            return WORKER_GONE
+        return None
+
+    def toast(self, message: str, **kwargs: Any) -> None:
+        """A notification whose text may come from the log or the socket: control
+        characters are neutralized and [brackets] are shown as they are, never as markup."""
+        title = kwargs.pop("title", "")
+        self.notify(printable(message), title=printable(title), markup=False, **kwargs)
 
     def _announce_news(self) -> None:
         """Toasts for what changed: applied commands and new alerts."""
@@ -194,13 +231,13 @@ class TuimonApp(App[None]):
             self._announced_alerts = state.counts["alert"]
         for control in new_controls:
             old, new = control.get("old"), control.get("new")
-            self.notify(
+            self.toast(
                 f"{control.get('command')} at step {control.get('step')}: "
                 f"{show_value(old)} → {show_value(new)}",
                 title=f"applied ({control.get('source')})",
             )
         for alert in new_alerts:
-            self.notify(
+            self.toast(
                 str(alert.get("message", "")),
                 title=str(alert.get("rule")),
                 severity="error" if alert.get("severity") == "error" else "warning",
@@ -219,29 +256,32 @@ class TuimonApp(App[None]):
     @on(ConnectionChanged)
     def connection_changed(self, message: ConnectionChanged) -> None:
         before, self.connection_status = self.connection_status, message.status
+        self.connection_detail = message.detail
         if message.status == "disconnected" and before == "connected":
-            self.notify("lost the run's socket; reconnecting…", severity="warning")
+            self.toast("lost the run's socket; reconnecting…", severity="warning")
         elif message.status == "connected" and before == "disconnected":
-            self.notify("reconnected to the run")
+            self.toast("reconnected to the run")
         elif message.status == "worker-exited":
             code = self.worker.poll() if self.worker is not None else None
-            self.notify(
+            self.toast(
                 f"the worker exited (code {code}) before the run started: press e",
                 severity="error",
                 timeout=30,
             )
+        elif message.status == "worker-gone":
+            self.toast(f"{message.detail}: showing the log", severity="warning", timeout=30)
         elif message.status == "unreadable":
-            self.notify(message.detail, severity="error", timeout=30)
+            self.toast(message.detail, severity="error", timeout=30)
         elif message.status == "ended":
-            self.notify(f"the run has ended: {self.state.status}")
+            self.toast(f"the run has ended: {self.state.status}")
         self.refresh_panels()
 
     @on(CommandResult)
     def command_result(self, message: CommandResult) -> None:
         if message.ok:
-            self.notify(message.detail, title=message.command)
+            self.toast(message.detail, title=message.command)
         else:
-            self.notify(message.detail, title=f"{message.command} refused", severity="error")
+            self.toast(message.detail, title=f"{message.command} refused", severity="error")
 
     def _worker_alive(self) -> bool | None:
         if self.worker is None:
@@ -250,12 +290,21 @@ class TuimonApp(App[None]):
 
     # -- commands -------------------------------------------------------------------------
 
-    def send(self, cmd: str, **args: Any) -> None:
+    def steerable(self) -> bool:
+        """Whether a command can reach the run; if not, the user is told why."""
         if self.replay:
-            self.notify("a replay is read-only", severity="warning")
+            self.toast("a replay is read-only", severity="warning")
+            return False
+        if self.connection_status == "worker-gone":
+            self.toast(f"{self.connection_detail}: nothing to send it to", severity="warning")
+            return False
+        return True
+
+    def send(self, cmd: str, **args: Any) -> None:
+        if not self.steerable():
             return
         if self.shown_state in FINAL_STATES:
-            self.notify(f"the run has ended ({self.shown_state})", severity="warning")
+            self.toast(f"the run has ended ({self.shown_state})", severity="warning")
             return
         self._send(cmd, args)
 
@@ -276,6 +325,8 @@ class TuimonApp(App[None]):
         self.send("scale-lr", factor=1 / self.lr_factor)
 
     def action_type_lr(self) -> None:
+        if not self.steerable():
+            return
         lr = self.state.series.get("lr/0")
 
         def chosen(value: float | None) -> None:
@@ -291,8 +342,11 @@ class TuimonApp(App[None]):
         self.send("checkpoint")
 
     def action_stop_run(self) -> None:
+        if self.connection_status == "worker-gone":
+            self.steerable()
+            return
         if self.replay or self.shown_state in FINAL_STATES:
-            self.notify("there is no running run to stop", severity="warning")
+            self.toast("there is no running run to stop", severity="warning")
             return
 
         def chosen(choice: str | None) -> None:
@@ -310,7 +364,7 @@ class TuimonApp(App[None]):
     def action_apply_alert(self) -> None:
         alert = self.query_one_main(DoctorPanel).selected_alert
         if not alert or not alert.get("action"):
-            self.notify("the selected alert has no action to apply", severity="warning")
+            self.toast("the selected alert has no action to apply", severity="warning")
             return
         action = dict(alert["action"])
         cmd = action.pop("cmd")
@@ -325,7 +379,7 @@ class TuimonApp(App[None]):
             if choice == "apply":
                 self.send(cmd, **action)
             else:
-                self.notify(f"not applied: {refusal}", severity="warning")
+                self.toast(f"not applied: {refusal}", severity="warning")
 
         self.push_screen(
             ChoiceScreen(
@@ -344,15 +398,15 @@ class TuimonApp(App[None]):
         with self.state.lock:
             names = metric_names(self.state)
         if not names:
-            self.notify("no metrics logged yet: mon.log(name=value) adds them", severity="warning")
+            self.toast("no metrics logged yet: mon.log(name=value) adds them", severity="warning")
             return
         self.options = self.options.next_metric(names)
-        self.notify(f"main plot: {self.options.metric or 'loss'}")
+        self.toast(f"main plot: {self.options.metric or 'loss'}")
         self.refresh_panels(everything=True)
 
     def action_cycle_x(self) -> None:
         self.options = self.options.next_x_mode()
-        self.notify(f"x axis: {self.options.x_mode}")
+        self.toast(f"x axis: {self.options.x_mode}")
         self.refresh_panels(everything=True)
 
     def action_show_error(self) -> None:
@@ -366,7 +420,7 @@ class TuimonApp(App[None]):
                 )
             )
         else:
-            self.notify("no error: the run has not failed", severity="information")
+            self.toast("no error: the run has not failed", severity="information")
 
     def action_show_output(self) -> None:
         self.push_screen(
@@ -387,7 +441,7 @@ class TuimonApp(App[None]):
                     with ControlClient(self.run_dir, timeout=5) as client:
                         client.request("stop", source="ui")
                 except (ControlError, OSError) as exc:
-                    self.notify(f"could not stop the run: {exc}", severity="error")
+                    self.toast(f"could not stop the run: {exc}", severity="error")
                     return
                 self.stopped_run = True
                 self.exit()

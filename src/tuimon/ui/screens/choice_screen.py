@@ -10,6 +10,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
+from tuimon.terminal_text import printable
+
 
 class ChoiceScreen(ModalScreen[str | None]):
     """Dismisses with the id of the chosen button, or None on Escape."""
@@ -23,8 +25,9 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            # Plain text: a question may quote an alert or a command with [brackets].
-            yield Static(Text(self.question), classes="dialog-title")
+            # Plain, printable text: a question may quote an alert (from the log) with
+            # [brackets] or escape sequences in it.
+            yield Static(Text(printable(self.question)), classes="dialog-title")
             with Horizontal(classes="buttons"):
                 for choice_id, label, variant in self.choices:
                     yield Button(label, id=choice_id, variant=variant)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from tuimon.terminal_text import printable
+
 
 class TextScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q", "dismiss", "Close")]
@@ -20,9 +22,11 @@ class TextScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="wide"):
-            yield Static(self.title_text, classes="dialog-title")
+            # Both may come from the run (a traceback, its output, a path): plain text,
+            # with control characters neutralized, never markup.
+            yield Static(Text(printable(self.title_text)), classes="dialog-title")
             with VerticalScroll(id="text-body"):
-                yield Static(Text(self.body), id="text-content")
+                yield Static(Text(printable(self.body)), id="text-content")
             yield Static("Esc closes · ↑/↓ PgUp/PgDn scroll", classes="dialog-hint")
 
     def on_mount(self) -> None:

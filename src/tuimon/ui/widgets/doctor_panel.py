@@ -53,6 +53,9 @@ class DoctorPanel(Panel):
         # `a` applies the fix of the alert that is highlighted, not of one that just arrived.
         self._selected_key: tuple[Any, Any] | None = None
         self._alerts: list[dict[str, Any]] = []
+        # Set by the app: why no command can reach the run (a replay, a worker that is
+        # gone), or None. Then no fix is offered as `[a] apply`.
+        self.no_commands: str | None = None
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         counts = state.counts
@@ -62,6 +65,7 @@ class DoctorPanel(Panel):
             counts["control"],
             counts["message"],
             state.end is not None,
+            self.no_commands,
             self.selected,
         )
 
@@ -109,7 +113,7 @@ class DoctorPanel(Panel):
         return False
 
     def _lines(self, state: RunState, width: int, height: int) -> Iterator[Text]:
-        ended = state.end is not None
+        ended = state.end is not None or self.no_commands is not None
         if self.selected > 0 and self._selected_below(state, width, height):
             # The selected alert (the one `a` applies) is always in view: the list scrolls.
             yield Text(f"↑ {self.selected} newer (↑ selects)", style="dim")
@@ -156,7 +160,9 @@ class DoctorPanel(Panel):
                     Text(f"[{APPLY_KEY}] apply: {fix}", style="bold green" if selected else "green")
                 )
             else:
-                why = "run ended" if cleared is None else "no longer applies"
+                why = (
+                    "no longer applies" if cleared is not None else self.no_commands or "run ended"
+                )
                 lines.append(Text(f"fix ({why}): {fix}", style="dim"))
         if selected and len(self._alerts) > 1:  # show which one [a] applies
             for line in lines:

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from tuimon.headless.progress import format_value
 from tuimon.run.run_state import RunState
+from tuimon.terminal_text import printable
 from tuimon.ui.plotting import (
     METRIC_PREFIX,
     X_LABELS,
@@ -40,7 +41,8 @@ class LossPanel(Panel):
         self, state: RunState, options: ViewOptions, width: int, height: int
     ) -> RenderableType:
         if options.metric is not None and f"{METRIC_PREFIX}{options.metric}" in state.series:
-            self.border_title = f"{self.TITLE} · {options.metric}"
+            # A Text, not a str: a str title is parsed as markup, and the name is the log's.
+            self.border_title = Text(printable(f"{self.TITLE} · {options.metric}"))
             return self.metric_view(state, options, options.metric, width, height)
         self.border_title = self.TITLE
         loss, smooth = state.series.get("loss"), state.series.get("loss_ema")

@@ -10,6 +10,7 @@ from textual.widgets import Static
 
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions
+from tuimon.ui.terminal_safe import TerminalSafe
 
 
 class Panel(Static):
@@ -23,7 +24,7 @@ class Panel(Static):
         self.border_title = self.TITLE
         self._drawn: Any = None
         self.draws = 0  # how many times the content was rebuilt (tests check the caching)
-        self.last_view: RenderableType = ""
+        self.last_view: RenderableType = ""  # as drawn (through TerminalSafe)
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         """What the panel shows depends on: redraw only when this changes."""
@@ -52,7 +53,8 @@ class Panel(Static):
             key = self._key(state, options)
             if key == self._drawn:
                 return False
-            renderable = self.view(state, options, size.width, size.height)
+            # Whatever the view holds from the log is drawn as plain, printable text.
+            renderable = TerminalSafe(self.view(state, options, size.width, size.height))
         self._drawn = key
         self.draws += 1
         self.last_view = renderable

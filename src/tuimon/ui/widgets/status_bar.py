@@ -1,4 +1,9 @@
-"""One line: run name, state, epoch, step progress, throughput, ETA, elapsed."""
+"""One line: run name, state, epoch, step progress, throughput, ETA, elapsed; and a second
+line, when there is something to say about the connection (the worker is gone, a replayed
+log has no `end`).
+
+An ETA is shown only for a run that is running or paused: a killed run's or a replay's
+"time left" would be a guess about a run that no longer moves."""
 
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ STATE_STYLE = {
     "disconnected": "bold white on red",
     "starting": "bold black on cyan",
     "replay": "bold white on magenta",
+    "worker gone": "bold white on red",
 }
+NOTICE_STYLE = "bold yellow"
+ETA_STATES = ("running", "paused")
 
 
 IGNORED_STYLE = "bold black on yellow"
@@ -33,6 +41,10 @@ class StatusBar(Panel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shown_state = "starting"
+        self.notice = ""  # set by the app: see TuimonApp.notice
+
+    def wanted_height(self) -> int:
+        return 2 if self.notice else 1
 
     @property
     def live(self) -> bool:
@@ -41,7 +53,8 @@ class StatusBar(Panel):
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         elapsed = state.elapsed(live=self.live)
-        return state.version, self.shown_state, int(elapsed) if elapsed is not None else None
+        whole = int(elapsed) if elapsed is not None else None
+        return state.version, self.shown_state, self.notice, whole
 
     def view(
         self, state: RunState, options: ViewOptions, width: int, height: int
@@ -67,8 +80,11 @@ class StatusBar(Panel):
         rates = state.rates()
         if rates["samples_per_s"]:
             line.append(f"  {rates['samples_per_s']:.0f} samples/s")
-        eta = state.eta()
+        eta = state.eta() if self.shown_state in ETA_STATES else None
         if eta is not None:
             line.append(f"  ETA {format_duration(eta)}")
         line.append(f"  elapsed {format_duration(state.elapsed(live=self.live))}", style="dim")
-        return fit([line], width, height)
+        lines = [line]
+        if self.notice:
+            lines.append(Text(f" {self.notice}", style=NOTICE_STYLE))
+        return fit(lines, width, height)
