@@ -12,6 +12,7 @@ import errno
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from tuimon.run.checkpoint import (
     CheckpointSpaceError,
     load_checkpoint,
     model_weights,
+    probe_checkpoint_file,
     save_checkpoint,
 )
 from tuimon.run.run_dir import create_run_dir
@@ -111,6 +113,27 @@ def test_why_a_crafted_file_is_refused_is_said_in_one_line(tmp_path):
         model_weights(made["empty"])
     with pytest.raises(CheckpointError, match=r"torch\.nn\.modules\.linear\.Linear"):
         model_weights(made["whole_model"])
+
+
+def test_the_cheap_probe_refuses_what_it_can_without_unpickling(tmp_path):
+    """For a config loader: no unpickling, no tensor read; only the bare pickle (which
+    could be torch's legacy format) is left to the real load to refuse."""
+    marker = tmp_path / "MARKER"
+    made = crafted_files(tmp_path, marker)
+    for kind, path in made.items():
+        if kind == "bare_pickle_with_code":
+            probe_checkpoint_file(path)
+            continue
+        with pytest.raises(CheckpointError, match=re.escape(str(path))):
+            probe_checkpoint_file(path)
+    model, optimizer = tiny()
+    good = save_checkpoint(
+        tmp_path / "good.pt", model=model, optimizer=optimizer, scheduler=None, step=1, epoch=0
+    )
+    probe_checkpoint_file(good)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    probe_checkpoint_file(tmp_path / "weights.pt")
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("key", ["train.resume", "train.init_from"])

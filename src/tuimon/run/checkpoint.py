@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,39 @@ def model_weights(path: str | Path) -> Mapping[str, Any]:
     return state
 
 
+def probe_checkpoint_file(path: Path) -> None:
+    """Cheap checks that `path` can be a checkpoint, without unpickling it or reading its
+    tensors: lets a config loader report a bad `train.resume`/`train.init_from` at its
+    line before anything is built. CheckpointError if it cannot be one; passing is no
+    promise (the real load still checks everything)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(1)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: the file is empty")
+    if not zipfile.is_zipfile(path):
+        if head != b"\x80":  # torch's legacy format begins with a pickle's PROTO opcode
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint: neither torch's zip format nor a pickle"
+            )
+        return
+    find_globals = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if find_globals is None:  # torch < 2.6
+        return
+    try:
+        unsafe = find_globals(path)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_why(exc)}") from None
+    allowed = _global_names(_format1_globals())
+    refused = [name for name in unsafe if name not in allowed]
+    if refused:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: {_why(RuntimeError(f'GLOBAL {refused[0]}'))}"
+        )
+
+
 def load_data(path: Path, map_location: torch.device | str) -> Any:
     """torch.load with weights_only=True; any failure is a CheckpointError naming the file."""
     # torch 2.4 has no safe_globals(): there a format-1 checkpoint gets the error below.
@@ -185,7 +219,7 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, EOFError) or "Ran out of input" in text:
         return "the file is empty or cut short"
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return f"torch.load failed with {type(exc).__name__}: {first[:200]}".rstrip(": ")
+    return f"reading it fails with {type(exc).__name__}: {first[:200]}".rstrip(": ")
 
 
 def _format1_globals() -> list[Any]:
@@ -203,6 +237,16 @@ def _format1_globals() -> list[Any]:
     if dtypes is not None:
         allowed.append(dtypes.UInt32DType)
     return allowed
+
+
+def _global_names(allowed: list[Any]) -> set[str]:
+    names = set()
+    for entry in allowed:
+        if isinstance(entry, tuple):
+            names.add(entry[1])
+        else:
+            names.add(f"{entry.__module__}.{entry.__qualname__}")
+    return names
 
 
 def _storage_bytes(state: Any) -> int:
