@@ -146,6 +146,26 @@ def test_doctor_lists_alerts_newest_first_with_their_fix():
     assert describe_action({"cmd": "set-lr", "value": 0.003}) == "set LR to 0.003"
 
 
+def test_doctor_draws_a_damaged_logs_actions_instead_of_crashing():
+    """Wrong types in an alert's action or an autofix control (a damaged or crafted log)
+    are shown as they are: `:g` on a string used to raise inside the panel's view."""
+    state = state_with(
+        {
+            "type": "alert",
+            "step": 3,
+            "rule": "divergence",
+            "severity": "error",
+            "message": "m",
+            "action": {"cmd": "scale-lr", "factor": "half"},
+        },
+        {"type": "control", "command": "recover", "source": "autofix", "old": None, "new": "x"},
+    )
+    panel = DoctorPanel()
+    text = "\n".join(text_of(panel.view(state, ViewOptions(), 60, 20), 60))
+    assert "[a] apply: scale LR ×half" in text and "LR None → x" in text
+    assert describe_action({"cmd": "set-lr"}) == "set LR to None"
+
+
 async def test_a_applies_the_selected_alerts_action(tmp_path):
     (tmp_path / "events.jsonl").write_text("")
     app = TuimonApp(tmp_path, replay=True, fps=20)

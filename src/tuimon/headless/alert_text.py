@@ -27,15 +27,22 @@ def describe_action(action: dict[str, Any] | None) -> str:
         return ""
     cmd = action.get("cmd", "?")
     if cmd == "scale-lr":
-        return f"scale LR ×{action.get('factor'):g}"
+        return f"scale LR ×{_short(action.get('factor'))}"
     if cmd == "set-lr":
-        return f"set LR to {action.get('value'):g}"
+        return f"set LR to {_short(action.get('value'))}"
     if cmd == "recover":
-        return f"restore the last good weights, LR ×{action.get('lr_factor', 0.1):g}"
+        return f"restore the last good weights, LR ×{_short(action.get('lr_factor', 0.1))}"
     if cmd == "set-grad-clip":
-        return f"clip gradients at {action.get('value'):g}"
+        return f"clip gradients at {_short(action.get('value'))}"
     extra = " ".join(f"{k}={v}" for k, v in action.items() if k != "cmd")
     return f"{cmd} {extra}".strip()
+
+
+def _short(value: Any) -> str:
+    """A number as `:g` writes it; anything else (a damaged log's) as it is."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
 
 
 def cleared_at(alert: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ from tuimon.headless.alert_text import (
     describe_action,
     without_key_hint,
 )
+from tuimon.headless.progress import show_value
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions
 from tuimon.ui.widgets.lines import fit, wrap
@@ -35,7 +36,7 @@ def autofix_text(control: dict[str, Any]) -> str:
         if restored is not None
         else ("no snapshot to restore")
     )
-    return f"{back}, LR {control.get('old'):.3g} → {control.get('new'):.3g}"
+    return f"{back}, LR {show_value(control.get('old'))} → {show_value(control.get('new'))}"
 
 
 class DoctorPanel(Panel):
