@@ -161,7 +161,26 @@ def replay_command(args: list[str]) -> int:
     parser.add_argument("run_dir", help="the run's directory")
     options = parser.parse_args(args)
     from tuimon.launch import replay
+    from tuimon.run.log_reader import read_events
+    from tuimon.run.run_dir import EVENTS_FILE
+    from tuimon.terminal_text import printable
 
+    log = Path(options.run_dir) / EVENTS_FILE
+    if log.is_file():
+        # An empty screen says nothing: a log without one event is said so, exit 1. (The
+        # app reads the whole log and shows how many damaged lines it skipped.)
+        try:
+            reader = read_events(log)
+            has_event = next(reader, None) is not None
+        except OSError as exc:
+            raise UsageError(f"cannot read {log}: {exc.strerror or exc}") from None
+        if not has_event:
+            why = reader.damage_note() or (
+                "only an unfinished line" if reader.torn else "the file is empty"
+            )
+            shown = printable(str(log))
+            print(f"tuimon replay: {shown}: no events to show: {why}", file=sys.stderr)
+            return EXIT_FAILED
     return replay(options.run_dir)
 
 
@@ -245,6 +264,7 @@ def doctor_command(args: list[str]) -> int:
 
     from tuimon.doctor.report import (
         SEVERITY_ORDER,
+        damage_lines,
         format_report,
         parse_rule_settings,
         review,
@@ -270,12 +290,23 @@ def doctor_command(args: list[str]) -> int:
         help="exit 1 if an alert this severe (or worse) is found",
     )
     options = parser.parse_args(args)
-    said, summary = review(Path(options.run_dir), parse_rule_settings(options.rule))
-    if options.json:
-        for event in said:
-            print(json.dumps(event, default=str))
-    else:
-        print(format_report(Path(options.run_dir), said, summary))
+    run_dir = Path(options.run_dir)
+    try:
+        said, summary = review(run_dir, parse_rule_settings(options.rule))
+    except OSError as exc:
+        raise UsageError(f"cannot read {run_dir}: {exc.strerror or exc}") from None
+    try:
+        if options.json:
+            for line in damage_lines(summary):
+                print(f"tuimon doctor: {line}", file=sys.stderr)
+            for event in said:
+                # json escapes every control character: nothing in it can reach the terminal.
+                print(json.dumps(event, default=str))
+        else:
+            print(format_report(run_dir, said, summary))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _stdout_closed()
     worst = worst_severity(said)
     failing = (
         options.fail_on is not None
@@ -283,6 +314,18 @@ def doctor_command(args: list[str]) -> int:
         and SEVERITY_ORDER[worst] <= SEVERITY_ORDER[options.fail_on]
     )
     return EXIT_FAILED if failing else EXIT_OK
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`tuimon doctor RUN | head`): stop quietly, as
+    Python's documentation on SIGPIPE advises: point stdout at /dev/null so the flush at
+    exit does not fail again, and exit 141 (128 + SIGPIPE) as a tool killed by it would."""
+    import os
+    import signal
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _await_applied(client: Any, request_id: Any, wait: float) -> int:

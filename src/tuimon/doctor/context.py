@@ -11,6 +11,7 @@ import math
 from collections import deque
 from typing import Any
 
+from tuimon.run.field_types import as_dict, as_number, as_step
 from tuimon.series.smoothing import DebiasedEMA
 
 INITIAL_STEPS = 10  # the loss at the start: the mean of this many finite losses
@@ -54,34 +55,39 @@ class RunContext:
             self._on_batch_probe(event)
 
     def _on_start(self, event: dict[str, Any]) -> None:
-        data = event.get("data") or {}
-        config = event.get("config") or {}
+        # Every field read as the type it must have: a damaged log's start is still a start.
+        data = as_dict(event.get("data"))
+        config = as_dict(event.get("config"))
+        classes = as_step(data.get("num_classes"))
         if data.get("task") == "regression":
             self.task = "regression"
-        elif isinstance(data.get("num_classes"), int) and data["num_classes"] >= 2:
-            self.task, self.num_classes = "classification", data["num_classes"]
+        elif classes is not None and classes >= 2:
+            self.task, self.num_classes = "classification", classes
         # The loss as the Monitor saw it (start event's `loss`), else as configured.
-        loss = event.get("loss") or config.get("loss") or {}
-        self.loss_name = loss.get("name") or self.loss_name
-        smoothing = loss.get("label_smoothing")
-        if isinstance(smoothing, int | float) and 0 < smoothing <= 1:
-            self.label_smoothing = float(smoothing)
-        self.optimizer = (event.get("optimizer") or {}).get("class") or self.optimizer
-        self.num_workers = (config.get("data") or {}).get("num_workers")
+        loss = as_dict(event.get("loss")) or as_dict(config.get("loss"))
+        name = loss.get("name")
+        self.loss_name = name if isinstance(name, str) and name else self.loss_name
+        smoothing = as_number(loss.get("label_smoothing"))
+        if 0 < smoothing <= 1:
+            self.label_smoothing = smoothing
+        optimizer = as_dict(event.get("optimizer")).get("class")
+        self.optimizer = optimizer if isinstance(optimizer, str) and optimizer else self.optimizer
+        self.num_workers = as_step(as_dict(config.get("data")).get("num_workers"))
 
     def _on_step(self, event: dict[str, Any]) -> None:
-        self.step = int(event.get("step", self.step))
-        loss = event.get("loss")
-        self.loss = float(loss) if isinstance(loss, int | float) else math.nan
+        step = as_step(event.get("step"))
+        self.step = step if step is not None else self.step
+        self.loss = as_number(event.get("loss"))
         lr = event.get("lr")
-        if isinstance(lr, int | float):
-            self.lr = float(lr)
+        if type(lr) is float or type(lr) is int:
+            self.lr = as_number(lr)
             self.max_lr = max(self.max_lr, self.lr)
         grad = event.get("grad_norm")
-        self.grad_norm = float(grad) if isinstance(grad, int | float) else self.grad_norm
-        ratio = event.get("update_ratio")
-        if isinstance(ratio, int | float) and math.isfinite(ratio):
-            self.update_ratio = float(ratio)
+        if type(grad) is float or type(grad) is int:
+            self.grad_norm = as_number(grad)
+        ratio = as_number(event.get("update_ratio"))
+        if math.isfinite(ratio):
+            self.update_ratio = ratio
         smoothed = self.ema.update(self.loss)
         if math.isfinite(self.loss) and len(self._first) < INITIAL_STEPS:
             self._first.append(self.loss)
@@ -93,12 +99,12 @@ class RunContext:
                 self.best, self.best_step = smoothed, self.step
 
     def _on_batch_probe(self, event: dict[str, Any]) -> None:
-        inputs = event.get("inputs") or {}
+        inputs = as_dict(event.get("inputs"))
         if inputs.get("nonfinite"):
-            self.last_input_nan_step = int(event.get("step", 0))
-        targets = event.get("targets") or {}
-        if self.task is None and targets.get("counts") is not None:
-            self.task, self.num_classes = "classification", len(targets["counts"])
+            self.last_input_nan_step = as_step(event.get("step")) or 0
+        counts = as_dict(event.get("targets")).get("counts")
+        if self.task is None and isinstance(counts, list):
+            self.task, self.num_classes = "classification", len(counts)
 
     # -- reading -------------------------------------------------------------------------------
 

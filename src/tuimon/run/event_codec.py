@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import orjson
@@ -39,14 +40,46 @@ def encode_event(event: Event) -> bytes:
     return json.dumps(event, separators=(",", ":"), default=str).encode("utf-8")
 
 
+MAX_DEPTH = 64  # nesting a line may have; a real event nests about 5 deep
+# A JSON string (its escapes included): brackets inside one do not nest.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_line(line: bytes | str) -> Any:
     """The JSON value of one line; raises ValueError (JSONDecodeError, a bad UTF-8 byte,
-    a nesting or number `json` refuses) for a line that is not JSON."""
+    nesting deeper than MAX_DEPTH, a number or a string `json` refuses) for a line that is
+    not JSON an event can hold."""
+    raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+        # Checked before parsing: orjson crashes the process on a line nested ~1e5 deep.
+        raise ValueError(f"nested deeper than {MAX_DEPTH}")
     try:
-        return orjson.loads(line)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(line)
+        value = json.loads(raw)
     except RecursionError as exc:
         raise ValueError("nested too deep") from exc
+    if _LONE_SURROGATE_ESCAPE.search(raw):
+        # `json` accepts "\\ud800" alone, a string no terminal or encoder can take.
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not representable: {exc}") from None
+    return value
+
+
+def _depth(raw: bytes) -> int:
+    """How deep the brackets of a line nest, outside its strings (at most MAX_DEPTH + 1)."""
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = 0
+    while brackets and depth <= MAX_DEPTH:
+        inner = _INNERMOST.sub(b"", brackets)  # one level of pairs per pass
+        if inner == brackets:
+            return MAX_DEPTH + 1  # brackets that do not pair: not JSON anyway
+        brackets, depth = inner, depth + 1
+    return depth

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tuimon.run.event_log import RESERVED_METRIC_KEYS
-from tuimon.run.log_reader import read_events
+from tuimon.run.field_types import MAX_STEP, as_dict, as_list, as_number, as_step
+from tuimon.run.log_reader import damage_note, read_events
+from tuimon.run.step_columns import MAX_LR_GROUPS, OPTIONAL_STEP_SERIES, StepRows
 from tuimon.series.bucketed import BucketSeries
 from tuimon.series.smoothing import DebiasedEMA
 
@@ -24,6 +26,13 @@ SNAPSHOT_VERSION = 1
 MAX_ITEMS = 2000  # alerts, messages, controls, checkpoints kept
 HISTORY = 120  # system samples kept for sparklines
 WINDOW = 200  # recent steps for throughput, data-wait share and ETA
+# Bounds on what one event may add, so a damaged or hostile log cannot make the state (or
+# a view of it) huge: text kept per field, LR groups and metrics plotted, kinds counted.
+TEXT_LIMIT = 4096
+ERROR_LIMIT = 65536  # an `end` event's traceback: its tail is kept
+MAX_METRICS = 64
+MAX_LAYERS = 4096
+MAX_KINDS = 64
 
 RUN_STATES = ("starting", "running", "paused", "stopping", "completed", "stopped", "failed")
 # A `message` event with this field true: a Monitor(stop="flag") loop ran on past a stop,
@@ -50,11 +59,23 @@ class RunState:
         # Events applied, by type: these keep counting when the deques above are full, so
         # a view can tell that something new arrived.
         self.counts: Counter[str] = Counter()
-        self.last_step: dict[str, Any] | None = None
+        self._last_step: dict[str, Any] | None = None
+        self._last_step_event: dict[str, Any] | None = None  # made into last_step when read
+        # Lines of the log that were not events, and events whose fields were unusable:
+        # both left out, both counted, so a view can say so.
+        self.skipped_lines = 0
+        self.skipped_line_numbers: list[int] = []
+        self.rejected = 0
+        self._t0: float | None = None  # the start's time
+        self._per_epoch: int | None = None  # the start's steps_per_epoch
         self.stop_ignored_at: int | None = None  # the step of a stop the loop did not obey
         self.last_metrics: dict[str, Any] = {}
         self.layer_grad_norms: dict[str, float] = {}
         self.layer_update_ratios: dict[str, float] = {}
+        # While a log is loaded: step rows waiting to be folded into the series in bulk,
+        # and the newest step events, made into `_recent` rows at the end.
+        self._rows: StepRows | None = None
+        self._recent_events: deque[dict[str, Any]] = deque(maxlen=WINDOW)
         self.system: dict[str, Any] | None = None
         self.cpu_history: deque[float] = deque(maxlen=HISTORY)
         self.gpu_history: dict[int, dict[str, deque[float]]] = {}
@@ -73,117 +94,193 @@ class RunState:
     def apply(self, event: dict[str, Any]) -> None:
         self.apply_many([event])
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    def _apply(self, event: dict[str, Any], dedupe: bool = True) -> None:
+        kind = event.get("type") if type(event) is dict else None
+        if type(kind) is not str:
+            self.rejected += 1
+            return
         seq = event.get("seq")
-        if isinstance(seq, int):
+        if type(seq) is int and 0 <= seq <= MAX_STEP:
             if seq <= self.seq:
-                return  # already in the snapshot this state started from
-            self.seq = seq
+                if dedupe:
+                    return  # already in the snapshot this state started from
+            else:
+                self.seq = seq
         when = event.get("time")
-        if isinstance(when, int | float):
-            self.last_time = max(self.last_time, float(when))
-        self.counts[str(event.get("type"))] += 1
-        handler = getattr(self, f"_on_{event.get('type')}", None)
+        if type(when) is not float:
+            when = as_number(when)
+        if when > self.last_time:
+            self.last_time = when
+        if kind == "step":
+            self._on_step(event)
+            return
+        if kind in self.counts or len(self.counts) < MAX_KINDS:
+            self.counts[kind] += 1
+        handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
             handler(event)
 
     def _on_start(self, event: dict[str, Any]) -> None:
-        self.start = event
+        self.start = start = _bounded(event, depth=8, items=256)
+        for key in ("total_steps", "steps_per_epoch", "epochs", "start_step"):
+            if key in start and as_step(start[key]) is None:
+                del start[key]  # the views and the ETA compute with these
+        if "time" in start and not math.isfinite(as_number(start["time"])):
+            del start["time"]
+        start["name"] = _clip(start.get("name", "run"), 200)
+        if not isinstance(start.get("notes", []), list):
+            del start["notes"]
+        if "notes" in start:
+            start["notes"] = [_clip(note) for note in start["notes"]]
+        self._remember_start()
         self.status = "running"
-        smoothing = (event.get("settings") or {}).get("smoothing")
-        if isinstance(smoothing, int | float) and "loss" not in self.series:
-            self.smoothing = float(smoothing)
+        smoothing = as_number(as_dict(start.get("settings")).get("smoothing"))
+        if 0 <= smoothing < 1 and "loss" not in self.series and not self._rows:
+            self.smoothing = smoothing
             self._ema = DebiasedEMA(self.smoothing)
 
+    def _remember_start(self) -> None:
+        """What every step needs from the start event, looked up once."""
+        start = self.start or {}
+        self._t0 = as_number(start.get("time")) if "time" in start else None
+        per_epoch = as_step(start.get("steps_per_epoch"))
+        self._per_epoch = per_epoch if per_epoch else None
+
     def _on_step(self, event: dict[str, Any]) -> None:
-        step = float(event.get("step", 0))
-        elapsed = self.elapsed_at(event.get("time"))
-        epoch = self._epoch_x(event)
-        loss = _number(event.get("loss"))
-        self._add("loss", step, elapsed, epoch, loss)
+        get = event.get
+        step = get("step")
+        if type(step) is not int or not 0 <= step <= MAX_STEP:
+            step = as_step(step)
+            if step is None:
+                self.rejected += 1  # nowhere to draw it: a step that is not a step number
+                return
+        self.counts["step"] += 1
+        x = float(step)
+        when = get("time")
+        t0 = self._t0
+        if t0 is not None and type(when) is float and when - when == 0:
+            elapsed = when - t0 if when > t0 else 0.0
+        else:
+            elapsed = self._elapsed(when)
+        if self._per_epoch:
+            epoch = x / self._per_epoch
+        else:
+            epoch = as_number(get("epoch"))
+            epoch = epoch if math.isfinite(epoch) else 0.0
+        loss = get("loss")
+        if type(loss) is not float:
+            loss = as_number(loss)
         smoothed = self._ema.update(loss)
-        self._add("loss_ema", step, elapsed, epoch, math.nan if smoothed is None else smoothed)
-        if "grad_norm" in event:
-            self._add("grad_norm", step, elapsed, epoch, _number(event["grad_norm"]))
-        if "update_ratio" in event:
-            self._add("update_ratio", step, elapsed, epoch, _number(event["update_ratio"]))
-        lrs = event.get("lrs") or [event.get("lr")]
-        for group, lr in enumerate(lrs):
-            self._add(f"lr/{group}", step, elapsed, epoch, _number(lr))
-        if event.get("layer_grad_norms"):
-            self.layer_grad_norms = event["layer_grad_norms"]
-        if event.get("layer_update_ratios"):
-            self.layer_update_ratios = event["layer_update_ratios"]
-        self._recent.append(
-            (
-                _number(event.get("step_time")),
-                _number(event.get("data_time")),
-                float(event.get("samples") or 0),
-                _number(event.get("time")),
-            )
-        )
-        self.last_step = {
-            k: v for k, v in event.items() if k not in ("layer_grad_norms", "layer_update_ratios")
-        }
+        if smoothed is None:
+            smoothed = math.nan
+        lrs = get("lrs")
+        if type(lrs) is not list or not lrs:
+            lrs = [get("lr")]
+        if self._rows is not None:
+            # Loading a log: one row now, the series in bulk later.
+            self._rows.add(x, elapsed, epoch, loss, smoothed, event, lrs)
+            self._recent_events.append(event)
+        else:
+            self._add("loss", x, elapsed, epoch, loss)
+            self._add("loss_ema", x, elapsed, epoch, smoothed)
+            for name in OPTIONAL_STEP_SERIES:
+                if name in event:
+                    self._add(name, x, elapsed, epoch, as_number(event[name]))
+            for group, lr in enumerate(lrs[:MAX_LR_GROUPS]):
+                self._add(f"lr/{group}", x, elapsed, epoch, as_number(lr))
+            self._recent.append(_recent_row(event))
+        if "layer_grad_norms" in event:
+            layers = event["layer_grad_norms"]
+            if layers and type(layers) is dict:
+                self.layer_grad_norms = _layer_values(layers)
+        if "layer_update_ratios" in event:
+            layers = event["layer_update_ratios"]
+            if layers and type(layers) is dict:
+                self.layer_update_ratios = _layer_values(layers)
+        self._last_step_event = event
 
     def _on_metrics(self, event: dict[str, Any]) -> None:
-        step = float(event.get("step", 0))
-        elapsed = self.elapsed_at(event.get("time"))
-        epoch = self._epoch_x(event)
+        step = as_step(event.get("step"))
+        x = float(step if step is not None else self.step)
+        elapsed = self._elapsed(event.get("time"))
+        epoch = x / self._per_epoch if self._per_epoch else as_number(event.get("epoch"))
+        epoch = epoch if math.isfinite(epoch) else 0.0
         for key, value in event.items():
-            if key in RESERVED_METRIC_KEYS:
+            if key in RESERVED_METRIC_KEYS or len(key) > 100:
                 continue
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._add(f"metrics/{key}", step, elapsed, epoch, float(value))
-                self.last_metrics[key] = value
+            if type(value) is not float and type(value) is not int:
+                continue
+            name = f"metrics/{key}"
+            if name not in self.series and len(self.last_metrics) >= MAX_METRICS:
+                continue
+            number = as_number(value)
+            self._add(name, x, elapsed, epoch, number)
+            # An int too large to draw is kept as the float it is drawn as.
+            self.last_metrics[key] = value if type(value) is float or abs(value) < 2**63 else number
 
     def _on_control(self, event: dict[str, Any]) -> None:
+        event = _bounded(event)
         self.controls.append(event)
         if event.get("command") == "stop":
             self.stop_ignored_at = None  # a new stop: the loop gets its chance again
-        if event.get("command") in ("pause", "resume", "stop") and event.get("new") in RUN_STATES:
-            self.status = event["new"]
+        new = event.get("new")
+        if event.get("command") in ("pause", "resume", "stop") and new in RUN_STATES:
+            self.status = new
 
     def _on_alert(self, event: dict[str, Any]) -> None:
-        self.alerts.append(dict(event))
+        self.alerts.append(_bounded(event))
 
     def _on_alert_cleared(self, event: dict[str, Any]) -> None:
         """The episode is over: the newest alert of that rule is marked cleared."""
         for alert in reversed(self.alerts):
             if alert.get("rule") == event.get("rule"):
-                alert["cleared_at"] = event.get("step")
+                alert["cleared_at"] = as_step(event.get("step"))
                 break
 
     def _on_message(self, event: dict[str, Any]) -> None:
+        event = _bounded(event)
+        if "text" in event and type(event["text"]) is not str:
+            event["text"] = _clip(event["text"])
         self.messages.append(event)
         if event.get(STOP_IGNORED):
-            requested = event.get("stop_requested_at")
-            self.stop_ignored_at = requested if isinstance(requested, int) else self.step
+            requested = as_step(event.get("stop_requested_at"))
+            self.stop_ignored_at = requested if requested is not None else self.step
             if self.status == "stopping":
                 self.status = "running"
 
     def _on_checkpoint(self, event: dict[str, Any]) -> None:
-        self.checkpoints.append(event)
+        self.checkpoints.append(_bounded(event))
 
     def _on_system(self, event: dict[str, Any]) -> None:
-        self.system = event
-        cpu = (event.get("host") or {}).get("cpu_percent")
-        if isinstance(cpu, int | float):
-            self.cpu_history.append(float(cpu))
-        for gpu in event.get("gpus") or []:
+        self.system = system = _bounded(event, depth=4, items=64)
+        host = system["host"] = as_dict(system.get("host"))
+        gpus = system["gpus"] = [g for g in as_list(system.get("gpus")) if type(g) is dict]
+        cpu = as_number(host.get("cpu_percent"))
+        if math.isfinite(cpu):
+            self.cpu_history.append(cpu)
+        for gpu in gpus:
+            index = as_step(gpu.get("index", 0))
+            if index is None or (index not in self.gpu_history and len(self.gpu_history) >= 64):
+                continue
             history = self.gpu_history.setdefault(
-                int(gpu.get("index", 0)),
-                {"util": deque(maxlen=HISTORY), "mem": deque(maxlen=HISTORY)},
+                index, {"util": deque(maxlen=HISTORY), "mem": deque(maxlen=HISTORY)}
             )
-            if isinstance(gpu.get("util"), int | float):
-                history["util"].append(float(gpu["util"]))
-            used, total = gpu.get("mem_used"), gpu.get("mem_total")
-            if isinstance(used, int | float) and isinstance(total, int | float) and total:
+            util = as_number(gpu.get("util"))
+            if math.isfinite(util):
+                history["util"].append(util)
+            used, total = as_number(gpu.get("mem_used")), as_number(gpu.get("mem_total"))
+            if math.isfinite(used) and math.isfinite(total) and total:
                 history["mem"].append(100.0 * used / total)
 
     def _on_end(self, event: dict[str, Any]) -> None:
-        self.end = event
-        self.status = str(event.get("status", "completed"))
+        error = event.get("error")
+        self.end = end = _bounded(event)
+        if error is not None:
+            end["error"] = _clip_tail(error, ERROR_LIMIT)
+        if "elapsed" in end and not math.isfinite(as_number(end["elapsed"])):
+            del end["elapsed"]
+        status = end.get("status", "completed")
+        self.status = status if status in RUN_STATES else "stopped"
 
     def _add(self, name: str, step: float, elapsed: float, epoch: float, value: float) -> None:
         series = self.series.get(name)
@@ -191,33 +288,74 @@ class RunState:
             series = self.series[name] = BucketSeries(self.capacity)
         series.append(step, elapsed, epoch, value)
 
+    def _fold(self) -> None:
+        """Step rows gathered while loading go into their series."""
+        if self._rows is not None:
+            self._rows.fold_into(self.series, self.capacity)
+            self._recent.extend(_recent_row(event) for event in self._recent_events)
+            self._recent_events.clear()
+
+    def _elapsed(self, when: Any) -> float:
+        if self._t0 is None:
+            return math.nan
+        when = as_number(when)
+        return max(0.0, when - self._t0) if math.isfinite(when) else math.nan
+
     # -- reading ---------------------------------------------------------------------------
 
+    @property
+    def last_step(self) -> dict[str, Any] | None:
+        """The newest step event, without its per-layer values (kept apart), its text
+        bounded: made when read, not on every step."""
+        event = self._last_step_event
+        if event is not None:
+            self._last_step_event = None
+            last = {k: v for k, v in event.items() if k not in _PER_LAYER}
+            last = _bounded(last, depth=3, items=64)
+            last["step"] = as_step(event.get("step"))
+            if "epoch" in last and not math.isfinite(as_number(last["epoch"])):
+                del last["epoch"]
+            self._last_step = last
+        return self._last_step
+
+    @last_step.setter
+    def last_step(self, value: dict[str, Any] | None) -> None:
+        self._last_step_event = None
+        self._last_step = value
+
+    def damage_note(self) -> str | None:
+        """What of the log was left out, for a view to say, or None."""
+        notes = []
+        lines = damage_note(self.skipped_lines, self.skipped_line_numbers)
+        if lines:
+            notes.append(lines)
+        if self.rejected:
+            noun = "event" if self.rejected == 1 else "events"
+            notes.append(f"{self.rejected} {noun} with unusable fields ignored")
+        return "; ".join(notes) or None
+
     def elapsed_at(self, when: Any) -> float:
-        started = (self.start or {}).get("time")
-        if isinstance(when, int | float) and isinstance(started, int | float):
+        started = as_number((self.start or {}).get("time"))
+        when = as_number(when)
+        if math.isfinite(when) and math.isfinite(started):
             return max(0.0, when - started)
         return math.nan
 
-    def _epoch_x(self, event: dict[str, Any]) -> float:
-        """Fractional epoch when the run's epoch length is known, else the epoch number."""
-        per_epoch = (self.start or {}).get("steps_per_epoch")
-        if isinstance(per_epoch, int) and per_epoch > 0:
-            return float(event.get("step", 0)) / per_epoch
-        return float(event.get("epoch") or 0)
-
     @property
     def name(self) -> str:
-        return str((self.start or {}).get("name", "run"))
+        return _clip((self.start or {}).get("name", "run"), 200)
 
     @property
     def step(self) -> int:
-        return int((self.last_step or {}).get("step", (self.start or {}).get("start_step", 0)))
+        last = as_step((self.last_step or {}).get("step"))
+        if last is not None:
+            return last
+        return as_step((self.start or {}).get("start_step")) or 0
 
     @property
     def total_steps(self) -> int | None:
-        total = (self.start or {}).get("total_steps")
-        return total if isinstance(total, int) else None
+        total = as_step((self.start or {}).get("total_steps"))
+        return total if total else None
 
     @property
     def lr_groups(self) -> int:
@@ -283,6 +421,9 @@ class RunState:
                 "recent": list(self._recent),
                 "ema": [self._ema._biased, self._ema._count],
                 "last_time": self.last_time,
+                "skipped_lines": self.skipped_lines,
+                "skipped_line_numbers": self.skipped_line_numbers,
+                "rejected": self.rejected,
             }
 
     @classmethod
@@ -292,6 +433,7 @@ class RunState:
         state = cls(int(data["capacity"]), float(data["smoothing"]))
         state.seq = int(data["seq"])
         state.start, state.end, state.status = data["start"], data["end"], data["status"]
+        state._remember_start()
         state.series = {name: BucketSeries.from_dict(s) for name, s in data["series"].items()}
         state.controls.extend(data["controls"])
         state.alerts.extend(data["alerts"])
@@ -314,24 +456,111 @@ class RunState:
         state._recent.extend(tuple(r) for r in data["recent"])
         state._ema._biased, state._ema._count = data["ema"]
         state.last_time = float(data.get("last_time", 0.0))
+        state.skipped_lines = int(data.get("skipped_lines", 0))
+        state.skipped_line_numbers = list(data.get("skipped_line_numbers", []))
+        state.rejected = int(data.get("rejected", 0))
         state.version = 1
         return state
 
 
-def load_run_state(path: str | Path, chunk: int = 10_000) -> RunState:
-    """A run's state read from its event log (for `replay`, or a run whose worker is gone)."""
+def load_run_state(path: str | Path, fold_every: int = 65536) -> RunState:
+    """A run's state read from its event log (for `replay`, or a run whose worker is gone).
+
+    Damaged lines are skipped and counted (`skipped_lines`). The log is the record, so
+    every event is applied in its order (no seq de-duplication, which is for a snapshot
+    meeting live events). Step points wait in columns and are folded into the series in
+    bulk, the same buckets as one by one, many times faster for a long run.
+    """
     state = RunState()
-    batch: list[dict[str, Any]] = []
-    for event in read_events(path):
-        batch.append(event)
-        if len(batch) >= chunk:
-            state.apply_many(batch)
-            batch = []
-    state.apply_many(batch)
+    reader = read_events(path)
+    state._rows = StepRows()
+    with state.lock:
+        try:
+            for count, event in enumerate(reader, start=1):
+                state._apply(event, dedupe=False)
+                if not count % fold_every:
+                    state._fold()
+            state._fold()
+        finally:
+            state._rows = None
+        state.skipped_lines = reader.skipped
+        state.skipped_line_numbers = list(reader.skipped_lines)
+        state.version += 1
     return state
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    return float(value)
+_PER_LAYER = ("layer_grad_norms", "layer_update_ratios")
+
+
+def _recent_row(event: dict[str, Any]) -> tuple[float, float, float, float]:
+    """(step time, data time, samples, time) of a step, for the rates of recent steps."""
+    samples = as_number(event.get("samples"))
+    return (
+        as_number(event.get("step_time")),
+        as_number(event.get("data_time")),
+        samples if math.isfinite(samples) else 0.0,
+        as_number(event.get("time")),
+    )
+
+
+def _layer_values(layers: dict[Any, Any]) -> dict[str, float]:
+    """Per-layer numbers: names that are text, values that are numbers, a bounded count."""
+    values: dict[str, float] = {}
+    for name, value in layers.items():
+        if len(values) >= MAX_LAYERS:
+            break
+        if type(value) is float or type(value) is int:
+            values[_clip(name, 200)] = as_number(value)
+    return values
+
+
+def _clip(text: Any, limit: int = TEXT_LIMIT) -> str:
+    """Text, at most `limit` characters of it (a note says how many were cut)."""
+    if type(text) is not str:
+        text = _short_repr(text)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"… [{len(text) - limit} more characters]"
+
+
+def _clip_tail(text: Any, limit: int) -> str:
+    """The end of a long text (a traceback's last lines say what failed)."""
+    if type(text) is not str:
+        text = _short_repr(text)
+    if len(text) <= limit:
+        return text
+    return f"[{len(text) - limit} characters cut] …" + text[-limit:]
+
+
+def _short_repr(value: Any) -> str:
+    bounded = _bounded({"v": value}, depth=3, items=16)["v"]
+    return bounded if isinstance(bounded, str) else repr(bounded)
+
+
+def _bounded(value: Any, depth: int = 4, items: int = 100, text: int = TEXT_LIMIT) -> Any:
+    """A copy of a JSON value with its strings clipped to `text`, its containers to
+    `items` entries and its nesting to `depth`: what a stored event may hold."""
+    kind = type(value)
+    if kind is str:
+        return value if len(value) <= text else _clip(value, text)
+    if kind is dict:
+        if depth <= 0:
+            return "{…}"
+        out = {}
+        for key, inner in value.items():
+            if len(out) >= items:
+                out["…"] = f"{len(value) - items} more entries"
+                break
+            name = key if type(key) is str and len(key) <= 200 else _clip(key, 200)
+            out[name] = _bounded(inner, depth - 1, items, text)
+        return out
+    if kind is list:
+        if depth <= 0:
+            return "[…]"
+        out_list = [_bounded(inner, depth - 1, items, text) for inner in value[:items]]
+        if len(value) > items:
+            out_list.append(f"… {len(value) - items} more items")
+        return out_list
+    if kind is int and abs(value) >= 2**63:
+        return as_number(value)
+    return value

@@ -1,0 +1,115 @@
+"""A field of an event read as the type it must have, whatever a damaged log holds there.
+
+A log line can be valid JSON and still hold `"step": "x"`, `"loss": [1]` or a 400-digit
+int; every reader of events (the run state, the doctor) goes through these, so a wrong
+type becomes "not a number" or "no step" instead of an exception far from the log.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MAX_STEP = 2**53  # steps (and seqs) beyond this are damage, not a run
+NAN = math.nan
+
+
+def as_number(value: Any) -> float:
+    """A field as a float: NaN for what is not a number (text, a bool, a list, null, an
+    int too large for a float)."""
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            return NAN
+    return NAN
+
+
+def as_step(value: Any) -> int | None:
+    """A step number (or a count): an integer in [0, MAX_STEP], else None (a float such
+    as 1e308 is not a step: no writer puts one there)."""
+    if type(value) is int and 0 <= value <= MAX_STEP:
+        return value
+    return None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if type(value) is list else []
+
+
+# Fields that must be numbers where they appear (NaN and the infinities included: they
+# are what the doctor looks for), and those that must be objects or lists.
+NUMBER_FIELDS = frozenset(
+    {
+        "time",
+        "lr",
+        "grad_norm",
+        "grad_norm_unclipped",
+        "update_ratio",
+        "step_time",
+        "data_time",
+        "samples",
+        "samples_per_s",
+        "optimizer_steps",
+        "epoch",
+        "elapsed",
+        "val_loss",
+    }
+)
+STEP_FIELDS = frozenset({"step", "seq", "total_steps", "steps_per_epoch", "epochs", "start_step"})
+DICT_FIELDS = frozenset(
+    {
+        "config",
+        "data",
+        "optimizer",
+        "model",
+        "settings",
+        "host",
+        "inputs",
+        "outputs",
+        "targets",
+        "layers",
+        "layer_grad_norms",
+        "layer_update_ratios",
+        "action",
+        "evidence",
+    }
+)
+LIST_FIELDS = frozenset({"lrs", "gpus", "notes", "skipped_names"})
+
+
+def typed_event(event: Any) -> dict[str, Any] | None:
+    """The event with every field of a known name that has the wrong type left out (a
+    copy, made only when one does), or None when it is no event: not an object, or a
+    `type` that is not text. A `step` event needs a valid step."""
+    if type(event) is not dict or type(event.get("type")) is not str:
+        return None
+    kind = event["type"]
+    wrong = [key for key, value in event.items() if not _field_ok(key, value, kind)]
+    if wrong:
+        event = {key: value for key, value in event.items() if key not in wrong}
+    if kind == "step" and "step" not in event:
+        return None
+    return event
+
+
+def _field_ok(key: str, value: Any, kind_of_event: str) -> bool:
+    kind = type(value)
+    if key == "loss":  # a step's loss is a number; a start's or a probe's, an object
+        return _field_ok("val_loss" if kind_of_event == "step" else "data", value, "")
+    if key in NUMBER_FIELDS:
+        return kind is float or (kind is int and math.isfinite(as_number(value)))
+    if key in STEP_FIELDS:
+        return as_step(value) is not None
+    if key in DICT_FIELDS:
+        return kind is dict
+    if key in LIST_FIELDS:
+        return kind is list
+    return True
