@@ -1,29 +1,39 @@
-"""Measure what tuimon.Monitor adds to a training step.
+"""Measure what tuimon.Monitor adds to a training step, on a tiny MLP and a small CNN.
 
 Same model, same data, same process: rounds of the bare loop alternate with rounds of the
-loop under Monitor (gradient norms every step, event log, system sampler and control
-server running), and the median step times are compared. The Monitor's own work inside
-the step (its optimizer pre-hook, forward pre-hook and `step()`) is also timed directly,
-which is far less noisy than the difference of two end-to-end times.
+loop under Monitor (every probe on, per-layer gradient norms logged every step, event log
+with the doctor, system sampler and control server running), in ABBA order so that drift
+of a shared machine falls on both kinds alike, and the medians are compared.
 
-    python scripts/bench_overhead.py                      # configs/vgg.yaml's model, CPU
-    python scripts/bench_overhead.py --device cuda --steps 50 --rounds 7
+Three clocks per round: wall time; the training thread's CPU time (what the Monitor's
+hooks and `step()` cost the loop, unaffected by other processes taking the CPU); and the
+process's CPU time, which adds the Monitor's background threads (the log writer encoding
+events and running the doctor, the system sampler). A monitored round ends with a flush of
+the log, so the writer's work for its steps is counted in that round. On a busy machine
+the CPU times are the reliable figures; wall time is shown for completeness.
+
+    python scripts/bench_overhead.py                     # both models, CPU, 1 torch thread
+    python scripts/bench_overhead.py --models mlp --rounds 15
+    python scripts/bench_overhead.py --device cuda --threads 0
+    python scripts/bench_overhead.py --models mlp --profile   # cProfile of monitored rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tuimon.config import load_config
-from tuimon.monitor import grad_probe, step_timer
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.training.datasets import data_shape
 from tuimon.training.models import build_model
@@ -32,49 +42,32 @@ from tuimon.training.optimization import build_loss, build_optimizer
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Stopwatch:
-    """Accumulates the time spent inside wrapped functions."""
+@dataclass(frozen=True)
+class Case:
+    """A model to measure: a config's model, a batch size, and steps per round."""
 
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.per_step: list[float] = []
-        self._mark = 0.0
-
-    def end_step(self) -> None:
-        """Close one step: what the Monitor spent in it since the previous one."""
-        self.per_step.append(self.total - self._mark)
-        self._mark = self.total
-
-    def wrap(self, function):  # type: ignore[no-untyped-def]
-        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.total += time.perf_counter() - started
-
-        return timed
+    config: str
+    batch_size: int
+    steps: int
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "vgg.yaml"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
-    parser.add_argument("--steps", type=int, default=4, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of each kind")
-    parser.add_argument(
-        "--layer-norms-every",
-        type=int,
-        default=1,
-        help="log per-layer norms every N steps (computed every step anyway)",
-    )
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
+CASES = {
+    # ~250 us a step on a fast core: the kind of step where fixed per-step costs show.
+    "mlp": Case("configs/mlp.yaml", batch_size=32, steps=400),
+    # ~30 ms a step: the Monitor's cost must vanish in the noise.
+    "cnn": Case("configs/cnn_mnist.yaml", batch_size=64, steps=12),
+}
 
-    config = load_config(args.config, ["data.download=false"])
-    device = torch.device(args.device)
-    batch_size = args.batch_size or config.train.batch_size
+
+@dataclass
+class Round:
+    wall: float
+    thread_cpu: float
+    process_cpu: float
+
+
+def measure(case: Case, device: torch.device, rounds: int, profile: bool) -> dict[str, object]:
+    config = load_config(str(REPO / case.config), ["data.download=false"])
     shape = data_shape(config.data)
     torch.manual_seed(0)
     model = build_model(config, shape).to(device)
@@ -83,9 +76,9 @@ def main() -> int:
     batches = [
         (
             torch.randn(
-                batch_size, shape.channels, shape.image_size, shape.image_size, device=device
+                case.batch_size, shape.channels, shape.image_size, shape.image_size, device=device
             ),
-            torch.randint(0, shape.num_classes, (batch_size,), device=device),
+            torch.randint(0, shape.num_classes, (case.batch_size,), device=device),
         )
         for _ in range(4)
     ]
@@ -94,10 +87,10 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def train_round(monitor: Monitor | None) -> float:
+    def train_round(monitor: Monitor | None) -> Round:
         sync()
-        started = time.perf_counter()
-        for i in range(args.steps):
+        wall, thread, process = time.perf_counter(), time.thread_time(), time.process_time()
+        for i in range(case.steps):
             x, y = batches[i % len(batches)]
             optimizer.zero_grad(set_to_none=True)
             out = model(x)
@@ -106,20 +99,24 @@ def main() -> int:
             optimizer.step()
             if monitor is not None:
                 monitor.step(loss, inputs=x, targets=y, outputs=out)
-                watch.end_step()
         sync()
-        return (time.perf_counter() - started) / args.steps
+        thread = time.thread_time() - thread
+        if monitor is not None:
+            monitor._log.flush()  # the writer's share of this round's steps
+        return Round(
+            wall=(time.perf_counter() - wall) / case.steps,
+            thread_cpu=thread / case.steps,
+            process_cpu=(time.process_time() - process) / case.steps,
+        )
 
-    watch = Stopwatch()
-    train_round(None)  # warm-up: allocator, cuDNN autotuning, first-touch of weights
-
-    grad_probe.GradientProbe._before_step = watch.wrap(grad_probe.GradientProbe._before_step)
-    step_timer.StepTimer._on_forward = watch.wrap(step_timer.StepTimer._on_forward)
-    Monitor.step = watch.wrap(Monitor.step)
+    # Every probe on: the defaults, with per-layer gradient norms logged on every step.
     settings = config.monitor.model_copy(deep=True)
-    settings.probes.layer_norms_every = args.layer_norms_every
-    bare, monitored = [], []
-    monitor_steps = 0
+    settings.probes.layer_norms_every = 1
+    for _ in range(2):
+        train_round(None)  # warm-up: allocator, first touch of the weights
+    bare: list[Round] = []
+    monitored: list[Round] = []
+    profiler = cProfile.Profile() if profile else None
     with tempfile.TemporaryDirectory() as tmp:
         monitor = Monitor.configured(
             model,
@@ -129,41 +126,78 @@ def main() -> int:
             options=RunOptions(name="bench", settings=settings),
         )
         with monitor:
-            train_round(monitor)  # warm-up of the monitored path
-            watch.total = watch._mark = 0.0
-            watch.per_step = []
-            for _ in range(args.rounds):
-                bare.append(train_round(None))
-                monitored.append(train_round(monitor))
-                monitor_steps += args.steps
+            train_round(monitor)  # warm-up, and past the dense early probes
+            for index in range(rounds):
+                order = (None, monitor) if index % 2 == 0 else (monitor, None)
+                for which in order:
+                    if which is not None and profiler is not None:
+                        profiler.enable()
+                    result = train_round(which)
+                    if which is not None and profiler is not None:
+                        profiler.disable()
+                    (bare if which is None else monitored).append(result)
         events = sum(1 for _ in (Path(tmp) / "run" / "events.jsonl").open())
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats("tuimon|queue|threading", 40)
 
-    bare_median = statistics.median(bare)
-    monitored_median = statistics.median(monitored)
-    inside = watch.total / monitor_steps
-    results = {
-        "model": config.model.name,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "batch_size": batch_size,
-        "steps_per_round": args.steps,
-        "rounds": args.rounds,
-        "bare_step_s": bare_median,
-        "monitored_step_s": monitored_median,
-        "end_to_end_overhead_pct": 100 * (monitored_median - bare_median) / bare_median,
-        "monitor_time_per_step_s": inside,
-        "monitor_time_pct": 100 * inside / bare_median,
-        "monitor_median_step_s": statistics.median(watch.per_step),
-        "monitor_heaviest_step_s": max(watch.per_step),
-        "bare_spread_pct": 100 * (max(bare) - min(bare)) / bare_median,
+    def median(rows: list[Round], key: str) -> float:
+        return statistics.median(getattr(r, key) for r in rows)
+
+    results: dict[str, object] = {
+        "model": f"{config.model.name} ({case.config})",
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch_size": case.batch_size,
+        "steps_per_round": case.steps,
+        "rounds": rounds,
         "events_logged": events,
     }
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        shown = f"{value:.6g}" if isinstance(value, float) else value
-        print(f"{key:<{width}}  {shown}")
+    for key in ("wall", "thread_cpu", "process_cpu"):
+        base, with_monitor = median(bare, key), median(monitored, key)
+        results[f"{key}_bare_us"] = 1e6 * base
+        results[f"{key}_monitored_us"] = 1e6 * with_monitor
+        results[f"{key}_added_us"] = 1e6 * (with_monitor - base)
+        results[f"{key}_added_pct"] = 100 * (with_monitor - base) / base
+        # Each monitored round against the bare round next to it: slow drift of a shared
+        # machine's load cancels within a pair.
+        pairs = [getattr(m, key) - getattr(b, key) for b, m in zip(bare, monitored, strict=True)]
+        results[f"{key}_added_paired_us"] = 1e6 * statistics.median(pairs)
+    walls = [r.wall for r in bare]
+    results["wall_bare_spread_pct"] = 100 * (max(walls) - min(walls)) / median(bare, "wall")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,cnn", help=f"any of {', '.join(CASES)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (0: leave torch's default)"
+    )
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of each kind")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per round (default: per model)"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the monitored rounds")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    report = {"device": str(device), "torch_threads": torch.get_num_threads(), "models": []}
+    for name in args.models.split(","):
+        case = CASES[name.strip()]
+        if args.steps:
+            case = Case(case.config, case.batch_size, args.steps)
+        results = measure(case, device, args.rounds, args.profile)
+        report["models"].append(results)
+        print(f"\n{name}: {results['model']}, batch {case.batch_size}, device {device}")
+        width = max(len(k) for k in results)
+        for key, value in results.items():
+            shown = f"{value:.1f}" if isinstance(value, float) else value
+            print(f"  {key:<{width}}  {shown}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 

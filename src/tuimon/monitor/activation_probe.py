@@ -1,9 +1,11 @@
 """Activation statistics from forward hooks on sampled steps: dead ReLUs, saturation.
 
-Hooks sit on the model's activation modules (nn.ReLU, nn.Sigmoid, nn.Tanh…); they do
-nothing unless armed, and an armed hook reduces its layer's output to one number on the
-device: the share of units active in under 1% of samples (ReLU), or the share of outputs
-at the flat ends (sigmoid, tanh). Activations applied as functions (F.relu) are not seen.
+Hooks sit on the model's activation modules (nn.ReLU, nn.Sigmoid, nn.Tanh…) only while
+armed, for the one step to be probed (a module with a hook takes the slower call path, so
+other steps do not pay for them), and an armed hook reduces its layer's output to one
+number on the device: the share of units active in under 1% of samples (ReLU), or the
+share of outputs at the flat ends (sigmoid, tanh). Activations applied as functions
+(F.relu) are not seen.
 """
 
 from __future__ import annotations
@@ -31,29 +33,36 @@ class ActivationProbe:
         self.every = every
         self.layers: list[tuple[str, str]] = []  # (module name, dead | saturated)
         self._values: list[torch.Tensor | None] = []
+        self._modules: list[nn.Module] = []
         self._armed = False
-        self._handles = []
+        self._handles: list[Any] = []
         if not every:
             return
         for name, module in model.named_modules():
             kind = next((k for cls, k in KINDS if type(module) is cls), None)
             if kind is None:
                 continue
-            index = len(self.layers)
             self.layers.append((name or type(module).__name__, kind))
             self._values.append(None)
-            self._handles.append(module.register_forward_hook(self._hook(index, module)))
+            self._modules.append(module)
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
+        self._disarm()
 
     def arm(self, next_step: int) -> None:
         """Measure the next training forward if `next_step` is a probe step: every `every`
         steps, and a few times at the start (units can be dead from initialization)."""
         self._armed = bool(self.layers) and probe_due(next_step, self.every, EARLY)
+        if self._armed and not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._hook(index, module))
+                for index, module in enumerate(self._modules)
+            ]
 
     def take(self) -> torch.Tensor | None:
+        self._disarm()
+        if not self._armed:  # nothing was measured: no hook ran since the last take()
+            return None
         values, self._values = self._values, [None] * len(self.layers)
         self._armed = False
         found = [v for v in values if v is not None]
@@ -62,6 +71,11 @@ class ActivationProbe:
         device = found[0].device
         nan = torch.full((), float("nan"), device=device)
         return torch.stack([v.to(device) if v is not None else nan for v in values])
+
+    def _disarm(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def decode(self, row: list[float]) -> dict[str, Any]:
         return {
@@ -91,6 +105,7 @@ class ActivationProbe:
                     value = (y.abs() > 0.99).float().mean()
                 # NaN activations say nothing about dead units: report none (no sync).
                 nan = torch.full((), float("nan"), device=y.device)
-                self._values[index] = torch.where(torch.isfinite(y).all(), value, nan)
+                # (y·0 is 0 exactly where y is finite: two kernels, `isfinite` takes four.)
+                self._values[index] = torch.where((y * 0).eq(0).all(), value, nan)
 
         return hook

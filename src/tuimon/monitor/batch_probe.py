@@ -37,19 +37,36 @@ class BatchProbe:
     def measure(
         self, inputs: Any, targets: Any, outputs: Any, loss: Any = None
     ) -> tuple[torch.Tensor | None, dict[str, Any]]:
-        """(numbers on the device, how to read them)."""
-        parts: list[torch.Tensor] = []
+        """(numbers on the device, how to read them).
+
+        Few kernels, since each costs a launch: extremes come from one `aminmax`, the
+        row-sum error and the logsumexp error from the extremes of the row sums and row
+        logsumexps (the largest |v - c| is at one of them), the std from the norm of the
+        centred samples, all finished on the host by `decode`.
+        """
+        groups: list[torch.Tensor] = []  # one float vector per device, in `decode`'s order
         layout: dict[str, Any] = {}
         x = _first_tensor(inputs)
         if x is not None and x.numel():
             layout["inputs"] = {"count": x.numel(), "floating": x.is_floating_point()}
-            parts.append(_input_stats(x.detach()))
+            stats, layout["scale_samples"] = _input_stats(x.detach())
+            groups.append(stats)
         y, out = _first_tensor(targets), _first_tensor(outputs)
         classes = out.shape[1] if out is not None and out.dim() == 2 else 0
+        scalars: list[torch.Tensor] = []  # of the outputs, on their device
+        extremes: tuple[torch.Tensor, torch.Tensor] | None = None
         if out is not None and classes >= 2 and out.is_floating_point():
             o = out.detach().float()
             layout["outputs"] = {"classes": classes}
-            parts.append(torch.stack([o.min(), o.max(), (o.sum(dim=1) - 1).abs().max()]))
+            extremes = torch.aminmax(o)
+            scalars += [*extremes, *torch.aminmax(o.sum(dim=1))]
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and out is not None:
+            found = _candidate_losses(out.detach(), y, loss.detach(), extremes)
+            if found is not None:
+                layout["loss"], values = found
+                scalars += values
+        if scalars:
+            groups.append(torch.stack(scalars))
         if (
             y is not None
             and classes >= 2
@@ -62,48 +79,39 @@ class BatchProbe:
             counts.scatter_add_(
                 0, y.long().clamp(0, classes - 1), torch.ones(y.shape[0], device=y.device)
             )
-            parts.append(counts)
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and out is not None:
-            found = _candidate_losses(out.detach(), y, loss.detach())
-            if found is not None:
-                layout["loss"], values = found
-                parts.append(values)
-        if not parts:
+            groups.append(counts)
+        if not groups:
             return None, layout
-        device = parts[0].device
-        return torch.cat([p.float().to(device).reshape(-1) for p in parts]), layout
+        device = groups[0].device
+        return torch.cat([g if g.device == device else g.to(device) for g in groups]), layout
 
     @staticmethod
     def decode(row: list[float], layout: dict[str, Any]) -> dict[str, Any]:
         event: dict[str, Any] = {}
         position = 0
         if "inputs" in layout:
-            nonfinite, mean, std, low, high = row[position : position + 5]
+            nonfinite, mean, spread, low, high = row[position : position + 5]
             event["inputs"] = {
                 **layout["inputs"],
                 "nonfinite": nonfinite,
                 "mean": mean,
-                "std": std,
+                "std": spread / math.sqrt(layout["scale_samples"]),
                 "min": low,
                 "max": high,
             }
             position += 5
         if "outputs" in layout:
-            low, high, error = row[position : position + 3]
+            low, high, sums_low, sums_high = row[position : position + 4]
             event["outputs"] = {
                 **layout["outputs"],
                 "min": low,
                 "max": high,
-                "row_sum_error": error,
+                "row_sum_error": _farthest(sums_low, sums_high, 1.0),
             }
-            position += 3
-        if "targets" in layout:
-            classes = layout["targets"]["classes"]
-            event["targets"] = {"counts": row[position : position + classes]}
-            position += classes
+            position += 4
         if "loss" in layout:
             names = layout["loss"]["candidates"]
-            value, *found, low, high, logsumexp = row[position : position + len(names) + 4]
+            value, *found, low, high, lse_low, lse_high = row[position : position + len(names) + 5]
             candidates = dict(zip(names, found, strict=True))
             event["loss"] = {
                 "value": value,
@@ -117,17 +125,32 @@ class BatchProbe:
                 "outputs_min": low,
                 "outputs_max": high,
                 # |log Σ exp(row)|: 0 for rows of log-probabilities (log_softmax outputs).
-                "logsumexp_error": logsumexp,
+                "logsumexp_error": _farthest(lse_low, lse_high, 0.0),
             }
+            position += len(names) + 5
+        if "targets" in layout:
+            classes = layout["targets"]["classes"]
+            event["targets"] = {"counts": row[position : position + classes]}
         return event
 
 
+def _farthest(low: float, high: float, centre: float) -> float:
+    """max |v - centre| over values whose extremes are `low` and `high`; NaN stays NaN."""
+    if low != low or high != high:
+        return math.nan
+    return max(abs(low - centre), abs(high - centre))
+
+
 def _candidate_losses(
-    out: torch.Tensor, y: torch.Tensor | None, loss: torch.Tensor
-) -> tuple[dict[str, Any], torch.Tensor] | None:
-    """(how to read them, [the step's loss, each candidate, outputs min, max, logsumexp
-    error]) for a classifier's (B, C) outputs with class indices, or a binary one's (B,) or
-    (B, 1) outputs with 0/1 targets; None for anything else (regression, no targets)."""
+    out: torch.Tensor,
+    y: torch.Tensor | None,
+    loss: torch.Tensor,
+    extremes: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
+    """(how to read them, [the step's loss, each candidate, outputs min, max, and the
+    extremes of the rows' logsumexp]) for a classifier's (B, C) outputs with class indices,
+    or a binary one's (B,) or (B, 1) outputs with 0/1 targets; None for anything else
+    (regression, no targets). `extremes`: the outputs' (min, max), if already measured."""
     if y is None or not out.is_floating_point() or out.shape[0] != y.shape[0]:
         return None
     o = out.float()
@@ -137,16 +160,18 @@ def _candidate_losses(
             target = y.long().clamp(0, o.shape[1] - 1)
             names = CLASS_LOSSES
             values = [F.cross_entropy(o, target), F.nll_loss(o, target)]
-            logsumexp = o.logsumexp(dim=1).abs().max()
+            logsumexp = list(torch.aminmax(o.logsumexp(dim=1)))
         elif o.numel() == y.numel() and (o.dim() == 1 or o.shape[-1] == 1):
             t = y.reshape(o.shape).float()
             names = BINARY_LOSSES
             values = [F.binary_cross_entropy_with_logits(o, t), _bce(o, t)]
-            logsumexp = torch.full((), math.nan, device=o.device)
+            nan = torch.full((), math.nan, device=o.device)
+            logsumexp = [nan, nan]
         else:
             return None
-        stats = [loss.float().reshape(()).to(o.device), *values, o.min(), o.max(), logsumexp]
-    return {"candidates": list(names)}, torch.stack(stats)
+        low, high = extremes if extremes is not None else torch.aminmax(o)
+        stats = [loss.float().reshape(()).to(o.device), *values, low, high, *logsumexp]
+    return {"candidates": list(names)}, stats
 
 
 def _bce(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -158,15 +183,21 @@ def _bce(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return -(t * log_p + (1 - t) * log_q).mean()
 
 
-def _input_stats(x: torch.Tensor) -> torch.Tensor:
-    """[non-finite count over the batch; mean, std, min, max of its first samples]. One bad
-    value anywhere matters; the scale shows in a few samples. With any NaN or Inf the
-    statistics are not finite either, and the rules read only the count then."""
-    bad = torch.isfinite(x).logical_not_().sum() if x.is_floating_point() else torch.zeros(())
+def _input_stats(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """([non-finite count over the batch; mean, norm of the centred values, min, max of its
+    first samples], how many values those samples hold). One bad value anywhere matters;
+    the scale shows in a few samples. With any NaN or Inf the statistics are not finite
+    either, and the rules read only the count then. (x·0 is 0 exactly where x is finite:
+    one multiply and a count, where `isfinite` takes four kernels.)"""
+    if x.is_floating_point():
+        bad = torch.count_nonzero(x * 0).float()
+    else:
+        bad = torch.zeros((), device=x.device)
     head = x[:SCALE_SAMPLES].float()
-    std, mean = torch.std_mean(head, correction=0)
+    mean = head.mean()
+    spread = torch.linalg.vector_norm(head - mean)
     low, high = torch.aminmax(head)
-    return torch.stack([bad.float().to(mean.device), mean, std, low, high])
+    return torch.stack([bad, mean, spread, low, high]), head.numel()
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:

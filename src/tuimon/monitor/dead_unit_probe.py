@@ -128,7 +128,9 @@ class DeadUnitProbe:
     ) -> torch.Tensor:
         """The share of units of this layer dead for long enough; keeps their streaks."""
         with torch.no_grad():
-            rows = grad.detach().reshape(grad.shape[0], -1).ne(0).any(dim=1)
+            # Whether each row has a non-zero (or NaN) entry: |g|'s row maximum is one
+            # reduction, where ne(0).any() first writes a mask of the whole gradient.
+            rows = grad.detach().reshape(grad.shape[0], -1).abs().amax(dim=1).ne(0)
             bias = getattr(module, "bias", None)
             live = rows
             if isinstance(bias, torch.Tensor) and bias.grad is not None:

@@ -57,7 +57,13 @@ class DeviceBuffer:
     def __len__(self) -> int:
         return len(self._metas)
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a transfer waits for `collect()`."""
+        return bool(self._in_flight)
+
     def add(self, meta: dict[str, Any], loss: Any, tensors: dict[str, torch.Tensor | None]) -> None:
+        """Keep a step's values (`tensors`: by kind; None where the step has none)."""
         self._metas.append(meta)
         if isinstance(loss, torch.Tensor):
             self._loss_slots.append(len(self._loss_tensors))
@@ -67,18 +73,20 @@ class DeviceBuffer:
             self._loss_slots.append(_to_float(loss))
         slots = {}
         for kind, tensor in tensors.items():
-            if tensor is not None:
-                rows = self._rows.setdefault(kind, [])
-                slots[kind] = (len(rows), tensor.numel())
-                rows.append(tensor)
+            if tensor is None:
+                continue
+            rows = self._rows.get(kind)
+            if rows is None:
+                rows = self._rows[kind] = []
+            slots[kind] = (len(rows), tensor.numel())
+            rows.append(tensor)
         self._slots.append(slots)
 
     def due(self) -> bool:
-        if not self._metas:
+        pending = len(self._metas)
+        if not pending:
             return False
-        return (
-            len(self._metas) >= self.log_every or time.monotonic() - self._last_fetch >= MAX_DELAY_S
-        )
+        return pending >= self.log_every or time.monotonic() - self._last_fetch >= MAX_DELAY_S
 
     def start_transfer(self) -> None:
         """Stack what is pending and start moving it to the host."""

@@ -54,17 +54,23 @@ class GradientProbe:
         if self.layout.changed():
             self.layout.refresh()
         params = self.layout.params
-        present = [i for i, p in enumerate(params) if p.grad is not None and not p.grad.is_sparse]
-        if not present:
+        grads = [p.grad for p in params]
+        if all(g is not None and not g.is_sparse for g in grads):  # the usual step
+            norms = per_param_norms(grads, grads[0].device) if grads else None
+        else:
+            present = [i for i, g in enumerate(grads) if g is not None and not g.is_sparse]
+            if not present:
+                self._pending = GradSample(norms=None, lrs=lrs)
+                return
+            grads = [grads[i] for i in present]
+            device = grads[0].device
+            found = per_param_norms(grads, device)
+            # Parameters without a gradient this step count as zero.
+            row = torch.zeros(len(params), device=device, dtype=found.dtype)
+            norms = row.index_copy_(0, self._index(tuple(present), device), found)
+        if norms is None:
             self._pending = GradSample(norms=None, lrs=lrs)
             return
-        grads = [params[i].grad for i in present]
-        device = grads[0].device
-        norms = per_param_norms(grads, device)
-        if len(present) < len(params):
-            # Parameters without a gradient this step count as zero.
-            row = torch.zeros(len(params), device=device, dtype=norms.dtype)
-            norms = row.index_copy_(0, self._index(tuple(present), device), norms)
         if self.clip is not None:
             total = norms.float().square().sum().sqrt()
             _scale_(grads, (self.clip / (total + 1e-6)).clamp(max=1.0))

@@ -209,7 +209,7 @@ class Monitor:
             samples = batch * micro_batches if batch is not None else None
         meta: dict[str, Any] = {
             "step": self.global_step,
-            "epoch": self.epoch,
+            "epoch": self._epoch,
             "time": time.time(),
             "lr": lrs[0] if lrs else None,
             "step_time": step_time,
@@ -225,12 +225,16 @@ class Monitor:
             meta["batch_layout"] = sample.layout
         tensors = sample.tensors
         if grad_norm is not None:
-            tensors = {**tensors, UNCLIPPED: _norm_tensor(grad_norm, self._device)}
-        self._buffer.add(meta, loss, tensors)
-        self._snapshots.maybe_take(self.global_step, self.model, self.optimizer)
-        if self._buffer.due():
-            self._buffer.start_transfer()
-        self._emit_steps(self._buffer.collect())
+            tensors[UNCLIPPED] = _norm_tensor(grad_norm, self._device)
+        buffer = self._buffer
+        buffer.add(meta, loss, tensors)
+        if self._snapshots.every:
+            self._snapshots.maybe_take(self.global_step, self.model, self.optimizer)
+        # Values come back every `log_every` steps: the steps between touch no event.
+        if buffer.due():
+            buffer.start_transfer()
+        if buffer.in_flight:
+            self._emit_steps(buffer.collect())
         self._apply_commands()
         self._timer.restart()
         if self._stop_requested:
@@ -469,7 +473,8 @@ class Monitor:
             return
         events: list[dict[str, Any]] = []
         for record, (fields, probes) in zip(records, self._probes.read(records), strict=True):
-            meta = {k: v for k, v in record.meta.items() if k != "batch_layout"}
+            meta = record.meta
+            meta.pop("batch_layout", None)  # read() has decoded the batch probe with it
             event = {"type": "step", **meta, "loss": record.loss, **fields}
             if UNCLIPPED in record.values:
                 event["grad_norm_unclipped"] = record.values[UNCLIPPED][0]
@@ -502,6 +507,9 @@ class Monitor:
         return {"queued": True, "step": self.global_step}
 
     def _apply_commands(self) -> None:
+        # Most steps have no command: a cheap look first, not a raised queue.Empty.
+        if self._inbox.empty() and self.state != "paused":
+            return
         while True:
             try:
                 request = self._inbox.get_nowait()

@@ -29,7 +29,7 @@ class StepSample:
     """One `Monitor.step()`'s probe results, before any of them is read back to the host."""
 
     lrs: list[float] | None  # as used by the step's optimizer.step(); None if it did not step
-    tensors: dict[str, torch.Tensor | None]  # device tensors, fetched in one batched copy
+    tensors: dict[str, torch.Tensor]  # device tensors (those it has), fetched in batches
     layout: dict[str, Any]  # host-side facts needed to decode them
     optimizer_steps: int  # optimizer.step() calls since the previous Monitor.step()
 
@@ -53,6 +53,12 @@ class StepProbes:
         # Dead units behind functional activations, on the activation probe's schedule.
         self.dead_units = DeadUnitProbe(model, self.layout, optimizer, settings.activations_every)
         self._layer_norms_logged = False
+        self._sampled: tuple[tuple[str, Any], ...] = (
+            ("update", self.updates),
+            ("acts", self.activations),
+            ("stale", self.stale),
+            ("dead", self.dead_units),
+        )
 
     def remove(self) -> None:
         for probe in (self.grads, self.updates, self.activations, self.stale, self.dead_units):
@@ -64,16 +70,19 @@ class StepProbes:
         """What the probes left on the device for this step, and its host-side facts."""
         grads = self.grads.take()
         optimizer_steps = self.grads.take_step_count()
-        tensors: dict[str, torch.Tensor | None] = {
-            "grad": grads.norms if grads is not None else None,
-            "update": self.updates.take(),
-            "acts": self.activations.take(),
-            "stale": self.stale.take(),
-            "dead": self.dead_units.take(),
-        }
+        tensors: dict[str, torch.Tensor] = {}
+        if grads is not None and grads.norms is not None:
+            tensors["grad"] = grads.norms
+        # The sampled probes: most steps, each has nothing and costs one look.
+        for kind, probe in self._sampled:
+            found = probe.take()
+            if found is not None:
+                tensors[kind] = found
         layout: dict[str, Any] = {}
         if self.batch.due(step):
-            tensors["batch"], layout = self.batch.measure(inputs, targets, outputs, loss)
+            found, layout = self.batch.measure(inputs, targets, outputs, loss)
+            if found is not None:
+                tensors["batch"] = found
         self.activations.arm(step + 1)
         self.dead_units.arm(step + 1)
         return StepSample(

@@ -38,14 +38,17 @@ class StaleGradProbe:
         self.param_name = (
             layout.param_names.get(id(self.param), "a parameter") if self.param is not None else ""
         )
+        # The gradient hook is there only while a checked step's gradient is remembered:
+        # a backward that reaches a hooked parameter pays for the call on every step.
+        self._grad_handle: Any = None
         if self.param is not None:
             self._handles = [
                 optimizer.register_step_pre_hook(self._before_step),
                 optimizer.register_step_post_hook(self._after_step),
-                self.param.register_hook(self._on_grad),
             ]
 
     def remove(self) -> None:
+        self._unhook_grad()
         for handle in self._handles:
             handle.remove()
 
@@ -58,12 +61,20 @@ class StaleGradProbe:
         if self._used is not None and self._stale is not None:
             self._result = self._stale.reshape(1)
         self._used = self._stale = None
+        self._unhook_grad()
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
         grad = self.param.grad if self.param is not None else None
         if grad is not None and probe_due(self._steps, self.every, EARLY):
             self._used = grad.detach().clone()
+            if self._grad_handle is None:
+                self._grad_handle = self.param.register_hook(self._on_grad)
+
+    def _unhook_grad(self) -> None:
+        if self._grad_handle is not None:
+            self._grad_handle.remove()
+            self._grad_handle = None
 
     def _on_grad(self, grad: torch.Tensor) -> None:
         if self._used is None or self.param is None:
