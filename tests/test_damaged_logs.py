@@ -330,3 +330,33 @@ def test_doctor_prints_no_escape_sequence_from_the_log(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert "pwned" in done.stdout.splitlines()[0] and "nan_loss" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "step 1e308",
+        "message of 10 MB",
+        "step fields of wrong types",
+        "system fields of wrong types",
+        "100000 LR groups",
+        "damaged start events",
+        "message, alert, control, checkpoint of wrong types",
+    ],
+)
+async def test_replay_app_draws_a_damaged_log(case, tmp_path):
+    """The replay app on a damaged log draws the good run (step 1e308 once crashed it
+    with a Textual traceback; a 10 MB message kept it blank for 39 s)."""
+    from tuimon.ui.app import TuimonApp
+
+    from conftest import until
+
+    run_dir = tmp_path / "run"
+    write_damaged_log(run_dir, DAMAGES[case])
+    app = TuimonApp(run_dir, replay=True)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await until(pilot, lambda: app.connection_status == "replay", timeout=60)
+        assert app.state.step == STEPS and app.state.name == "sound"
+        app.refresh_panels(everything=True)
+        await pilot.pause()
+    assert app.return_code in (None, 0)

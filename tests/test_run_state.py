@@ -156,3 +156,59 @@ def test_counts_keep_growing_when_the_kept_items_are_capped():
     assert state.counts["alert"] == MAX_ITEMS + 6
     restored = RunState.from_snapshot(json.loads(json.dumps(state.snapshot())))
     assert restored.counts["alert"] == MAX_ITEMS  # what it holds: history is not news
+
+
+def test_points_folded_in_bulk_make_the_buckets_appends_make():
+    """load_run_state folds a log's step points into the series with numpy: the buckets
+    must be exactly those of one `append` per point, merges, NaNs and infinities included."""
+    import random
+
+    import numpy as np
+
+    from tuimon.run.step_columns import SeriesColumns
+    from tuimon.series.bucketed import BucketSeries
+
+    rng = random.Random(8)
+    for _ in range(40):
+        capacity, count = rng.choice([2, 3, 4, 16]), rng.randint(0, 700)
+        one_by_one, bulk, columns = BucketSeries(capacity), None, SeriesColumns()
+        for i in range(count):
+            value = rng.choice([rng.random(), rng.random(), -rng.random(), math.nan, math.inf])
+            one_by_one.append(i, i / 10, i / 7, value)
+            columns.add(i, i / 10, i / 7, value)
+            if rng.random() < 0.03:  # folds at arbitrary points, partial buckets included
+                bulk = columns.fold_into(bulk, capacity)
+        bulk = columns.fold_into(bulk, capacity)
+        expected, got = one_by_one.to_dict(), bulk.to_dict()
+        for key, value in expected.items():
+            assert np.array_equal(np.asarray(value), np.asarray(got[key]), equal_nan=True), key
+
+
+def test_a_log_loads_into_the_state_its_events_make_one_by_one(tmp_path):
+    """The bulk path of load_run_state and apply_many (what a live client does) agree on
+    everything a snapshot holds, over a run long enough for the buckets to merge."""
+    log = events(steps=7000)
+    for event in log:
+        step = event.get("step", 0)
+        if event["type"] != "step":
+            continue
+        if step % 7 == 0:
+            event["loss"] = math.nan
+        if step % 3 == 0:
+            del event["grad_norm"]
+        if step % 50 == 0:
+            event["update_ratio"] = 1e-3
+            event["layer_grad_norms"] = {"fc": float(step)}
+        if step > 4000:
+            event["lrs"] = [0.1, 0.01, 0.001]
+    log.insert(100, {"type": "metrics", "step": 99, "val_loss": 1.5})
+    log.insert(200, {"type": "system", "host": {"cpu_percent": 50.0}, "gpus": []})
+    log.insert(300, {"type": "message", "text": "hello", "stop_ignored": True})
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in log))
+    loaded = load_run_state(path, fold_every=1000)
+    live = RunState()
+    live.apply_many(log)
+    assert loaded.series["loss"].span > 1  # merged at least once
+    expected, got = live.snapshot(), loaded.snapshot()
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)

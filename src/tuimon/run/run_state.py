@@ -253,8 +253,13 @@ class RunState:
 
     def _on_system(self, event: dict[str, Any]) -> None:
         self.system = system = _bounded(event, depth=4, items=64)
-        host = system["host"] = as_dict(system.get("host"))
-        gpus = system["gpus"] = [g for g in as_list(system.get("gpus")) if type(g) is dict]
+        # The panels format these fields as numbers: only numbers (and names) are kept.
+        host = system["host"] = _readings(system.get("host"))
+        gpus = system["gpus"] = [
+            _readings(g)
+            for g in as_list(system.get("gpus"))
+            if as_step(as_dict(g).get("index", 0)) is not None
+        ]
         cpu = as_number(host.get("cpu_percent"))
         if math.isfinite(cpu):
             self.cpu_history.append(cpu)
@@ -313,6 +318,8 @@ class RunState:
             last = {k: v for k, v in event.items() if k not in _PER_LAYER}
             last = _bounded(last, depth=3, items=64)
             last["step"] = as_step(event.get("step"))
+            if "cuda_memory" in last:
+                last["cuda_memory"] = _readings(last["cuda_memory"])
             if "epoch" in last and not math.isfinite(as_number(last["epoch"])):
                 del last["epoch"]
             self._last_step = last
@@ -501,6 +508,23 @@ def _recent_row(event: dict[str, Any]) -> tuple[float, float, float, float]:
         samples if math.isfinite(samples) else 0.0,
         as_number(event.get("time")),
     )
+
+
+def _readings(values: Any) -> dict[str, Any]:
+    """A sample of a machine (host, GPU, CUDA memory): its numbers, lists of numbers and
+    short texts (a name); a field of another type is left out."""
+    readings: dict[str, Any] = {}
+    for key, value in as_dict(values).items():
+        kind = type(value)
+        if kind is int or kind is float:
+            number = as_number(value)
+            if math.isfinite(number):
+                readings[key] = value
+        elif kind is str and len(value) <= 200:
+            readings[key] = value
+        elif kind is list and all(type(v) is int or type(v) is float for v in value):
+            readings[key] = [as_number(v) for v in value]
+    return readings
 
 
 def _layer_values(layers: dict[Any, Any]) -> dict[str, float]:
