@@ -200,6 +200,14 @@ def test_a_run_dir_tuimon_prepared_is_used_and_one_with_a_run_refused(tmp_path):
         create_run_dir("x", run)
 
 
+def test_a_run_dir_that_cannot_be_created_is_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match=f"cannot create run directory .*: {tmp_path / 'file'}"):
+        create_run_dir("x", tmp_path / "file" / "run")
+    with pytest.raises(UsageError, match="it is not a directory"):
+        create_run_dir("x", tmp_path / "file")
+
+
 def test_a_symlinked_run_dir_of_ones_own_is_followed(tmp_path):
     real = tmp_path / "real"
     real.mkdir()

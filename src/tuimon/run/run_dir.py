@@ -78,8 +78,12 @@ def open_run_dir(path: Path) -> Path:
     UsageError (exit 2) when it belongs to another user, holds what tuimon did not put
     there, or a symlink where tuimon writes.
     """
-    if make_private_dir(path):
-        return path.resolve()
+    try:
+        if make_private_dir(path):
+            return path.resolve()
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+        raise UsageError(f"cannot create run directory {path}: {exc.strerror}{where}") from None
     resolved = path.resolve()
     try:
         info = resolved.stat()
