@@ -56,13 +56,17 @@ class RunConnection(threading.Thread):
             try:
                 self._follow()
                 return  # the run ended
-            except (ControlError, OSError) as exc:
+            except (ControlError, OSError, ValueError) as exc:  # ValueError: not JSON
                 history_shown = history_shown or self.connected
                 status, detail = self._status_without_socket(exc)
                 if status == "ended":
                     self._load_log_and_finish()
                     return
-                if status in ("disconnected", "worker-gone") and not history_shown:
+                if status == "worker-gone":
+                    # The log is the whole story now, up to the kill (a live stream's last
+                    # batch may not have been applied when the connection broke).
+                    history_shown = self._post_log_history()
+                elif status == "disconnected" and not history_shown:
                     history_shown = self._post_log_history()
                 if (status, detail) != announced:
                     self._post(ConnectionChanged(status, detail))
