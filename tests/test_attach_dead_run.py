@@ -12,7 +12,10 @@ import sys
 import time
 
 import psutil
+import pytest
 
+from tuimon.errors import UsageError
+from tuimon.launch import newest_alive_run
 from tuimon.run.run_dir import CONTROL_SOCKET
 from tuimon.run.worker_liveness import start_event, worker_liveness
 from tuimon.ui import connection
@@ -140,3 +143,13 @@ async def test_attach_to_a_run_on_another_host_says_unknown_not_gone(tmp_path):
         await until(pilot, lambda: app.connection_status == "disconnected" and app.notice)
         assert "cannot check" in app.notice and host in app.notice
         assert app.shown_state == "disconnected" and app.state.step == 1
+
+
+def test_attach_without_a_run_names_the_newest_run_whose_worker_is_gone(tmp_path):
+    """`tuimon attach` picks the newest live run; when every one is dead it says which run
+    it would have shown, instead of only "no running run"."""
+    killed = tmp_path / "runs" / "mlp-1"
+    killed.mkdir(parents=True)
+    (killed / "events.jsonl").write_text('{"type":"start","pid":1,"host":"h"}\n')
+    with pytest.raises(UsageError, match=r"the newest, .*mlp-1, has no live worker"):
+        newest_alive_run(tmp_path / "runs")

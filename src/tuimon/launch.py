@@ -132,9 +132,15 @@ def find_runs(base: Path = DEFAULT_BASE) -> list[Path]:
 
 
 def newest_alive_run(base: Path = DEFAULT_BASE) -> Path:
-    for path in find_runs(base):
+    runs = find_runs(base)
+    for path in runs:
         if is_alive(path):
             return path
+    if runs:  # a killed run answers no socket either: name it, its log is one command away
+        raise UsageError(
+            f"no running run found under {base}/: the newest, {runs[0]}, has no live "
+            f"worker (tuimon attach {runs[0]} shows its log)"
+        )
     raise UsageError(
         f"no running run found under {base}/ (tuimon attach RUN_DIR for "
         "another place; tuimon replay RUN_DIR shows a finished run)"
