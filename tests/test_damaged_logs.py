@@ -91,8 +91,8 @@ DAMAGES = {
     "lone surrogate escape": Damage([b'{"type":"message","text":"\\ud800"}\n'], 1),
     "nested 10000 deep": Damage([b"[" * 10_000 + b"]" * 10_000 + b"\n"], 1),
     "nested 400000 deep (crashes orjson)": Damage([b"[" * 400_000 + b"]" * 400_000 + b"\n"], 1),
-    "message nested 100 deep": Damage(
-        [b'{"type":"message","text":' + b"[" * 100 + b"]" * 100 + b"}\n"], 1
+    "message nested 600 deep": Damage(
+        [b'{"type":"message","text":' + b"[" * 600 + b"]" * 600 + b"}\n"], 1
     ),
     "5000-digit int": Damage([b'{"type":"step","step":' + b"9" * 5000 + b"}\n"], 1),
     "400-digit step": Damage([obj(type="step", step=HUGE, loss=1.0)], 0, rejected=1),

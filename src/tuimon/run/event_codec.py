@@ -41,6 +41,10 @@ def encode_event(event: Event) -> bytes:
 
 
 MAX_DEPTH = 64  # nesting a line may have; a real event nests about 5 deep
+# Shorter lines cannot nest deep enough to harm (at most 512 levels: orjson and json parse
+# them, every reader bounds the depth it walks), and are not scanned: the scan costs a
+# third of decoding a typical step line.
+DEPTH_CHECK_BYTES = 1024
 # A JSON string (its escapes included): brackets inside one do not nest.
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -50,10 +54,14 @@ _LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 def decode_line(line: bytes | str) -> Any:
     """The JSON value of one line; raises ValueError (JSONDecodeError, a bad UTF-8 byte,
-    nesting deeper than MAX_DEPTH, a number or a string `json` refuses) for a line that is
-    not JSON an event can hold."""
-    raw = line.encode("utf-8", "surrogatepass") if isinstance(line, str) else line
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+    a line of DEPTH_CHECK_BYTES or more nested deeper than MAX_DEPTH, a number or a string
+    `json` refuses) for a line that is not JSON an event can hold."""
+    raw = line if type(line) is bytes else line.encode("utf-8", "surrogatepass")
+    if (
+        len(raw) >= DEPTH_CHECK_BYTES
+        and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+        and _depth(raw) > MAX_DEPTH
+    ):
         # Checked before parsing: orjson crashes the process on a line nested ~1e5 deep.
         raise ValueError(f"nested deeper than {MAX_DEPTH}")
     try:

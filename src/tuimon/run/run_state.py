@@ -176,9 +176,27 @@ class RunState:
         lrs = get("lrs")
         if type(lrs) is not list or not lrs:
             lrs = [get("lr")]
-        if self._rows is not None:
-            # Loading a log: one row now, the series in bulk later.
-            self._rows.add(x, elapsed, epoch, loss, smoothed, event, lrs)
+        rows = self._rows
+        if rows is not None:
+            # Loading a log: one row now (StepRows.ROW), the series in bulk later.
+            grad = get("grad_norm", rows)
+            ratio = get("update_ratio", rows)
+            flags = 0.0
+            if grad is rows:
+                grad = math.nan
+            else:
+                flags += 1.0
+                grad = grad if type(grad) is float else as_number(grad)
+            if ratio is rows:
+                ratio = math.nan
+            else:
+                flags += 2.0
+                ratio = ratio if type(ratio) is float else as_number(ratio)
+            lr = lrs[0]
+            lr = lr if type(lr) is float else as_number(lr)
+            rows.rows.extend((x, elapsed, epoch, loss, smoothed, grad, ratio, lr, flags))
+            if len(lrs) > 1:
+                rows.add_more_lrs(x, elapsed, epoch, lrs)
             self._recent_events.append(event)
         else:
             self._add("loss", x, elapsed, epoch, loss)

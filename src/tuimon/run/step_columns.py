@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tuimon.run.field_types import NAN, as_number
+from tuimon.run.field_types import as_number
 from tuimon.series.bucketed import FIELDS, BucketSeries
 
 # Series a step event adds a point to only when it holds the field.
@@ -25,9 +25,11 @@ ROW = 9  # step, time, epoch, loss, smoothed loss, grad norm, update ratio, LR, 
 
 
 class StepRows:
-    """The points step events add, one row per step: loss, smoothed loss, the optional
-    series (with a flag each for whether the step held it) and the first LR group; the
-    LRs of further groups wait in columns of their own."""
+    """The points step events add, one row per step: step, time, epoch, loss, smoothed
+    loss, the optional series (with a flag each for whether the step held it: 1 for the
+    gradient norm, 2 for the update ratio) and the first LR group; the LRs of further groups
+    wait in columns of their own. RunState._on_step writes the rows (one call less per
+    step: a million of them in a long replay)."""
 
     def __init__(self) -> None:
         self.rows = array("d")  # ROW numbers per step
@@ -36,39 +38,7 @@ class StepRows:
     def __len__(self) -> int:
         return len(self.rows) // ROW
 
-    def add(
-        self,
-        step: float,
-        time: float,
-        epoch: float,
-        loss: float,
-        smoothed: float,
-        event: dict[str, Any],
-        lrs: list[Any],
-    ) -> None:
-        grad = event.get("grad_norm", self)
-        ratio = event.get("update_ratio", self)
-        flags = 0.0
-        if grad is not self:
-            flags += 1
-            if type(grad) is not float:
-                grad = as_number(grad)
-        else:
-            grad = NAN
-        if ratio is not self:
-            flags += 2
-            if type(ratio) is not float:
-                ratio = as_number(ratio)
-        else:
-            ratio = NAN
-        lr = lrs[0]
-        if type(lr) is not float:
-            lr = as_number(lr)
-        self.rows.extend((step, time, epoch, loss, smoothed, grad, ratio, lr, flags))
-        if len(lrs) > 1:
-            self._add_more_lrs(step, time, epoch, lrs)
-
-    def _add_more_lrs(self, step: float, time: float, epoch: float, lrs: list[Any]) -> None:
+    def add_more_lrs(self, step: float, time: float, epoch: float, lrs: list[Any]) -> None:
         for group, lr in enumerate(lrs[1:MAX_LR_GROUPS], start=1):
             name = f"lr/{group}"
             columns = self.more_lrs.get(name)
