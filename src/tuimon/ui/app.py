@@ -142,13 +142,7 @@ class TuimonApp(App[None]):
         so a tick never costs more than one plotext drawing."""
         if not self._panels:
             return  # not mounted yet
-        status_bar = self.query_one_main(StatusBar)
-        status_bar.shown_state = self.shown_state
-        status_bar.notice = self.notice
-        if status_bar.styles.height is None or status_bar.styles.height.value != (
-            wanted := status_bar.wanted_height()
-        ):
-            status_bar.styles.height = wanted
+        self._fit_status_bar()
         self.query_one_main(DoctorPanel).no_commands = self.no_commands
         self._fit_metrics()
         plots = []
@@ -163,6 +157,15 @@ class TuimonApp(App[None]):
             oldest.refresh_view(self.state, self.options)
             self._plot_drawn_at[oldest.id] = time.monotonic()
         self._announce_news()
+
+    def _fit_status_bar(self) -> None:
+        """The status bar's state, and a second line when there is a notice."""
+        bar = self.query_one_main(StatusBar)
+        bar.shown_state = self.shown_state
+        bar.notice = self.notice
+        wanted = bar.wanted_height()
+        if bar.styles.height is None or bar.styles.height.value != wanted:
+            bar.styles.height = wanted
 
     def _fit_metrics(self) -> None:
         """The Metrics panel grows with the number of logged metrics (CSS caps it)."""
@@ -342,10 +345,9 @@ class TuimonApp(App[None]):
         self.send("checkpoint")
 
     def action_stop_run(self) -> None:
-        if self.connection_status == "worker-gone":
-            self.steerable()
+        if not self.steerable():
             return
-        if self.replay or self.shown_state in FINAL_STATES:
+        if self.shown_state in FINAL_STATES:
             self.toast("there is no running run to stop", severity="warning")
             return
 
