@@ -16,6 +16,7 @@ from tuimon.ui.widgets.grad_panel import GradPanel, shown_rows
 from tuimon.ui.widgets.host_panel import HostPanel
 from tuimon.ui.widgets.status_bar import StatusBar
 
+from conftest import until
 from fake_pynvml import FakeNVML, recorded_machines
 
 
@@ -267,3 +268,20 @@ def test_status_bar_and_small_parts():
     assert bar(0.5, 4) == "██░░" and bar(None, 3) == "···"
     assert sparkline([0, 50, 100], 3, top=100) == "▁▄█"
     assert tick_labels([0.001, 0.0010001]) == ["0.001", "0.0010001"]
+
+
+async def test_a_replay_says_how_many_damaged_lines_of_its_log_were_skipped(tmp_path):
+    lines = [
+        '{"type":"start","seq":1,"time":1.0,"name":"torn","total_steps":10}',
+        '{"type":"step","seq":2,"time":2.0,"step":1,"loss":1.0}',
+        "\x00\x01 not json",
+        '{"type":"step","seq":3,"time":3.0,"step":2,"loss":0.5}',
+    ]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    app = TuimonApp(tmp_path, replay=True, fps=20)
+    async with app.run_test(size=(160, 40)) as pilot:
+        bar = app.query_one(StatusBar)
+        await until(pilot, lambda: "damaged" in "".join(bar.plain_lines()))
+        text = "".join(bar.plain_lines())
+        assert "1 damaged line skipped (line 3)" in text and "2/10" in text
+        assert "no end event" in text  # and what the log lacks, on the same line

@@ -200,12 +200,18 @@ class TuimonApp(App[None]):
     @property
     def notice(self) -> str:
         """A line under the status bar: what a replay's log lacks, why the socket does not
-        answer, that the worker is gone. Empty when all is well."""
+        answer, that the worker is gone, how many damaged lines of the log were skipped.
+        Empty when all is well."""
+        connection = ""
         if self.connection_status == "worker-gone":
-            return f"{self.connection_detail} — showing the log; keys that steer the run are off"
-        if self.connection_status in ("replay", "disconnected"):
-            return self.connection_detail
-        return ""
+            connection = (
+                f"{self.connection_detail} — showing the log; keys that steer the run are off"
+            )
+        elif self.connection_status in ("replay", "disconnected"):
+            connection = self.connection_detail
+        with self.state.lock:
+            damage = self.state.damage_note()
+        return " · ".join(part for part in (connection, damage) if part)
 
     @property
     def no_commands(self) -> str | None:

@@ -179,7 +179,7 @@ def replay_notice(state: RunState) -> str:
     if state.end is not None or state.start is None:
         return ""
     liveness = worker_liveness(state.start)
-    return f"{NO_END} ({liveness.describe()})"
+    return f"{NO_END} ({liveness.describe()})" if liveness.pid is not None else NO_END
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
