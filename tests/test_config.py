@@ -457,3 +457,56 @@ def test_problems_in_different_sections_are_reported_together_in_file_order(tmp_
     assert len(problems) == 2
     assert "optimizer.momentun: unknown key (did you mean momentum?)" in problems[0]
     assert "train.batch_size: must be greater than 0" in problems[1]
+
+
+# --- bounds that keep a config from destroying the run (issue 8, item 12) ---------------
+# tests/test_config_hostile.py runs the malformed files through the command line.
+
+
+def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    """Aliases are bounded, not forbidden: sharing a value is ordinary YAML."""
+    text = edit("  lr: 0.1", "  lr: &lr 0.1")
+    text = edit("  T_max: 10", "  T_max: 10\n  eta_min: *lr", text)
+    text = edit("  epochs: 1\n  batch_size: 8", "  <<: &length {epochs: 1, batch_size: 8}", text)
+    text = edit("  rules:", "  snapshot_every: *lr\n  rules:", text)
+
+    problem = only_problem(write(tmp_path, text))
+    # The alias reaches monitor.snapshot_every (an integer): located there.
+    assert f":{line_of(text, 'snapshot_every')}:3: monitor.snapshot_every:" in problem
+
+    config = load_config(write(tmp_path, edit("  snapshot_every: *lr\n", "", text)))
+    assert config.scheduler is not None and config.scheduler.kwargs["eta_min"] == 0.1
+    assert config.train.epochs == 1 and config.train.batch_size == 8
+
+
+def test_lr_limits_are_the_runtime_lr_limits() -> None:
+    from tuimon.config.schema import MonitorConfig
+    from tuimon.monitor.lr_control import LrLimits
+
+    assert LrLimits.of(MonitorConfig()) == LrLimits()
+
+
+@pytest.mark.parametrize(
+    ("lr", "limit", "problem"),
+    [
+        ("1e-13", "", "optimizer.lr: must be within [1e-12, 100]"),
+        ("101", "", "optimizer.lr: must be within [1e-12, 100]"),
+        ("500", "  lr_max: 1000\n", None),
+        ("1e-13", "  lr_min: 1e-15\n", None),
+    ],
+)
+def test_optimizer_lr_within_the_monitor_lr_limits(
+    tmp_path: Path, lr: str, limit: str, problem: str | None
+) -> None:
+    text = edit("  lr: 0.1", f"  lr: {lr}")
+    path = write(tmp_path, edit("monitor:\n", f"monitor:\n{limit}", text))
+    if problem is None:
+        assert load_config(path).optimizer.lr == float(lr)
+    else:
+        assert problem in only_problem(path)
+
+
+def test_quoted_values_are_cut_short(tmp_path: Path) -> None:
+    problem = only_problem(write(tmp_path, edit("  name: SGD", "  name: " + "B" * 50_000)))
+    assert len(problem) < 400, len(problem)
+    assert "… (49802 more characters)" in problem

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from tuimon.config import callables
 from tuimon.config import schema as _schema_module
 from tuimon.config.schema import (
+    MAX_RUN_NAME,
     Config,
     LossConfig,
     MLPOptions,
@@ -23,7 +24,7 @@ from tuimon.config.schema import (
     TorchvisionOptions,
     VGGSmallOptions,
 )
-from tuimon.config.shown_values import dotted_key, problem_line, shown_value
+from tuimon.config.shown_values import clipped, dotted_key, problem_line, shown_value
 from tuimon.config.source import ConfigSource, KeyPath, load_source
 from tuimon.config.suggest import did_you_mean
 from tuimon.errors import ConfigError
@@ -188,7 +189,7 @@ def model_options(config: Config) -> BaseModel | None:
 
 def _default_name(origin: str) -> str:
     stem = Path(origin).stem if origin else "run"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-") or "run"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")[:MAX_RUN_NAME] or "run"
 
 
 def _located(source: ConfigSource, path: KeyPath, message: str) -> str:
@@ -244,7 +245,9 @@ def _value_message(error: Any) -> str:
     message = re.sub(r"^(Value error|Assertion failed), ", "", message)
     message = message.replace("Input should be", "must be")
     if "input" in error and not isinstance(error["input"], dict):
-        message += f" (got {shown_value(error['input'])})"
+        shown = shown_value(error["input"])
+        if shown not in message:  # a validator of ours may have quoted it already
+            message += f" (got {shown})"
     return message
 
 
@@ -368,10 +371,12 @@ def _trial_build(
     scheduler_config: SchedulerConfig | None,
     loss_config: LossConfig,
 ) -> list[str]:
-    """Build optimizer, scheduler and loss once on a dummy parameter.
+    """Build optimizer, scheduler and loss once on a dummy parameter, and take one
+    scheduler step.
 
     Torch checks argument values (a negative momentum, betas out of range) only when the
-    object is made; doing it here turns those into config errors with a line number.
+    object is made, and some only when the schedule is first computed (`T_max: 0` divides
+    by zero); doing it here turns those into config errors with a line number.
     """
     import torch
 
@@ -385,16 +390,35 @@ def _trial_build(
         return [_rejected(source, "optimizer", optimizer_config, exc)]
     if scheduler_config is not None:
         try:
-            optimization.build_scheduler(
+            scheduler = optimization.build_scheduler(
                 scheduler_config, optimizer, total_steps=100, steps_per_epoch=10
             )
-        except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+            _trial_step(optimizer, scheduler)
+        except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
             problems.append(_rejected(source, "scheduler", scheduler_config, exc))
     try:
         optimization.build_loss(loss_config)
     except (ValueError, TypeError, RuntimeError) as exc:
         problems.append(_rejected(source, "loss", loss_config, exc))
     return problems
+
+
+def _trial_step(optimizer: Any, scheduler: Any) -> None:
+    """One optimizer and scheduler step on the dummy parameter; the LR must stay finite."""
+    import warnings
+
+    from tuimon.training import optimization
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer.step()
+        if optimization.is_plateau(scheduler):
+            scheduler.step(1.0)
+        else:
+            scheduler.step()
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    if not all(isinstance(lr, int | float) and math.isfinite(lr) for lr in lrs):
+        raise ValueError(f"its first step makes the LR {shown_value(lrs)}")
 
 
 def _rejected(
@@ -404,11 +428,16 @@ def _rejected(
     exc: Exception,
 ) -> str:
     """Torch's refusal, placed at the argument it names (else at the section)."""
-    where = (section, *_named_key(str(exc), config.kwargs))
-    return _located(source, where, f"{config.name} rejected it: {exc}")
+    where = (section, *_named_key(exc, config.kwargs))
+    reason = str(exc) or type(exc).__name__
+    return _located(source, where, f"{config.name} rejected it: {clipped(reason)}")
 
 
-def _named_key(message: str, kwargs: dict[str, Any]) -> tuple[str, ...]:
-    """The one given argument a torch error names ("Invalid momentum value: -1"), if any."""
+def _named_key(exc: Exception, kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """The one given argument a torch error names ("Invalid momentum value: -1"), or
+    the one given as 0 when torch divided by zero, if any."""
+    message = str(exc)
     named = [key for key in kwargs if re.search(rf"\b{re.escape(key)}\b", message)]
+    if not named and isinstance(exc, ZeroDivisionError):
+        named = [key for key, value in kwargs.items() if _is_number(value) and value == 0]
     return (named[0],) if len(named) == 1 else ()

@@ -34,6 +34,7 @@ DEFAULT_LR_MIN = 1e-12
 DEFAULT_LR_MAX = 100.0
 # Seeds are mixed with sample indices (synthetic.py) and must stay within torch's 64 bits.
 MAX_SEED = 2**32 - 1
+MAX_RUN_NAME = 100
 
 
 class _NoBoolNumbers(BaseModel):
@@ -46,7 +47,7 @@ class _NoBoolNumbers(BaseModel):
         if isinstance(value, bool) and info.field_name is not None:
             members = _members(cls.model_fields[info.field_name].annotation)
             if bool not in members and members & {int, float}:
-                raise ValueError(f"expected a number, got {str(value).lower()}")
+                raise ValueError("expected a number, not true or false")
         return value
 
 
@@ -318,7 +319,10 @@ class FaultsConfig(StrictModel):
 
 
 class Config(StrictModel):
-    name: str | None = Field(None, description="run name; default: the config file's stem")
+    # The run directory is NAME-TIMESTAMP: a name this long still leaves it a valid file name.
+    name: str | None = Field(
+        None, max_length=MAX_RUN_NAME, description="run name; default: the config file's stem"
+    )
     model: ModelConfig
     data: DataConfig
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -48,7 +48,7 @@ class _Loader(yaml.SafeLoader):
         if len(self._path) >= MAX_DEPTH:
             mark = self.peek_event().start_mark
             raise _LocatedError(
-                tuple(self._path), mark, f"nested more than {MAX_DEPTH} levels deep"
+                _outer_key(self._path), mark, f"nested more than {MAX_DEPTH} levels deep"
             )
         if parent is None:  # the document itself
             return super().compose_node(parent, index)
@@ -83,6 +83,17 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
+
+
+def _outer_key(path: list[Any]) -> KeyPath:
+    """The key a too-deep value hangs from: its path up to the first list index, at most
+    three keys (`model.hidden`, not `model.hidden.0.0.0…`)."""
+    keys: list[str | int] = []
+    for part in path:
+        if not isinstance(part, str) or len(keys) == 3:
+            break
+        keys.append(part)
+    return tuple(keys)
 
 
 class _LocatedError(Exception):
@@ -217,7 +228,7 @@ def _compose(
         finally:
             loader.dispose()
     except _LocatedError as exc:
-        key = dotted_key(part for part in exc.path if part is not None)
+        key = dotted_key(exc.path)
         where = place(exc.mark)
         message = f"{where}: {key}: {exc.message}" if key else f"{where}: {exc.message}"
         raise ConfigError([message]) from None
@@ -229,6 +240,13 @@ def _compose(
             raise ConfigError([f"{place(mark)}: {dotted_key(path)}: {problem}"]) from None
         syntax = "YAML syntax error: " if in_file else ""
         raise ConfigError([f"{place(mark)}: {syntax}{problem}"]) from None
+    except yaml.reader.ReaderError as exc:  # a control character, e.g. NUL: no mark
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        where = f"{origin}:{line}:{column}" if in_file else place(None)
+        raise ConfigError(
+            [f"{where}: character #x{exc.character:04x} is not allowed in YAML"]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{place(None)}: YAML error: {clipped(str(exc))}"]) from None
     except RecursionError:  # a backstop: MAX_DEPTH should make this unreachable
@@ -251,7 +269,8 @@ def _check_expansion(root: Node, origin: str, paths: dict[tuple[int, int], KeyPa
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            raise _LocatedError(path, node.start_mark, "an alias refers to a value that holds it")
+            where = paths.get((node.start_mark.line, node.start_mark.column), path)
+            raise _LocatedError(where, node.start_mark, "an alias refers to a value that holds it")
         paths.setdefault((node.start_mark.line, node.start_mark.column), path)
         open_nodes.add(key)
         total = 1
