@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import resource
 import subprocess
 import sys
@@ -193,19 +192,28 @@ async def _first_screen(run_dir: Path) -> float:
         return time.perf_counter() - started
 
 
+# `tuimon doctor` in a child that reports its own peak RSS: VmHWM belongs to the process
+# image (ru_maxrss would also count the parent's pages from before the exec).
+DOCTOR = """
+import re, sys
+from tuimon.cli import main
+code = main(["doctor", sys.argv[1]])
+status = open("/proc/self/status").read()
+print("VmHWM", re.search(r"VmHWM:\\s*(\\d+)", status)[1], file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def doctor_figures(run_dir: Path) -> tuple[float, float, str]:
     """(seconds, peak RSS in MiB, first line) of `tuimon doctor RUN_DIR` in a subprocess."""
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tuimon", "doctor", str(run_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    done = subprocess.run(
+        [sys.executable, "-c", DOCTOR, str(run_dir)], capture_output=True, text=True
     )
-    assert process.stdout is not None
-    output = process.stdout.read().decode(errors="replace")
-    _, _, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
-    return seconds, usage.ru_maxrss / 1024, output.splitlines()[0] if output else ""
+    peak = [line for line in done.stderr.splitlines() if line.startswith("VmHWM ")]
+    rss = int(peak[-1].split()[1]) / 1024 if peak else float("nan")
+    return seconds, rss, done.stdout.splitlines()[0] if done.stdout else done.stderr[-300:]
 
 
 def main() -> None:

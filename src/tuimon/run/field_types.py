@@ -85,14 +85,39 @@ DICT_FIELDS = frozenset(
 LIST_FIELDS = frozenset({"lrs", "gpus", "notes", "skipped_names"})
 
 
+def _types(loss: tuple[type, ...]) -> dict[str, tuple[type, ...]]:
+    types: dict[str, tuple[type, ...]] = {key: (float, int) for key in NUMBER_FIELDS}
+    types.update({key: (int,) for key in STEP_FIELDS})
+    types.update({key: (dict,) for key in DICT_FIELDS})
+    types.update({key: (list,) for key in LIST_FIELDS})
+    types["loss"] = loss
+    return types
+
+
+# The types a field of a known name may have: a step's loss is a number; a start's or a
+# probe's `loss`, an object.
+_STEP_TYPES = _types((float, int))
+_OTHER_TYPES = _types((dict,))
+
+
 def typed_event(event: Any) -> dict[str, Any] | None:
     """The event with every field of a known name that has the wrong type left out (a
     copy, made only when one does), or None when it is no event: not an object, or a
     `type` that is not text. A `step` event needs a valid step."""
-    if type(event) is not dict or type(event.get("type")) is not str:
+    if type(event) is not dict:
         return None
-    kind = event["type"]
-    wrong = [key for key, value in event.items() if not _field_ok(key, value, kind)]
+    kind = event.get("type")
+    if type(kind) is not str:
+        return None
+    types = _STEP_TYPES if kind == "step" else _OTHER_TYPES
+    wrong = []
+    for key, value in event.items():
+        allowed = types.get(key)
+        if allowed is None:
+            continue
+        kind_of_value = type(value)
+        if kind_of_value not in allowed or (kind_of_value is int and not _int_ok(key, value)):
+            wrong.append(key)
     if wrong:
         event = {key: value for key, value in event.items() if key not in wrong}
     if kind == "step" and "step" not in event:
@@ -100,16 +125,8 @@ def typed_event(event: Any) -> dict[str, Any] | None:
     return event
 
 
-def _field_ok(key: str, value: Any, kind_of_event: str) -> bool:
-    kind = type(value)
-    if key == "loss":  # a step's loss is a number; a start's or a probe's, an object
-        return _field_ok("val_loss" if kind_of_event == "step" else "data", value, "")
-    if key in NUMBER_FIELDS:
-        return kind is float or (kind is int and math.isfinite(as_number(value)))
+def _int_ok(key: str, value: int) -> bool:
+    """A step within range; a number a float can hold."""
     if key in STEP_FIELDS:
-        return as_step(value) is not None
-    if key in DICT_FIELDS:
-        return kind is dict
-    if key in LIST_FIELDS:
-        return kind is list
-    return True
+        return 0 <= value <= MAX_STEP
+    return math.isfinite(as_number(value))
