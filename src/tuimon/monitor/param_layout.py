@@ -12,6 +12,10 @@ import torch
 
 from tuimon.monitor.names import NOT_IN_MODEL
 
+# Up to this many norms a batch is summed in plain Python: a few tiny tensor operations
+# cost more than the loop (a small model's batch of 10 steps is 10 rows of a few norms).
+PYTHON_SUM_LIMIT = 1024
+
 
 class ParamLayout:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -33,6 +37,7 @@ class ParamLayout:
                 index[layer] = len(self.layer_names)
                 self.layer_names.append(layer)
             columns.append(index[layer])
+        self._columns = columns
         # Summing squares through this one-hot matrix gives every layer's norm.
         self._matrix = torch.zeros(
             len(self.params), max(len(self.layer_names), 1), dtype=torch.float64
@@ -51,6 +56,11 @@ class ParamLayout:
         width = len(self.params)
         if not rows or any(len(row) != width for row in rows):
             return [(math.sqrt(sum(v * v for v in row)), {}) for row in rows]
+        if width * len(rows) <= PYTHON_SUM_LIMIT:
+            reduced = [self._reduce_row(row) for row in rows]
+            if all(math.isfinite(total) for total, _ in reduced):
+                return reduced
+            # NaN/Inf: the matrix product spreads them to every layer; keep that answer.
         squares = torch.tensor(rows, dtype=torch.float64).square()
         totals = squares.sum(dim=1).sqrt().tolist()
         layers = (squares @ self._matrix).sqrt().tolist()
@@ -58,3 +68,12 @@ class ParamLayout:
             (total, dict(zip(self.layer_names, values, strict=True)))
             for total, values in zip(totals, layers, strict=True)
         ]
+
+    def _reduce_row(self, row: list[float]) -> tuple[float, dict[str, float]]:
+        """`reduce` of one row in plain floats (doubles, like the matrix product)."""
+        sums = [0.0] * len(self.layer_names)
+        for value, column in zip(row, self._columns, strict=True):
+            sums[column] += value * value
+        return math.sqrt(math.fsum(sums)), dict(
+            zip(self.layer_names, map(math.sqrt, sums), strict=True)
+        )
