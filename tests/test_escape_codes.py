@@ -196,3 +196,17 @@ def test_a_real_scripts_headless_output_carries_no_escape_from_its_names(tmp_pat
     assert done.returncode == 0, done.stderr
     assert "Evil" in done.stdout and "acc" in done.stdout  # the names were printed
     assert not [c for c in CONTROLS if c in done.stdout], repr(done.stdout)
+
+
+def test_printable_drops_whole_sequences_and_neutralizes_every_other_control():
+    from tuimon.terminal_text import printable
+
+    assert printable(f"a{OSC_TITLE}b") == "a0;pwned\ufffdb"  # shown as text, inert
+    assert printable("\x1b[31mred\x1b[0m plain") == "red plain"  # coloured output.log
+    assert printable(f"x{CSI8}y") == "xy"
+    assert printable("50%\r100%\r\n") == "50%\n100%\n"  # a redraw cannot hide text
+    assert printable("tab\tNUL\x00", keep_newlines=False) == "tab\tNUL\ufffd"
+    # Whatever the input, no control but tab and newline survives.
+    every = "".join(map(chr, range(0x00, 0xA0))) * 3 + "\x1b[" + "\x1b]" + "\x9b"
+    left = {c for c in printable(every) if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F}
+    assert left <= {"\t", "\n"}
