@@ -210,3 +210,17 @@ def test_printable_drops_whole_sequences_and_neutralizes_every_other_control():
     every = "".join(map(chr, range(0x00, 0xA0))) * 3 + "\x1b[" + "\x1b]" + "\x9b"
     left = {c for c in printable(every) if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F}
     assert left <= {"\t", "\n"}
+
+
+def test_a_usage_error_quoting_a_crafted_path_prints_no_escape(tmp_path):
+    crafted = tmp_path / f"run{OSC_TITLE}{CLEAR}"
+    done = subprocess.run(
+        [sys.executable, "-m", "tuimon", "replay", str(crafted)],
+        capture_output=True,
+        text=True,
+        env=worker_env(),
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "pwned" in done.stderr and "nothing to replay" in done.stderr
+    assert not [c for c in CONTROLS if c in done.stderr]

@@ -30,7 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return COMMANDS[args[0]](args[1:])
         return config_command(args)
     except UsageError as exc:
-        print(f"tuimon: error: {exc}", file=sys.stderr)
+        from tuimon.terminal_text import printable
+
+        # The message may quote a path or a value from a file: shown, never interpreted.
+        print(f"tuimon: error: {printable(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("tuimon: interrupted", file=sys.stderr)
