@@ -285,3 +285,41 @@ async def test_a_replay_says_how_many_damaged_lines_of_its_log_were_skipped(tmp_
         text = "".join(bar.plain_lines())
         assert "1 damaged line skipped (line 3)" in text and "2/10" in text
         assert "no end event" in text  # and what the log lacks, on the same line
+
+
+def test_the_status_bar_says_loudly_while_the_run_is_not_recorded():
+    """run/event_log.py tells listeners (not the full disk) that events are not written,
+    and logs the count of what was lost once they are again."""
+    outage = {
+        "type": "message",
+        "level": "error",
+        "recording": False,
+        "text": "events are not being recorded: cannot write events.jsonl: no space left",
+    }
+    state = state_with({"type": "step", "step": 1, "time": 101.0, "loss": 1.0}, outage)
+    bar_view = StatusBar()
+    bar_view.shown_state = "running"
+    [line] = text_of(bar_view.view(state, ViewOptions(), 160, 1), 160)
+    assert "NOT RECORDING" in line
+    # An app attaching later gets it through the worker's snapshot.
+    assert RunState.from_snapshot(state.snapshot()).not_recording == outage["text"]
+    state.apply({"type": "message", "level": "warning", "dropped_events": 40, "text": "..."})
+    assert state.not_recording is None
+    [line] = text_of(bar_view.view(state, ViewOptions(), 160, 1), 160)
+    assert "NOT RECORDING" not in line
+
+
+async def test_the_app_shows_why_the_run_is_not_recorded(tmp_path):
+    lines = [
+        '{"type":"start","seq":1,"time":1.0,"name":"full","total_steps":10}',
+        '{"type":"step","seq":2,"time":2.0,"step":1,"loss":1.0}',
+        '{"type":"message","level":"error","recording":false,"time":3.0,'
+        '"text":"events are not being recorded: no space left on device"}',
+    ]
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    app = TuimonApp(tmp_path, replay=True, fps=20)
+    async with app.run_test(size=(160, 40)) as pilot:
+        bar = app.query_one(StatusBar)
+        await until(pilot, lambda: "no space left" in "".join(bar.plain_lines()))
+        text = "".join(bar.plain_lines())
+        assert "NOT RECORDING: events are not being recorded" in text

@@ -69,6 +69,8 @@ class RunState:
         self._t0: float | None = None  # the start's time
         self._per_epoch: int | None = None  # the start's steps_per_epoch
         self.stop_ignored_at: int | None = None  # the step of a stop the loop did not obey
+        # Why the worker's events are not being written (a full disk), until they are again.
+        self.not_recording: str | None = None
         self.last_metrics: dict[str, Any] = {}
         self.layer_grad_norms: dict[str, float] = {}
         self.layer_update_ratios: dict[str, float] = {}
@@ -260,6 +262,10 @@ class RunState:
         if "text" in event and type(event["text"]) is not str:
             event["text"] = _clip(event["text"])
         self.messages.append(event)
+        if event.get("recording") is False:  # run/event_log.py: the log cannot be written
+            self.not_recording = str(event.get("text", "events are not being recorded"))
+        elif "dropped_events" in event:  # written again, with the count of what was lost
+            self.not_recording = None
         if event.get(STOP_IGNORED):
             requested = as_step(event.get("stop_requested_at"))
             self.stop_ignored_at = requested if requested is not None else self.step
@@ -435,6 +441,7 @@ class RunState:
                 "checkpoints": list(self.checkpoints),
                 "last_step": self.last_step,
                 "stop_ignored_at": self.stop_ignored_at,
+                "not_recording": self.not_recording,
                 "last_metrics": self.last_metrics,
                 "layer_grad_norms": self.layer_grad_norms,
                 "layer_update_ratios": self.layer_update_ratios,
@@ -469,6 +476,7 @@ class RunState:
         )
         state.last_step = data["last_step"]
         state.stop_ignored_at = data.get("stop_ignored_at")
+        state.not_recording = data.get("not_recording")
         state.last_metrics = dict(data["last_metrics"])
         state.layer_grad_norms = dict(data["layer_grad_norms"])
         state.layer_update_ratios = dict(data["layer_update_ratios"])

@@ -199,8 +199,9 @@ class TuimonApp(App[None]):
 
     @property
     def notice(self) -> str:
-        """A line under the status bar: what a replay's log lacks, why the socket does not
-        answer, that the worker is gone, how many damaged lines of the log were skipped.
+        """A line under the status bar: that the run's events are not being recorded (a
+        full disk), what a replay's log lacks, why the socket does not answer, that the
+        worker is gone, how many damaged lines of the log were skipped.
         Empty when all is well."""
         connection = ""
         if self.connection_status == "worker-gone":
@@ -211,7 +212,9 @@ class TuimonApp(App[None]):
             connection = self.connection_detail
         with self.state.lock:
             damage = self.state.damage_note()
-        return " · ".join(part for part in (connection, damage) if part)
+            unrecorded = self.state.not_recording
+        recording = f"NOT RECORDING: {unrecorded}" if unrecorded else ""
+        return " · ".join(part for part in (recording, connection, damage) if part)
 
     @property
     def no_commands(self) -> str | None:

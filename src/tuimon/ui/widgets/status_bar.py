@@ -35,6 +35,7 @@ ETA_STATES = ("running", "paused")
 
 
 IGNORED_STYLE = "bold black on yellow"
+NOT_RECORDING_STYLE = "bold white on red"  # the log cannot be written: say it loudly
 
 
 class StatusBar(Panel):
@@ -62,6 +63,8 @@ class StatusBar(Panel):
         line = Text(no_wrap=True)
         line.append(f" {state.name} ", style="bold")
         line.append(f" {self.shown_state} ", style=STATE_STYLE.get(self.shown_state, "bold"))
+        if state.not_recording:
+            line.append(" NOT RECORDING ", style=NOT_RECORDING_STYLE)
         if state.stop_ignored_at is not None and self.shown_state == "running":
             # Monitor(stop="flag") and the loop ran on: the stop did not stop it.
             line.append(f" stop at step {state.stop_ignored_at} ignored ", style=IGNORED_STYLE)
