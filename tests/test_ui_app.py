@@ -95,7 +95,7 @@ async def test_p_pauses_until_p_again(start_worker):
 
 
 async def test_l_refuses_bad_learning_rates_in_place(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS)
+    worker = start_worker(MLP, *MLP_ARGS, "--set", "monitor.lr_max=0.5")
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
@@ -111,6 +111,7 @@ async def test_l_refuses_bad_learning_rates_in_place(start_worker):
             ("-1", "must be > 0"),
             ("nan", "must be finite"),
             ("1e6", "absurdly large"),
+            ("0.9", "limit 0.5"),  # the run's own monitor.lr_max
         ):
             field = screen.query_one(Input)
             field.value = text

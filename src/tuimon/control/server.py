@@ -58,9 +58,7 @@ class ControlServer:
         self._status = status
         self._history = history
         self.client_queue_bytes = client_queue_bytes
-        self._sock = listen(path)
-        # listen() asks for a small backlog; asking again raises it on a listening socket.
-        self._sock.listen(LISTEN_BACKLOG)
+        self._sock = listen(path, LISTEN_BACKLOG)
         self._clients: set[_Client] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()

@@ -30,19 +30,7 @@ def short_address(path: Path) -> Iterator[str]:
         os.close(dir_fd)
 
 
-def connect(path: Path, timeout: float | None = 5.0) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        with short_address(path) as address:
-            sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def listen(path: Path) -> socket.socket:
+def listen(path: Path, backlog: int) -> socket.socket:
     """Bind a listening socket at `path`, readable and writable by this user only.
 
     The mode comes from the umask at bind(): a chmod afterwards would follow a symlink
@@ -64,5 +52,5 @@ def listen(path: Path) -> socket.socket:
         raise
     finally:
         os.umask(old_umask)
-    sock.listen(16)
+    sock.listen(backlog)
     return sock

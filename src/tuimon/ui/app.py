@@ -23,6 +23,7 @@ from textual.events import Resize
 from textual.widgets import Footer
 
 from tuimon.control.client import ControlClient, ControlError
+from tuimon.control.protocol import MAX_LR
 from tuimon.headless.alert_text import cleared_at, stale_action_text
 from tuimon.headless.progress import show_value
 from tuimon.run.run_dir import OUTPUT_FILE
@@ -345,7 +346,15 @@ class TuimonApp(App[None]):
             if value is not None:
                 self.send("set-lr", value=value)
 
-        self.push_screen(LRScreen(lr.latest if lr else None), chosen)
+        self.push_screen(LRScreen(lr.latest if lr else None, self._lr_max()), chosen)
+
+    def _lr_max(self) -> float:
+        """The run's `monitor.lr_max` (its start event's settings), else the default."""
+        with self.state.lock:
+            settings = (self.state.start or {}).get("settings")
+        value = settings.get("lr_max") if isinstance(settings, dict) else None
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if is_number and 0 < value < float("inf") else MAX_LR
 
     def action_toggle_pause(self) -> None:
         self.send("resume" if self.state.status == "paused" else "pause")

@@ -130,8 +130,6 @@ class RunConnection(threading.Thread):
             while not self._stop.is_set():
                 event = client.next_event(timeout=BATCH_SECONDS)
                 if event is not None:
-                    if event.get("type") == "lagged":
-                        raise ControlError("fell behind the run's events; resyncing")
                     pending.append(event)
                 now = time.monotonic()
                 ended = event is not None and event.get("type") == "end"

@@ -9,15 +9,17 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from tuimon.control.protocol import ProtocolError, validate_lr
+from tuimon.control.protocol import MAX_LR, ProtocolError, validate_lr
 
 
 class LRScreen(ModalScreen[float | None]):
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, current: float | None) -> None:
+    def __init__(self, current: float | None, maximum: float = MAX_LR) -> None:
+        """`maximum`: the run's own `lr_max`, so a value it would refuse is refused here."""
         super().__init__()
         self.current = current
+        self.maximum = maximum
 
     def compose(self) -> ComposeResult:
         now = f"{self.current:g}" if self.current is not None else "unknown"
@@ -33,7 +35,7 @@ class LRScreen(ModalScreen[float | None]):
     @on(Input.Submitted)
     def submit(self, event: Input.Submitted) -> None:
         try:
-            value = validate_lr(event.value)
+            value = validate_lr(event.value, maximum=self.maximum)
         except ProtocolError as exc:
             self.query_one("#lr-error", Static).update(f"refused: {exc}")
             return
