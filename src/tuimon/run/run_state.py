@@ -335,24 +335,27 @@ class RunState:
     @property
     def last_step(self) -> dict[str, Any] | None:
         """The newest step event, without its per-layer values (kept apart), its text
-        bounded: made when read, not on every step."""
-        event = self._last_step_event
-        if event is not None:
-            self._last_step_event = None
-            last = {k: v for k, v in event.items() if k not in _PER_LAYER}
-            last = _bounded(last, depth=3, items=64)
-            last["step"] = as_step(event.get("step"))
-            if "cuda_memory" in last:
-                last["cuda_memory"] = _readings(last["cuda_memory"])
-            if "epoch" in last and not math.isfinite(as_number(last["epoch"])):
-                del last["epoch"]
-            self._last_step = last
-        return self._last_step
+        bounded: made when read, not on every step (under the lock: a view may read it
+        while the connection thread applies new steps)."""
+        with self.lock:
+            event = self._last_step_event
+            if event is not None:
+                self._last_step_event = None
+                last = {k: v for k, v in event.items() if k not in _PER_LAYER}
+                last = _bounded(last, depth=3, items=64)
+                last["step"] = as_step(event.get("step"))
+                if "cuda_memory" in last:
+                    last["cuda_memory"] = _readings(last["cuda_memory"])
+                if "epoch" in last and not math.isfinite(as_number(last["epoch"])):
+                    del last["epoch"]
+                self._last_step = last
+            return self._last_step
 
     @last_step.setter
     def last_step(self, value: dict[str, Any] | None) -> None:
-        self._last_step_event = None
-        self._last_step = value
+        with self.lock:
+            self._last_step_event = None
+            self._last_step = value
 
     def damage_note(self) -> str | None:
         """What of the log was left out, for a view to say, or None."""
