@@ -60,13 +60,7 @@ class BatchProbe:
             layout["outputs"] = {"classes": classes}
             extremes = torch.aminmax(o)
             scalars += [*extremes, *torch.aminmax(o.sum(dim=1))]
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and out is not None:
-            found = _candidate_losses(out.detach(), y, loss.detach(), extremes)
-            if found is not None:
-                layout["loss"], values = found
-                scalars += values
-        if scalars:
-            groups.append(torch.stack(scalars))
+        labels = None  # class indices, clamped: for the histogram and the candidate losses
         if (
             y is not None
             and classes >= 2
@@ -74,12 +68,17 @@ class BatchProbe:
             and not y.is_floating_point()
             and y.shape[0] == out.shape[0]
         ):
+            labels = y.long().clamp(0, classes - 1)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1 and out is not None:
+            found = _candidate_losses(out.detach(), y, loss.detach(), extremes, labels)
+            if found is not None:
+                layout["loss"], values = found
+                scalars += values
+        if scalars:
+            groups.append(torch.stack(scalars))
+        if labels is not None:
             layout["targets"] = {"classes": classes}
-            counts = torch.zeros(classes, device=y.device)
-            counts.scatter_add_(
-                0, y.long().clamp(0, classes - 1), torch.ones(y.shape[0], device=y.device)
-            )
-            groups.append(counts)
+            groups.append(_histogram(labels, classes))
         if not groups:
             return None, layout
         device = groups[0].device
@@ -94,7 +93,7 @@ class BatchProbe:
             event["inputs"] = {
                 **layout["inputs"],
                 "nonfinite": nonfinite,
-                "mean": mean,
+                "mean": mean if math.isfinite(mean) else math.nan,  # as std_mean's, with Inf
                 "std": spread / math.sqrt(layout["scale_samples"]),
                 "min": low,
                 "max": high,
@@ -141,26 +140,47 @@ def _farthest(low: float, high: float, centre: float) -> float:
     return max(abs(low - centre), abs(high - centre))
 
 
+def _histogram(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """How many of each class, as floats. One kernel on the CPU; elsewhere a scatter, since
+    `bincount` on a GPU reads the largest label back to size its output (a sync)."""
+    if labels.device.type == "cpu":
+        return torch.bincount(labels, minlength=classes).float()
+    counts = torch.zeros(classes, device=labels.device)
+    return counts.scatter_add_(0, labels, torch.ones(labels.shape[0], device=labels.device))
+
+
 def _candidate_losses(
     out: torch.Tensor,
     y: torch.Tensor | None,
     loss: torch.Tensor,
     extremes: tuple[torch.Tensor, torch.Tensor] | None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
     """(how to read them, [the step's loss, each candidate, outputs min, max, and the
     extremes of the rows' logsumexp]) for a classifier's (B, C) outputs with class indices,
     or a binary one's (B,) or (B, 1) outputs with 0/1 targets; None for anything else
-    (regression, no targets). `extremes`: the outputs' (min, max), if already measured."""
+    (regression, no targets). `extremes`: the outputs' (min, max), and `labels`: the
+    targets clamped to the classes, where the caller has them already."""
     if y is None or not out.is_floating_point() or out.shape[0] != y.shape[0]:
         return None
     o = out.float()
     y = y.to(o.device, non_blocking=True)  # a script may hand over its CPU copy
     with torch.no_grad():
         if o.dim() == 2 and o.shape[1] >= 2 and y.dim() == 1 and not y.is_floating_point():
-            target = y.long().clamp(0, o.shape[1] - 1)
+            if labels is None:
+                target = y.long().clamp(0, o.shape[1] - 1)
+            else:
+                target = labels.to(o.device, non_blocking=True)
             names = CLASS_LOSSES
-            values = [F.cross_entropy(o, target), F.nll_loss(o, target)]
-            logsumexp = list(torch.aminmax(o.logsumexp(dim=1)))
+            # cross_entropy is nll_loss of log_softmax; and log Σ exp(row) is
+            # max(row) - max(log_softmax(row)), since log_softmax keeps each row's order
+            # (a fused kernel and a few small ones, where logsumexp takes nine), or +inf
+            # where the row holds +inf, as logsumexp says.
+            log_probs = o.log_softmax(dim=1)
+            values = [F.nll_loss(log_probs, target), F.nll_loss(o, target)]
+            top = o.amax(dim=1)
+            rows = torch.where(top.isposinf(), top, top - log_probs.amax(dim=1))
+            logsumexp = list(torch.aminmax(rows))
         elif o.numel() == y.numel() and (o.dim() == 1 or o.shape[-1] == 1):
             t = y.reshape(o.shape).float()
             names = BINARY_LOSSES
