@@ -56,6 +56,7 @@ from tuimon.run.run_dir import (
     flag_from_env,
 )
 from tuimon.run.run_state import STOP_IGNORED, RunState
+from tuimon.run.state_cache import write_state_cache
 from tuimon.system.sampler import SystemSampler
 
 # How a Monitor answers a stop: raise StopTraining from `step()` (default), or only set
@@ -305,6 +306,8 @@ class Monitor:
         self._log.flush()
         self._log.emit(end)
         self._log.close()
+        if not self._log.health()["dropped"]:  # the cache stands for the log: all of it
+            write_state_cache(self.run_dir, self.history, self._log.path)
         self._server.close()
         self._probes.remove()
         self._timer.remove()

@@ -26,9 +26,12 @@ class LogReader:
     """The events of a log, in order; `skipped` counts the damaged lines left out so far
     (`skipped_lines` names the first few, 1-based), `torn` says the log ends mid-line."""
 
-    def __init__(self, path: str | Path, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, path: str | Path, max_line: int = MAX_LINE_BYTES, offset: int = 0) -> None:
         self.path = Path(path)
         self.max_line = max_line
+        self.offset = (
+            offset  # where reading starts: a line's first byte (line numbers count from it)
+        )
         self.skipped = 0
         self.skipped_lines: list[int] = []
         self.torn = False
@@ -42,6 +45,8 @@ class LogReader:
 
     def _read(self) -> Iterator[Event]:
         with self.path.open("rb") as file:
+            if self.offset:
+                file.seek(self.offset)
             readline = file.readline
             limit = self.max_line + 1  # the newline
             number = 0
@@ -94,7 +99,17 @@ def _skip_rest_of_line(readline: Any, limit: int) -> bool:
     return False
 
 
-def read_events(path: str | Path) -> LogReader:
+def read_events(path: str | Path, offset: int = 0) -> LogReader:
     """Events of a log, skipping (and counting, in `.skipped`) damaged lines and a torn
-    last line of a run that is still writing."""
-    return LogReader(path)
+    last line of a run that is still writing; from byte `offset` (the start of a line) on."""
+    return LogReader(path, offset=offset)
+
+
+def count_lines(path: str | Path, end: int) -> int:
+    """Lines in the first `end` bytes of a file: to number lines read from an offset."""
+    lines = 0
+    with Path(path).open("rb") as file:
+        while end > 0 and (chunk := file.read(min(end, 1 << 20))):
+            lines += chunk.count(b"\n")
+            end -= len(chunk)
+    return lines

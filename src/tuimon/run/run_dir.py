@@ -31,6 +31,7 @@ CONFIG_FILE = "config.yaml"
 OUTPUT_FILE = "output.log"
 CONTROL_SOCKET = "control.sock"
 CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"  # a finished run's state, for a fast replay (run/state_cache.py)
 DEFAULT_BASE = Path("runs")
 # A run's name becomes part of its directory's name.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -46,6 +47,7 @@ _RUN_ENTRIES = {
     OUTPUT_FILE: stat.S_ISREG,
     CONTROL_SOCKET: stat.S_ISSOCK,
     CHECKPOINT_DIR: stat.S_ISDIR,
+    STATE_FILE: stat.S_ISREG,
 }
 _HOW_TO_PROCEED = (
     "use a new or empty directory of your own (or no --run-dir: runs/NAME-TIME/ is made)"

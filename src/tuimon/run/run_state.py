@@ -17,7 +17,7 @@ from typing import Any
 
 from tuimon.run.event_log import RESERVED_METRIC_KEYS
 from tuimon.run.field_types import MAX_STEP, as_dict, as_list, as_number, as_step
-from tuimon.run.log_reader import damage_note, read_events
+from tuimon.run.log_reader import KEPT_LINE_NUMBERS, count_lines, damage_note, read_events
 from tuimon.run.step_columns import MAX_LR_GROUPS, OPTIONAL_STEP_SERIES, StepRows
 from tuimon.series.bucketed import BucketSeries
 from tuimon.series.smoothing import DebiasedEMA
@@ -499,18 +499,23 @@ class RunState:
         return state
 
 
-def load_run_state(path: str | Path, fold_every: int = 65536) -> RunState:
+def load_run_state(
+    path: str | Path, fold_every: int = 65536, *, into: RunState | None = None, offset: int = 0
+) -> RunState:
     """A run's state read from its event log (for `replay`, or a run whose worker is gone).
 
     Damaged lines are skipped and counted (`skipped_lines`). The log is the record, so
     every event is applied in its order (no seq de-duplication, which is for a snapshot
     meeting live events). Step points wait in columns and are folded into the series in
     bulk, the same buckets as one by one, many times faster for a long run.
+
+    `into` and `offset`: the events from byte `offset` on, applied to a state that already
+    holds those before it (run/state_cache.py: a cached state and the log written since).
     """
-    state = RunState()
-    reader = read_events(path)
-    state._rows = StepRows()
+    state = into if into is not None else RunState()
+    reader = read_events(path, offset)
     with state.lock:
+        state._rows = StepRows()
         try:
             for count, event in enumerate(reader, start=1):
                 state._apply(event, dedupe=False)
@@ -519,8 +524,13 @@ def load_run_state(path: str | Path, fold_every: int = 65536) -> RunState:
             state._fold()
         finally:
             state._rows = None
-        state.skipped_lines = reader.skipped
-        state.skipped_line_numbers = list(reader.skipped_lines)
+        if reader.skipped:
+            before = count_lines(path, offset) if offset else 0
+            room = KEPT_LINE_NUMBERS - len(state.skipped_line_numbers)
+            state.skipped_line_numbers.extend(
+                before + number for number in reader.skipped_lines[: max(0, room)]
+            )
+            state.skipped_lines += reader.skipped
         state.version += 1
     return state
 

@@ -92,6 +92,7 @@ class TuimonApp(App[None]):
         self._connection: RunConnection | ReplayLoader | None = None
         self._plot_drawn_at: dict[str | None, float] = {}
         self._panels: list[Panel] = []
+        self.ticks_skipped = 0  # refresh ticks left out while a replay was loading
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class TuimonApp(App[None]):
         self._panels = list(self.query(Panel))
         self._fit_layout()
         self.query_one(DoctorPanel).focus()
-        self.set_interval(1 / self.fps, self.refresh_panels)
+        self.set_interval(1 / self.fps, self._tick)
 
     def on_unmount(self) -> None:
         if self._connection is not None:
@@ -136,6 +137,14 @@ class TuimonApp(App[None]):
         main.set_class(self.size.height < SHORT_HEIGHT, "-short")
 
     # -- drawing --------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """The refresh timer. Idle while a replay's state is being read: the empty state was
+        drawn once, and the thread reading the log needs the CPU (and the GIL)."""
+        if self.replay and self.connection_status == "loading":
+            self.ticks_skipped += 1
+            return
+        self.refresh_panels()
 
     def refresh_panels(self, everything: bool = False) -> None:
         """Redraw what changed. Text panels every tick; at most one plot per tick (the one

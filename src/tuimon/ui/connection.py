@@ -22,6 +22,7 @@ from textual.message import Message
 from tuimon.control.client import ControlClient, ControlError
 from tuimon.run.run_dir import CONTROL_SOCKET, EVENTS_FILE
 from tuimon.run.run_state import RunState, load_run_state
+from tuimon.run.state_cache import load_replay_state
 from tuimon.run.worker_liveness import WorkerLiveness, start_event, worker_liveness
 from tuimon.ui.messages import ConnectionChanged, StateReplaced
 
@@ -142,12 +143,14 @@ class RunConnection(threading.Thread):
                     return
 
     def _load_log_and_finish(self) -> None:
-        self._post(StateReplaced(load_run_state(self.run_dir / EVENTS_FILE)))
+        self._post(StateReplaced(load_replay_state(self.run_dir)))
         self._post(ConnectionChanged("ended"))
 
 
 class ReplayLoader(threading.Thread):
-    """Reads a finished run's log into a state, off the UI thread."""
+    """Reads a finished run's state, off the UI thread: from the `state.json` its worker
+    wrote at the end when that still stands for the log (run/state_cache.py), else from
+    the log itself."""
 
     def __init__(self, run_dir: Path, post: Callable[[Message], object]) -> None:
         super().__init__(name="tuimon-replay", daemon=True)
@@ -160,7 +163,7 @@ class ReplayLoader(threading.Thread):
     def run(self) -> None:
         self._post(ConnectionChanged("loading", f"reading {self.run_dir / EVENTS_FILE}"))
         try:
-            state = load_run_state(self.run_dir / EVENTS_FILE)
+            state = load_replay_state(self.run_dir)
         except OSError as exc:
             self._post(ConnectionChanged("unreadable", f"cannot read the log: {exc}"))
             return
