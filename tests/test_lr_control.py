@@ -235,3 +235,30 @@ def test_show_lr_writes_values_as_typed():
         "100",
         "1e-12",
     ]
+
+
+def test_set_lr_late_in_a_decayed_schedule_is_not_refused_for_a_base_it_never_reaches():
+    """After StepLR has decayed 1000x, set-lr scales its base 1000x: a value a StepLR never
+    returns to, so only the LR itself is held to the maximum. A warm-restarting cosine does
+    return to its base, so there the same command is refused."""
+    from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts, StepLR
+
+    from tuimon.monitor.lr_control import LrRefused, set_lr
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = StepLR(optimizer, step_size=1, gamma=0.001)
+    optimizer.step()
+    scheduler.step()
+    _old, new = set_lr(optimizer, scheduler, 0.25)
+    assert new == [0.25] and scheduler.base_lrs[0] == pytest.approx(250.0)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    restarts = CosineAnnealingWarmRestarts(optimizer, T_0=1000, eta_min=0.0)
+    for _ in range(999):
+        optimizer.step()
+        restarts.step()
+    assert optimizer.param_groups[0]["lr"] < 1e-4
+    with pytest.raises(LrRefused, match=r"base_lrs|initial_lr"):
+        set_lr(optimizer, restarts, 0.25)
+    assert optimizer.param_groups[0]["lr"] < 1e-4  # refused: nothing changed

@@ -26,10 +26,15 @@ LR_GROUP_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 _LIST_ATTRS = ("base_lrs", "_last_lr", "max_lrs")
 # Scheduler attributes holding one LR shared by all groups.
 _SHARED_ATTRS = ("eta_min",)
-# Values a schedule may return to later (a cosine restarts at base_lrs, a one-cycle rises
-# to max_lr): none of them may be raised beyond the maximum either. Floors (`min_lr`,
-# `eta_min`) may legitimately sit below the minimum.
-_PEAK_NAMES = frozenset({"lr", "initial_lr", "max_lr", "base_lrs", "_last_lr", "max_lrs"})
+# Values the LR will reach again (a one-cycle rises to max_lr): none of them may be raised
+# beyond the maximum either. Floors (`min_lr`, `eta_min`) may legitimately sit below the
+# minimum.
+_PEAK_NAMES = frozenset({"lr", "_last_lr", "max_lr", "max_lrs"})
+# The base LRs are a peak only for schedules that go back to them (a warm restart, a
+# cycle); after a StepLR has decayed 100x, `set-lr` scales its base 100x too, a value the
+# schedule never returns to, and refusing that would refuse a healthy command.
+_RESTARTING = ("CosineAnnealingWarmRestarts", "CyclicLR")
+_BASE_NAMES = frozenset({"initial_lr", "base_lrs"})
 
 # An LR below this is float noise, not a choice; above the maximum, a typo (3e4 for 3e-4).
 DEFAULT_MIN_LR = 1e-12
@@ -68,6 +73,7 @@ class _Write:
     new: float
     name: str  # what the value is, for a refusal: "lr", "base_lrs", "eta_min"…
     group: int | None  # its param group, None for one shared by all
+    peak: bool = False  # a value the LR reaches again: held to the maximum too
 
 
 @dataclass
@@ -104,7 +110,7 @@ def plan_scale_lr(
 ) -> LrChange:
     """The change `scale_lr` would make, checked; raises LrRefused and changes nothing."""
     change = _scaled(optimizer, scheduler, factor, _group_indices(optimizer, group))
-    _check(change, limits)
+    _check(_mark_peaks(change, scheduler), limits)
     return change
 
 
@@ -156,7 +162,7 @@ def plan_set_lr(
         for write in change.writes:
             if write.name == "lr" and write.group == groups[0]:
                 write.new = value  # exactly what was asked, not reference * (value/reference)
-        _check(change, limits)
+        _check(_mark_peaks(change, scheduler), limits)
         return change
     # Nothing to scale from (an LR of exactly 0): set it and its schedule base outright.
     change = LrChange(optimizer, groups)
@@ -172,7 +178,7 @@ def plan_set_lr(
                 change.writes.append(
                     _Write(base, index, float(base[index]), value, "base_lrs", index)
                 )
-    _check(change, limits)
+    _check(_mark_peaks(change, scheduler), limits)
     return change
 
 
@@ -215,10 +221,21 @@ def _check(change: LrChange, limits: LrLimits) -> None:
             raise LrRefused(
                 f"the schedule's {_describe(write, several)} would become {write.new!r}"
             )
-        _check_value(write.new, write.old, write.name, write.group if several else None, limits)
+        group = write.group if several else None
+        _check_value(write.new, write.old, write.name, group, limits, peak=write.peak)
 
 
-def _check_value(new: float, old: float, name: str, group: int | None, limits: LrLimits) -> None:
+def _mark_peaks(change: LrChange, scheduler: Any) -> LrChange:
+    """Flag the writes the LR will reach again (see _PEAK_NAMES and _RESTARTING)."""
+    restarting = any(type(s).__name__ in _RESTARTING for s in _schedulers(scheduler))
+    for write in change.writes:
+        write.peak = write.name in _PEAK_NAMES or (restarting and write.name in _BASE_NAMES)
+    return change
+
+
+def _check_value(
+    new: float, old: float, name: str, group: int | None, limits: LrLimits, *, peak: bool = True
+) -> None:
     """Refuse a value that leaves the limits; one already outside may move back toward them
     (and an LR of exactly 0, scaled, stays 0)."""
     where = f" of group {group}" if group is not None else ""
@@ -228,7 +245,7 @@ def _check_value(new: float, old: float, name: str, group: int | None, limits: L
         raise LrRefused(
             f"resulting lr {show_lr(new)}{where} is below the minimum {show_lr(limits.minimum)}"
         )
-    if name in _PEAK_NAMES and new > limits.maximum and new > old:
+    if peak and new > limits.maximum and new > old:
         what = "lr" if name == "lr" else f"schedule's {name}"
         raise LrRefused(
             f"resulting {what}{where} {show_lr(new)} is above the maximum {show_lr(limits.maximum)}"
