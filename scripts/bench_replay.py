@@ -7,9 +7,13 @@ its sampled probes (batch, stale-gradient, activation and dead-unit probes on th
 default schedules), validation metrics each epoch and a system sample every 5 s, encoded
 by the event log's own codec. Then:
 
-- load: `load_run_state` over the log (what `tuimon replay` does before it can draw);
+- load: `load_run_state` over the log (what `tuimon replay` does before it can draw
+  when the run has no `state.json`: a run killed before its end, or an older tuimon);
+- cache: `state.json` written as the worker writes it at the run's end (from the state
+  just loaded), then read back with `load_cached_state` (what `tuimon replay` does first);
 - screen: the app in replay mode, driven headless by Textual's Pilot at 200x60, from
-  its construction to the first screen drawn with the run on it;
+  its construction to the first screen drawn with the run on it, without the cache and
+  with it;
 - doctor: `tuimon doctor` over the log in a subprocess, its wall time and peak RSS.
 
     python scripts/bench_replay.py                      # 1e6 steps: load and screen
@@ -30,7 +34,9 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from tuimon.run.event_codec import encode_event
+from tuimon.run.run_dir import STATE_FILE
 from tuimon.run.run_state import load_run_state
+from tuimon.run.state_cache import load_cached_state, write_state_cache
 
 LAYERS = ["net.1", "net.3", "net.5"]
 STEPS_PER_EPOCH = 390
@@ -186,7 +192,7 @@ async def _first_screen(run_dir: Path) -> float:
     started = time.perf_counter()
     app = TuimonApp(run_dir, replay=True)
     async with app.run_test(size=(200, 60)) as pilot:
-        while not (app.connection_status == "replay" and app.state.counts["step"]):
+        while not (app.connection_status == "replay" and app.state.start is not None):
             await pilot.pause(0.01)
         await pilot.pause()  # the refresh that the new state asked for is painted
         return time.perf_counter() - started
@@ -220,6 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--no-screen", action="store_true", help="skip the app measurement")
+    parser.add_argument("--no-cache", action="store_true", help="skip the state.json figures")
     parser.add_argument("--doctor", action="store_true", help="also measure tuimon doctor")
     parser.add_argument("--dir", help="keep the log here instead of a temporary directory")
     options = parser.parse_args()
@@ -237,9 +244,27 @@ def main() -> None:
         began = time.perf_counter()
         state = load_run_state(log)
         print(f"load_run_state: {time.perf_counter() - began:.2f}s (step {state.step:,})")
-        del state
+        cache = run_dir / STATE_FILE
+        cache.unlink(missing_ok=True)
         if not options.no_screen:
-            print(f"replay to a drawn screen: {asyncio.run(_first_screen(run_dir)):.2f}s")
+            seconds = asyncio.run(_first_screen(run_dir))
+            print(f"replay to a drawn screen, without state.json: {seconds:.2f}s")
+        if not options.no_cache:
+            began = time.perf_counter()
+            if not write_state_cache(run_dir, state, log):
+                sys.exit("could not write state.json")
+            size = cache.stat().st_size / 2**20
+            print(f"state.json: {size:.1f} MiB (written in {time.perf_counter() - began:.2f}s)")
+            began = time.perf_counter()
+            cached = load_cached_state(run_dir)
+            if cached is None:
+                sys.exit("state.json was not used")
+            print(f"load_cached_state: {time.perf_counter() - began:.2f}s (step {cached.step:,})")
+            del cached
+        del state
+        if not options.no_cache and not options.no_screen:
+            seconds = asyncio.run(_first_screen(run_dir))
+            print(f"replay to a drawn screen, with state.json: {seconds:.2f}s")
         if options.doctor:
             seconds, rss, first = doctor_figures(run_dir)
             print(f"tuimon doctor: {seconds:.1f}s, peak RSS {rss:.0f} MiB")

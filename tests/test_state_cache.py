@@ -16,7 +16,7 @@ from torch import nn
 import tuimon
 from tuimon.run.event_codec import decode_line, encode_event
 from tuimon.run.run_dir import open_run_dir
-from tuimon.run.run_state import load_run_state
+from tuimon.run.run_state import RunState, load_run_state
 from tuimon.run.state_cache import load_cached_state, load_replay_state, write_state_cache
 from tuimon.ui import connection
 from tuimon.ui.app import TuimonApp
@@ -91,6 +91,33 @@ def test_a_finished_run_writes_a_private_cache_that_gives_what_its_log_gives(tmp
     assert cached.end is not None and cached.end["status"] == "completed"
     # A run directory holding it is still a run directory of tuimon's.
     assert open_run_dir(run) == run.resolve()
+
+
+def test_a_long_run_with_non_finite_values_round_trips_exactly(tmp_path):
+    """Past 2 x capacity steps the buckets merge; NaN and ±Inf (which orjson would write
+    as null) keep their identity through the cache."""
+    live = RunState()
+    with (tmp_path / "events.jsonl").open("wb") as log:
+        start = {"type": "start", "seq": 1, "time": 1.0, "name": "long", "total_steps": 6000}
+        for event in [start] + [
+            {
+                "type": "step",
+                "seq": step + 1,
+                "time": 1.0 + step,
+                "step": step,
+                "loss": [math.inf, -math.inf, math.nan][step % 3] if step % 101 == 0 else 1 / step,
+                "grad_norm": math.nan if step % 7 == 0 else float(step),
+                "lr": 0.1,
+            }
+            for step in range(1, 6001)
+        ]:
+            log.write(encode_event(event) + b"\n")
+            live.apply(event)
+    assert write_state_cache(tmp_path, live, tmp_path / "events.jsonl")
+    cached = cached_snapshot(tmp_path)
+    same(cached, live.snapshot())
+    same(cached, log_snapshot(tmp_path))
+    assert cached["series"]["loss"]["span"] > 1 and cached["series"]["loss"]["non_finite"] == 59
 
 
 def test_events_written_after_the_cache_are_applied_on_top(tmp_path):
