@@ -239,3 +239,15 @@ async def test_a_replay_draws_the_cached_state(tmp_path, monkeypatch):
         release.set()
         await until(pilot, lambda: "drawn-from-the-cache" in "".join(bar.plain_lines()))
         assert app.state.end is not None and app.state.step == 60
+
+
+async def test_attaching_to_a_finished_run_draws_the_cached_state(tmp_path):
+    run = finished_run(tmp_path)
+    state = load_run_state(run / "events.jsonl")
+    state.start = {**(state.start or {}), "name": "attached-from-the-cache"}
+    assert write_state_cache(run, state, run / "events.jsonl")
+    app = TuimonApp(run, fps=20)  # `tuimon attach`: no socket, the log has `end`
+    async with app.run_test(size=(160, 40)) as pilot:
+        bar = app.query_one(StatusBar)
+        await until(pilot, lambda: "attached-from-the-cache" in "".join(bar.plain_lines()))
+        assert app.connection_status == "ended" and app.state.step == 60
