@@ -47,6 +47,9 @@ class Doctor:
         self.active: dict[str, dict[str, Any]] = {}
         self.silenced: set[str] = set()  # holding, but suppressed by a more specific alert
         self._clears: dict[str, int] = {}  # consecutive "cleared" verdicts per rule
+        # Rules by the route they read ("step", "probe:batch"…): an event is shown only to
+        # its readers, not offered to all ~30 rules (the doctor runs on every step event).
+        self._readers: dict[str, list[Rule]] = {}
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """New `alert` / `alert_cleared` events caused by this event."""
@@ -56,18 +59,27 @@ class Doctor:
         if kind == "control" and event.get("command") == "recover":
             return self._start_over(RECOVERABLE, event.get("step", self.ctx.step))
         self.ctx.update(event)
-        step = event.get("step", self.ctx.step)
-        finite = kind != "step" or math.isfinite(self.ctx.loss)
         # A probe event goes to the rules that read that probe: "probe:batch" and so on.
         route = f"probe:{event.get('probe')}" if kind == "probe" else kind
+        if type(route) is not str:
+            return []  # a damaged log's event: no rule reads it
+        readers = self._readers.get(route)
+        if readers is None:
+            readers = self._readers[route] = [r for r in self.rules if route in r.events]
+        step = event.get("step", self.ctx.step)
+        finite = kind != "step" or math.isfinite(self.ctx.loss)
         out: list[dict[str, Any]] = []
-        for rule in self.rules:
-            if route not in rule.events or (rule.needs_finite_loss and not finite):
+        for rule in readers:
+            if rule.needs_finite_loss and not finite:
                 continue
             verdict = rule.check(event, self.ctx)
             if verdict is None:
                 continue
             if not verdict.active:
+                if rule.id not in self.active and rule.id not in self.silenced:
+                    # Nothing to end: the count of "cleared" verdicts only matters during
+                    # an episode, and an episode starts with it at 0.
+                    continue
                 self._clears[rule.id] = self._clears.get(rule.id, 0) + 1
                 if self._clears[rule.id] >= rule.p["clear_after"]:
                     if self.active.pop(rule.id, None) is not None:
@@ -130,6 +142,7 @@ class Doctor:
         for index, rule in enumerate(self.rules):
             if rule.id in rule_ids:
                 self.rules[index] = type(rule)(rule.p)
+                self._readers.clear()
                 if self.active.pop(rule.id, None) is not None:
                     cleared.append(
                         {

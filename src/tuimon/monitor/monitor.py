@@ -392,7 +392,7 @@ class Monitor:
         self._log = EventLog(self.run_dir / EVENTS_FILE)
         # Kept up to date on the log's writer thread, served whole to clients that attach.
         self.history = RunState(smoothing=self.settings.smoothing)
-        self._log.subscribe(self.history.apply)
+        self._log.subscribe(self.history.apply_many, batches=True)
         if not quiet:
             self._log.subscribe(
                 ConsoleReporter(
@@ -413,7 +413,7 @@ class Monitor:
         self.doctor = Doctor(
             {k: v.model_dump() for k, v in self.settings.rules.items()}, can_restore=every > 0
         )
-        self._log.subscribe(self._consult_doctor)
+        self._log.subscribe(self._consult_doctor, batches=True)
         self._log.emit(self._start_event())
         self._log.emit({**optimizer_check(model, optimizer), "step": self.global_step})
         self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
@@ -488,8 +488,7 @@ class Monitor:
         if memory:
             event["cuda_memory"] = memory  # on the last step event
         self._last_loss = records[-1].loss
-        for event in events:
-            self._log.emit(event)
+        self._log.emit_many(events)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -644,12 +643,14 @@ class Monitor:
                 level="warning",
             )
 
-    def _consult_doctor(self, event: dict[str, Any]) -> None:
-        """Log listener: alerts for the log, and autofix for the worst failures."""
-        for said in self.doctor.observe(event):
-            self._log.emit(said)
-            if said["type"] == "alert" and said["rule"] in RECOVERABLE:
-                self._autofix(said)
+    def _consult_doctor(self, events: list[dict[str, Any]]) -> None:
+        """Log listener (of batches): alerts for the log, and autofix for the worst failures."""
+        observe = self.doctor.observe
+        for event in events:
+            for said in observe(event):
+                self._log.emit(said)
+                if said["type"] == "alert" and said["rule"] in RECOVERABLE:
+                    self._autofix(said)
 
     def _autofix(self, alert: dict[str, Any]) -> None:
         # One recovery per incident: a NaN gradient and the NaN loss it causes arrive

@@ -1,8 +1,13 @@
 """The event log: `events.jsonl`, append-only, the source of truth of a run.
 
 Events are handed to a writer thread so the training thread never waits on disk or on a
-client; the writer flushes after every batch it drains (so at least every `flush_interval`
-seconds) and then passes each event to listeners (the control server, the console).
+client. The writer wakes on a timer, every `flush_interval` seconds (or at once for a
+`flush()` or `close()`), not on each event: a fast training loop emits thousands of events
+a second, and a writer woken by each burst would take the GIL from the training thread
+each time. Each wake writes what is queued in one `write()` and then passes the events to
+the listeners (the run's history, the doctor, the control server, the console), in slices
+between which it lets the training thread have the GIL back. A listener subscribed with
+`batches=True` gets each slice as one list (the run's history applies it under one lock).
 
 A write that fails (a full disk, a quota, an I/O error) never stops the writer nor the run.
 Like a database's log, the run is worth more than its record, and pausing training on a
@@ -42,6 +47,7 @@ from tuimon.run.private_files import open_private_append
 
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
+BatchListener = Callable[[list[Event]], None]
 
 # Fields every event may carry; a `metrics` event's other keys are its scalars.
 RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
@@ -50,6 +56,8 @@ RETRY_INTERVAL = 1.0
 # The last batch, written by close(): tries and the pause between them (seconds).
 CLOSE_TRIES = 4
 CLOSE_RETRY_PAUSE = 0.25
+# Listeners see this many events, then the writer yields the GIL (a slice is ~1 ms of work).
+LISTENER_SLICE = 64
 _STOP = object()
 
 
@@ -66,7 +74,9 @@ class EventLog:
         self._flush_interval = flush_interval
         self._seq = 0
         self._seq_lock = threading.Lock()
-        self._listeners: list[Listener] = []
+        # (listener, takes a list of events)
+        self._listeners: list[tuple[Callable[[Any], None], bool]] = []
+        self._wake = threading.Event()  # set by flush() and close(): drain now
         self._listener_lock = threading.Lock()
         self._written_seq = 0
         self._closed = False
@@ -88,17 +98,34 @@ class EventLog:
             self._queue.put(event)
             return self._seq
 
-    def subscribe(self, listener: Listener) -> int:
+    def emit_many(self, events: list[Event]) -> int:
+        """Queue events in this order, with one lock and one queue item for all of them
+        (the training thread's share of logging a batch of steps); returns the last seq."""
+        if not events or (self._closed and threading.current_thread() is not self._thread):
+            return 0
+        now = time.time()
+        with self._seq_lock:
+            seq = self._seq
+            for event in events:
+                seq += 1
+                event["seq"] = seq
+                if "time" not in event:
+                    event["time"] = now
+            self._seq = seq
+            self._queue.put(list(events))
+            return seq
+
+    def subscribe(self, listener: Callable[[Any], None], *, batches: bool = False) -> int:
         """Add a listener; returns the last seq the writer has handled (it gets all later
-        ones). Those events are in the file unless `health()` reports them dropped."""
+        ones). Those events are in the file unless `health()` reports them dropped.
+        `batches`: the listener takes a list of events (in order) instead of one event."""
         with self._listener_lock:
-            self._listeners.append(listener)
+            self._listeners.append((listener, batches))
             return self._written_seq
 
-    def unsubscribe(self, listener: Listener) -> None:
+    def unsubscribe(self, listener: Callable[[Any], None]) -> None:
         with self._listener_lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+            self._listeners = [entry for entry in self._listeners if entry[0] != listener]
 
     def health(self) -> dict[str, Any]:
         """Whether events are being recorded: `recording`, `dropped` (events never written,
@@ -120,6 +147,7 @@ class EventLog:
             return False
         done = threading.Event()
         self._queue.put(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
@@ -128,19 +156,25 @@ class EventLog:
             return
         self._closed = True
         self._queue.put(_STOP)
+        self._wake.set()
         self._thread.join()
         with contextlib.suppress(OSError):
             self._file.close()
 
     def _run(self) -> None:
         while True:
-            try:
-                item = self._queue.get(timeout=self._flush_interval)
-            except queue.Empty:
-                continue
+            if not self._stopping:
+                self._wake.wait(self._flush_interval)
+                self._wake.clear()  # before draining: a later set() means a later wake
             batch: list[Event] = []
             while True:
-                if item is _STOP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if type(item) is list:  # emit_many()
+                    batch += item
+                elif item is _STOP:
                     self._stopping = True
                 elif isinstance(item, threading.Event):  # a flush() barrier
                     try:
@@ -151,10 +185,6 @@ class EventLog:
                         item.set()
                 else:
                     batch.append(item)
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
             if batch:
                 self._write(batch)
             # Once stopping, what the last batch's listeners emitted is written too.
@@ -167,15 +197,24 @@ class EventLog:
             self._store(batch)
         except Exception:  # the writer must outlive anything; the events still go out
             _print_exception()
-        with self._listener_lock:
-            self._written_seq = batch[-1]["seq"]
-            listeners = list(self._listeners)
-            for event in batch:
-                for listener in listeners:
-                    try:
-                        listener(event)
-                    except Exception:  # a listener's bug must not stop the log
-                        _print_exception()
+        for start in range(0, len(batch), LISTENER_SLICE):
+            if start:
+                time.sleep(0)  # the training thread may take the GIL between slices
+            part = batch[start : start + LISTENER_SLICE]
+            with self._listener_lock:
+                self._written_seq = part[-1]["seq"]
+                for listener, batches in list(self._listeners):
+                    if batches:
+                        try:
+                            listener(part)
+                        except Exception:  # a listener's bug must not stop the log
+                            _print_exception()
+                        continue
+                    for event in part:
+                        try:
+                            listener(event)
+                        except Exception:
+                            _print_exception()
 
     def _store(self, batch: list[Event]) -> None:
         """Append the batch to the file, or count it dropped while the file cannot be written."""
@@ -248,9 +287,9 @@ class EventLog:
     def _tell_listeners(self, event: Event) -> None:
         with self._listener_lock:
             listeners = list(self._listeners)
-        for listener in listeners:
+        for listener, batches in listeners:
             try:
-                listener(event)
+                listener([event] if batches else event)
             except Exception:
                 _print_exception()
 
