@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import tuimon
+from tuimon.run import state_cache
 from tuimon.run.event_codec import decode_line, encode_event
 from tuimon.run.run_dir import open_run_dir
 from tuimon.run.run_state import RunState, load_run_state
@@ -171,7 +172,7 @@ def test_a_cache_that_does_not_stand_for_the_log_is_ignored(tmp_path):
     same(load_replay_state(run).snapshot(), log_snapshot(run))
 
 
-def test_a_damaged_or_crafted_cache_never_breaks_a_replay(tmp_path):
+def test_a_damaged_or_crafted_cache_never_breaks_a_replay(tmp_path, monkeypatch):
     run = finished_run(tmp_path)
     expected = log_snapshot(run)
     cache = run / "state.json"
@@ -206,6 +207,15 @@ def test_a_damaged_or_crafted_cache_never_breaks_a_replay(tmp_path):
         cache.write_bytes(content)
         assert load_cached_state(run) is None, number
         same(load_replay_state(run).snapshot(), expected, str(number))
+    # A FIFO would block a reader for ever; a file over the size bound is not read.
+    cache.unlink()
+    os.mkfifo(cache)
+    assert load_cached_state(run) is None
+    cache.unlink()
+    cache.write_bytes(original)
+    assert load_cached_state(run) is not None
+    monkeypatch.setattr(state_cache, "MAX_CACHE_BYTES", len(original) - 1)
+    assert load_cached_state(run) is None
 
 
 def test_a_symlinked_cache_is_not_followed(tmp_path):

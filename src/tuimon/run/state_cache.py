@@ -57,12 +57,15 @@ from tuimon.series.bucketed import FIELDS, BucketSeries
 
 CACHE_FORMAT = "tuimon-state"
 CACHE_VERSION = 1
-MAX_CACHE_BYTES = 256 * 1024 * 1024
+# A 1e6-step run's cache is about 2 MiB; one that keeps every bounded list full of the
+# longest texts a state holds stays well under this.
+MAX_CACHE_BYTES = 64 * 1024 * 1024
 MAX_CAPACITY = 1 << 16  # buckets per series (the worker keeps 2048)
 # Series a state can hold: loss, its EMA, gradient norm, update ratio, LRs, metrics.
 MAX_SERIES = 4 + MAX_LR_GROUPS + MAX_METRICS
 MAX_TEXT = ERROR_LIMIT + 200  # a clipped text and its note
-MAX_DEPTH = 12
+MAX_DEPTH = 8  # what RunState keeps of an event nests at most this deep (`_bounded`)
+MAX_ENTRIES = 257  # per list or dict of a kept event (`_bounded`: 256 and a note)
 _COLUMN_DTYPE = np.dtype("<f8")
 
 
@@ -352,7 +355,8 @@ def _check_list_of_numbers(values: Any, limit: int) -> None:
 
 
 def _check_json(value: Any, kind: type, allow_none: bool = False) -> None:
-    """`value` is of `kind`, nested at most MAX_DEPTH deep, its texts bounded."""
+    """`value` is of `kind`, nested at most MAX_DEPTH deep, its containers and texts bounded
+    as RunState bounds what it keeps of an event."""
     if value is None and allow_none:
         return
     if type(value) is not kind:
@@ -362,6 +366,8 @@ def _check_json(value: Any, kind: type, allow_none: bool = False) -> None:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise CacheRefused("nested too deep")
+        if (type(item) is dict or type(item) is list) and len(item) > MAX_ENTRIES:
+            raise CacheRefused("too many entries")
         if type(item) is dict:
             for key, inner in item.items():
                 if len(key) > MAX_TEXT:
