@@ -27,7 +27,7 @@ import torch
 
 from tuimon.config import load_config
 from tuimon.control.client import ControlClient
-from tuimon.errors import UsageError
+from tuimon.errors import ConfigError, UsageError
 from tuimon.monitor.monitor import Monitor
 from tuimon.run import private_files
 from tuimon.run.checkpoint import (
@@ -144,7 +144,7 @@ def test_a_config_naming_a_crafted_checkpoint_exits_2_without_running_it(
     evil = crafted_files(tmp_path, marker)["torch_save_with_code"]
     done = run_tuimon(write_config(SHORT), "--headless", "--set", f"{key}={evil}", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
-    assert f"tuimon: error: {key}: {evil} is not a PyTorch checkpoint" in done.stderr
+    assert f"{key}: {evil} is not a PyTorch checkpoint" in done.stderr
     assert "Traceback" not in done.stderr
     assert not marker.exists()
 
@@ -153,10 +153,14 @@ def test_a_non_checkpoint_for_resume_is_a_usage_error_naming_the_key(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
     config = tmp_path / "c.yaml"
+    # Named in the file: the config loader reports it at its line, before anything is built.
+    config.write_text(SHORT.replace("train:\n", f"train:\n  resume: {text}\n"))
+    line = SHORT.splitlines().index("train:") + 2
+    with pytest.raises(ConfigError, match=rf"c\.yaml:{line}:\d+: train\.resume: {text} is not a"):
+        load_config(config)
     config.write_text(SHORT)
-    trainer = Trainer(load_config(config, [f"train.resume={text}"]))
-    with pytest.raises(UsageError, match=rf"^train\.resume: {text} is not a PyTorch checkpoint"):
-        trainer.setup()
+    with pytest.raises(ConfigError, match=r"train\.init_from: no checkpoint at .*missing\.pt"):
+        load_config(config, [f"train.init_from={tmp_path / 'missing.pt'}"])
     torch.save({"weight": torch.zeros(2, 2)}, tmp_path / "w.pt")  # weights, not a checkpoint
     trainer = Trainer(load_config(config, [f"train.resume={tmp_path / 'w.pt'}"]))
     with pytest.raises(UsageError, match=r"is not a tuimon checkpoint .* use train\.init_from"):

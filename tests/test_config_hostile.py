@@ -402,3 +402,18 @@ def test_custom_model_that_cannot_be_allocated_names_the_model(tmp_path: Path) -
     )
     assert "model.name" in result.err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_does_not_fit_on_the_device_is_a_clear_error(tmp_path: Path) -> None:
+    from tuimon.config import load_config
+    from tuimon.errors import UsageError
+    from tuimon.training.trainer import Trainer
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        edit("  name: mlp\n  hidden: [16]", "  name: oversized_models:device_oom"),
+        encoding="utf-8",
+    )
+    trainer = Trainer(load_config(config))
+    with pytest.raises(UsageError, match=r"^model: does not fit on cpu \(CUDA out of memory"):
+        trainer.setup()

@@ -74,6 +74,7 @@ def validate(source: ConfigSource) -> Config:
     )
     problems += _check_rule_overrides(config, source)
     problems += _lr_problems(config, source)
+    problems += _checkpoint_problems(config, source)
     if not problems:
         problems += _size_problems(config, source)
     if problems:
@@ -101,6 +102,28 @@ def _number_problems(source: ConfigSource) -> list[str]:
                 _located(source, path, f"{shown_value(value)} is beyond any setting's range")
             )
     return sorted(problems, key=_position)
+
+
+def _checkpoint_problems(config: Config, source: ConfigSource) -> list[str]:
+    """train.resume and train.init_from name a file that can be a checkpoint: checked
+    cheaply here (never unpickled), so a wrong path is reported at its line."""
+    from tuimon.run.checkpoint import CheckpointError, probe_checkpoint_file
+
+    problems = []
+    for key in ("resume", "init_from"):
+        given = getattr(config.train, key)
+        if not given:
+            continue
+        path = Path(given).expanduser()
+        if not path.is_file():
+            why = "it is a directory" if path.is_dir() else "no such file"
+            problems.append(_located(source, ("train", key), f"no checkpoint at {path}: {why}"))
+            continue
+        try:
+            probe_checkpoint_file(path)
+        except CheckpointError as exc:
+            problems.append(_located(source, ("train", key), str(exc)))
+    return problems
 
 
 def _lr_problems(config: Config, source: ConfigSource) -> list[str]:
@@ -189,7 +212,8 @@ def model_options(config: Config) -> BaseModel | None:
 
 def _default_name(origin: str) -> str:
     stem = Path(origin).stem if origin else "run"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-")[:MAX_RUN_NAME] or "run"
+    # A leading dot would make a hidden run directory (and RUN_NAME_PATTERN refuses it).
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:MAX_RUN_NAME] or "run"
 
 
 def _located(source: ConfigSource, path: KeyPath, message: str) -> str:

@@ -24,7 +24,7 @@ from tuimon.run.private_files import remove_leftover_temp_files
 from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
-from tuimon.training.models import build_model
+from tuimon.training.models import build_model, is_allocation_failure
 from tuimon.training.optimization import (
     build_loss,
     build_optimizer,
@@ -66,11 +66,21 @@ class Trainer:
         faults.apply_init_faults(self.model, cfg.faults)
         if train.init_from:
             self._load_weights(Path(train.init_from).expanduser())
-        self.model.to(self.device)
-        self.loss_fn = build_loss(cfg.loss).to(self.device)
-        self.optimizer = build_optimizer(
-            cfg.optimizer, faults.optimizer_params(self.model, cfg.faults)
-        )
+        try:
+            self.model.to(self.device)
+            self.loss_fn = build_loss(cfg.loss).to(self.device)
+            self.optimizer = build_optimizer(
+                cfg.optimizer, faults.optimizer_params(self.model, cfg.faults)
+            )
+        except (MemoryError, RuntimeError) as exc:
+            if not is_allocation_failure(exc):
+                raise
+            # The model fit the host, not the device (a CUDA out of memory): say which keys.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(
+                f"model: does not fit on {self.device} ({first[:200]}); make it smaller "
+                "(model.name and its arguments) or choose another train.device"
+            ) from None
         batches = math.ceil(len(self.data.train) / train.batch_size)
         self.steps_per_epoch = batches // train.accumulate
         if self.steps_per_epoch == 0:
