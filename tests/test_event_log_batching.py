@@ -1,5 +1,6 @@
-"""The event log's writer batches: it wakes on its timer or a flush, not on each event,
-so a fast training loop hands it the GIL once per interval (issue 8, item 15)."""
+"""The event log's writer batches: steps wait for its timer (or a flush), so a fast
+training loop hands it the GIL once per interval, not once per batch of steps (issue 8,
+item 15); a single event (a command's outcome, an alert) wakes it at once."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def test_events_emitted_between_wakes_are_one_write_and_listener_slices(tmp_path
     singles: list[dict] = []
     log.subscribe(batches.append, batches=True)
     log.subscribe(singles.append)
-    for step in range(1, 201):
-        log.emit({"type": "step", "step": step})
+    for step in range(1, 201):  # as the Monitor logs steps: in batches, here of one
+        log.emit_many([{"type": "step", "step": step}])
     assert log.flush()
     assert len(writes) == 1  # one write() for all 200, not one per wake-up of the writer
     assert [len(b) for b in batches] == [LISTENER_SLICE] * 3 + [200 - 3 * LISTENER_SLICE]
@@ -60,3 +61,12 @@ def test_close_wakes_a_sleeping_writer_and_writes_what_listeners_emit_last(tmp_p
     assert answered.is_set()
     kinds = [(e["type"], e["step"]) for e in read_events(tmp_path / "events.jsonl")]
     assert kinds == [("step", 1), ("step", 2), ("alert", 1), ("alert", 2)]
+
+
+def test_a_single_event_wakes_the_writer_before_its_timer(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl", flush_interval=3600)
+    seen = threading.Event()
+    log.subscribe(lambda event: seen.set())
+    log.emit({"type": "control", "command": "set-lr"})  # a client waits for this one
+    assert seen.wait(timeout=30)
+    log.close()

@@ -1,13 +1,15 @@
 """The event log: `events.jsonl`, append-only, the source of truth of a run.
 
 Events are handed to a writer thread so the training thread never waits on disk or on a
-client. The writer wakes on a timer, every `flush_interval` seconds (or at once for a
-`flush()` or `close()`), not on each event: a fast training loop emits thousands of events
-a second, and a writer woken by each burst would take the GIL from the training thread
-each time. Each wake writes what is queued in one `write()` and then passes the events to
-the listeners (the run's history, the doctor, the control server, the console), in slices
-between which it lets the training thread have the GIL back. A listener subscribed with
-`batches=True` gets each slice as one list (the run's history applies it under one lock).
+client. Steps reach the writer in batches (`emit_many`), and it picks them up on a timer,
+every `flush_interval` seconds, not on each batch: a fast training loop emits thousands of
+events a second, and a writer woken by each burst would take the GIL from the training
+thread each time. A single `emit()` (a command's outcome, a message, an alert: rare events
+a client may be waiting for), `flush()` and `close()` wake it at once. Each wake writes
+what is queued in one `write()` and then passes the events to the listeners (the run's
+history, the doctor, the control server, the console), in slices between which it lets the
+training thread have the GIL back. A listener subscribed with `batches=True` gets each
+slice as one list (the run's history applies it under one lock).
 
 A write that fails (a full disk, a quota, an I/O error) never stops the writer nor the run.
 Like a database's log, the run is worth more than its record, and pausing training on a
@@ -87,16 +89,19 @@ class EventLog:
         self._thread.start()
 
     def emit(self, event: Event) -> int:
-        """Queue an event; returns its sequence number. Never blocks on I/O."""
+        """Queue an event and wake the writer; returns its sequence number. Never blocks on
+        I/O. For the run's rare events (a command's outcome, a message, an alert) that a
+        client may be waiting for; a batch of steps goes through `emit_many`, on the timer."""
         # After close() only the writer's own listeners (the doctor's last alerts) may add.
         if self._closed and threading.current_thread() is not self._thread:
             return 0
         with self._seq_lock:
             self._seq += 1
-            event["seq"] = self._seq
+            event["seq"] = seq = self._seq
             event.setdefault("time", time.time())
             self._queue.put(event)
-            return self._seq
+        self._wake.set()
+        return seq
 
     def emit_many(self, events: list[Event]) -> int:
         """Queue events in this order, with one lock and one queue item for all of them
