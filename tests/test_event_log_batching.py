@@ -70,3 +70,13 @@ def test_a_single_event_wakes_the_writer_before_its_timer(tmp_path):
     log.emit({"type": "control", "command": "set-lr"})  # a client waits for this one
     assert seen.wait(timeout=30)
     log.close()
+
+
+def test_steps_emitted_with_wake_reach_the_listeners_before_the_timer(tmp_path):
+    # What a run with autofix asks: the doctor sees a blow-up while good snapshots remain.
+    log = EventLog(tmp_path / "events.jsonl", flush_interval=3600)
+    seen = threading.Event()
+    log.subscribe(lambda events: seen.set(), batches=True)
+    log.emit_many([{"type": "step", "step": 1, "loss": float("nan")}], wake=True)
+    assert seen.wait(timeout=30)
+    log.close()

@@ -488,7 +488,10 @@ class Monitor:
         if memory:
             event["cuda_memory"] = memory  # on the last step event
         self._last_loss = records[-1].loss
-        self._log.emit_many(events)
+        # Steps wait for the log writer's timer (it takes the GIL once per interval, not
+        # per batch), unless autofix may restore a snapshot: then the doctor must judge
+        # before the ring's good snapshots are replaced by newer, blown-up ones.
+        self._log.emit_many(events, wake=self._snapshots.every > 0)
 
     # -- commands -----------------------------------------------------------------------
 

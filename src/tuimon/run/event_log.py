@@ -103,9 +103,11 @@ class EventLog:
         self._wake.set()
         return seq
 
-    def emit_many(self, events: list[Event]) -> int:
+    def emit_many(self, events: list[Event], *, wake: bool = False) -> int:
         """Queue events in this order, with one lock and one queue item for all of them
-        (the training thread's share of logging a batch of steps); returns the last seq."""
+        (the training thread's share of logging a batch of steps); returns the last seq.
+        They wait for the writer's timer unless `wake`: a run that restores snapshots
+        wants the doctor's verdict before its good snapshots have left the ring."""
         if not events or (self._closed and threading.current_thread() is not self._thread):
             return 0
         now = time.time()
@@ -118,7 +120,9 @@ class EventLog:
                     event["time"] = now
             self._seq = seq
             self._queue.put(list(events))
-            return seq
+        if wake:
+            self._wake.set()
+        return seq
 
     def subscribe(self, listener: Callable[[Any], None], *, batches: bool = False) -> int:
         """Add a listener; returns the last seq the writer has handled (it gets all later
