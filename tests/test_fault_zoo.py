@@ -98,7 +98,13 @@ def test_autofix_gives_up_after_its_limit(tmp_path):
     events = train(
         REPO / "configs" / "faults" / "nan_loss.yaml",
         tmp_path,
-        ["monitor.autofix=true", "monitor.autofix_max=1", "optimizer.lr=5000"],
+        # An LR this absurd must be allowed explicitly (monitor.lr_max) to be tried at all.
+        [
+            "monitor.autofix=true",
+            "monitor.autofix_max=1",
+            "optimizer.lr=5000",
+            "monitor.lr_max=1e4",
+        ],
     )
     fixes = [e for e in events if e["type"] == "control" and e["source"] == "autofix"]
     assert len(fixes) == 1 and fixes[0]["new"] == pytest.approx(500)
