@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,6 +55,29 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real filesystem that fills up: a tmpfs (`options`: e.g. "size=4m") mounted on the
+    existing directory `mount`, unmounted afterwards. Skips the test, saying why, where it
+    cannot be mounted (not root, no mount); injected-ENOSPC tests cover that case."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (the injected-ENOSPC tests still run)")
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here (the injected-ENOSPC tests still run)")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def worker_env() -> dict[str, str]:

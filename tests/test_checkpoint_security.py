@@ -41,7 +41,7 @@ from tuimon.run.checkpoint import (
 from tuimon.run.run_dir import create_run_dir
 from tuimon.training.trainer import Trainer
 
-from conftest import ENDLESS_CONFIG, run_tuimon, worker_env
+from conftest import ENDLESS_CONFIG, run_tuimon, small_tmpfs, worker_env
 
 SHORT = ENDLESS_CONFIG.replace("max_steps: 100000000", "max_steps: 4")
 
@@ -328,20 +328,9 @@ def test_resuming_from_a_killed_runs_checkpoint_removes_its_temp_files(tmp_path)
 @pytest.fixture
 def full_checkpoint_dir(tmp_path):
     """A run whose `checkpoints/` is a 1 MiB tmpfs: a real filesystem that fills up."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root (the ENOSPC injection tests still run)")
     run = create_run_dir("full", tmp_path / "run")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(run / "checkpoints")],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(run / "checkpoints", "size=1m,mode=0700"):
         yield run
-    finally:
-        subprocess.run(["umount", "-l", str(run / "checkpoints")], check=True)
 
 
 def big_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:

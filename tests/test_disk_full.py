@@ -25,7 +25,7 @@ from tuimon.run.event_log import EventLog
 from tuimon.run.log_reader import read_events
 from tuimon.run.output_capture import tee_output
 
-from conftest import worker_env
+from conftest import small_tmpfs, worker_env
 
 NO_SPACE = os.strerror(errno.ENOSPC).lower()  # "no space left on device"
 
@@ -73,21 +73,10 @@ print("training done")
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted in tmp_path, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (the injected-ENOSPC tests still run)")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(mount, "size=4m"):
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path) -> Path:
