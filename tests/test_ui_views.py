@@ -202,6 +202,9 @@ async def test_news_past_the_kept_items_still_redraws_and_toasts(tmp_path):
     old = {"type": "alert", "rule": "stall", "severity": "info", "message": "old"}
     state = state_with(*({**old, "step": i} for i in range(MAX_ITEMS)))
     async with app.run_test(size=(120, 40)) as pilot:
+        # The replay's own loader reads the (empty) log first, so its state cannot land
+        # after this one.
+        await until(pilot, lambda: app.connection_status == "replay")
         app.post_message(StateReplaced(state))
         await pilot.pause()
         assert len(app._notifications) == 0  # history is not news
