@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from tuimon.control.client import CommandRefused, ControlClient, ControlError
-from tuimon.control.protocol import COMMANDS, MAX_LINE_BYTES
+from tuimon.control.commands import COMMANDS
+from tuimon.control.protocol import MAX_LINE_BYTES
 from tuimon.control.server import CLIENT_QUEUE_BYTES, ControlServer
 from tuimon.run.event_log import EventLog
 from tuimon.run.run_dir import CONTROL_SOCKET

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
+from tuimon.control.commands import validate_factor, validate_lr
 from tuimon.control.protocol import (
     MAX_LINE_BYTES,
     ProtocolError,
     encode,
     parse_request,
-    validate_factor,
-    validate_lr,
 )
 
 

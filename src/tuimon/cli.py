@@ -41,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _lr_factor(value: str) -> float:
-    from tuimon.control.protocol import ProtocolError, validate_factor
+    from tuimon.control.commands import CommandError, validate_factor
 
     try:
         factor = validate_factor(value)
-    except ProtocolError as exc:
+    except CommandError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if factor == 1:
         raise argparse.ArgumentTypeError("an LR factor of 1 changes nothing")
@@ -194,7 +194,8 @@ def ctl_command(args: list[str]) -> int:
     import json
 
     from tuimon.control.client import CommandRefused, ControlClient, ControlError
-    from tuimon.control.protocol import RUN_COMMANDS, ProtocolError, parse_request
+    from tuimon.control.commands import RUN_COMMANDS
+    from tuimon.control.protocol import ProtocolError, parse_request
     from tuimon.terminal_text import printable
 
     parser = argparse.ArgumentParser(

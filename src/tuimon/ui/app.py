@@ -23,7 +23,7 @@ from textual.events import Resize
 from textual.widgets import Footer
 
 from tuimon.control.client import ControlClient, ControlError
-from tuimon.control.protocol import MAX_LR
+from tuimon.control.commands import MAX_LR
 from tuimon.headless.alert_text import cleared_at, stale_action_text
 from tuimon.headless.progress import show_value
 from tuimon.run.run_dir import OUTPUT_FILE

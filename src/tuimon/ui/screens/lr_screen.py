@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
-from tuimon.control.protocol import MAX_LR, ProtocolError, validate_lr
+from tuimon.control.commands import MAX_LR, CommandError, validate_lr
 
 
 class LRScreen(ModalScreen[float | None]):
@@ -36,7 +36,7 @@ class LRScreen(ModalScreen[float | None]):
     def submit(self, event: Input.Submitted) -> None:
         try:
             value = validate_lr(event.value, maximum=self.maximum)
-        except ProtocolError as exc:
+        except CommandError as exc:
             self.query_one("#lr-error", Static).update(f"refused: {exc}")
             return
         self.dismiss(value)
