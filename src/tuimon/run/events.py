@@ -112,6 +112,10 @@ WARNING: Final = "warning"
 ERROR: Final = "error"
 SEVERITIES: Final[tuple[Severity, ...]] = (INFO, WARNING, ERROR)
 
+# The layer name, in `layer_grad_norms` and `layer_update_ratios`, of the parameters an
+# optimizer holds that the model does not (optimizer_mismatch's evidence).
+NOT_IN_MODEL: Final = "(not in model)"
+
 # Keys every event may carry, added by the event log: not a metric's name.
 RESERVED_METRIC_KEYS: Final = frozenset({"type", "step", "epoch", "time", "seq"})
 
