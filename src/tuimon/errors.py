@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Process exit codes (DESIGN.md): done, training failed, bad usage or config, interrupted.
+# Process exit codes (docs/CONTRACTS.md): done, training failed, bad usage or config, interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
