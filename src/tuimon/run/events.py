@@ -267,6 +267,7 @@ class AlertEvent(_Event, total=False):
     suggestion: str
     evidence: dict[str, Any]  # the numbers behind it
     action: Action  # a command that would fix it, offered to the user and to autofix
+    caused_by: str  # the rule id of the fault this one follows from (a symptom's cause)
 
 
 class AlertClearedEvent(_Event, total=False):
