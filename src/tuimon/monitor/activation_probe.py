@@ -77,7 +77,7 @@ class ActivationProbe:
             handle.remove()
         self._handles = []
 
-    def decode(self, row: list[float]) -> dict[str, Any]:
+    def decode(self, row: list[float]) -> dict[str, dict[str, float]]:
         return {
             name: {kind: value}
             for (name, kind), value in zip(self.layers, row, strict=True)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuimon.run.events import BatchProbeEvent
+
 RUN = 3  # consecutive probed steps
 SCALE_SAMPLES = 16  # samples whose statistics stand for the batch's scale
 MATCH = 1e-4  # relative difference under which a candidate loss is the step's loss
@@ -63,6 +65,7 @@ class BatchProbe:
         labels = None  # class indices, clamped: for the histogram and the candidate losses
         if (
             y is not None
+            and out is not None
             and classes >= 2
             and y.dim() == 1
             and not y.is_floating_point()
@@ -85,8 +88,9 @@ class BatchProbe:
         return torch.cat([g if g.device == device else g.to(device) for g in groups]), layout
 
     @staticmethod
-    def decode(row: list[float], layout: dict[str, Any]) -> dict[str, Any]:
-        event: dict[str, Any] = {}
+    def decode(row: list[float], layout: dict[str, Any]) -> BatchProbeEvent:
+        """The batch probe event's measured fields (inputs, outputs, loss, targets)."""
+        event: BatchProbeEvent = {}
         position = 0
         if "inputs" in layout:
             nonfinite, mean, spread, low, high = row[position : position + 5]

@@ -27,12 +27,12 @@ from torch import nn
 from tuimon.monitor.param_layout import ParamLayout
 from tuimon.monitor.probe_schedule import probe_due
 
-PROBE = "dead_units"  # the probe event's name
 EARLY = (1, 2, 3, 10, 20)  # units can be dead from initialization
 PERSIST = 3  # probes in a row a unit's gradient must be zero to count (rules: PERSIST_LOOKS)
 MIN_ROWS = 64  # ... and samples (positions, for a Conv) seen by those probes together
 
 FEEDING = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # weight [out, ...]: a row per unit
+Feeding = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
 class DeadUnitProbe:
@@ -45,7 +45,7 @@ class DeadUnitProbe:
     ) -> None:
         self.every = every
         trained = {id(p) for p in layout.params}
-        self.layers: list[tuple[str, nn.Module]] = [
+        self.layers: list[tuple[str, Feeding]] = [
             (name, module)
             for name, module in model.named_modules()
             if isinstance(module, FEEDING) and id(module.weight) in trained
@@ -124,7 +124,7 @@ class DeadUnitProbe:
         self._pending = torch.stack([s.to(device) if s is not None else nan for s in shares])
 
     def _measure(
-        self, index: int, module: nn.Module, grad: torch.Tensor, samples: int
+        self, index: int, module: Feeding, grad: torch.Tensor, samples: int
     ) -> torch.Tensor:
         """The share of units of this layer dead for long enough; keeps their streaks."""
         with torch.no_grad():

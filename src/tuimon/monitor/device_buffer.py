@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -62,7 +63,9 @@ class DeviceBuffer:
         """Whether a transfer waits for `collect()`."""
         return bool(self._in_flight)
 
-    def add(self, meta: dict[str, Any], loss: Any, tensors: dict[str, torch.Tensor | None]) -> None:
+    def add(
+        self, meta: dict[str, Any], loss: Any, tensors: Mapping[str, torch.Tensor | None]
+    ) -> None:
         """Keep a step's values (`tensors`: by kind; None where the step has none)."""
         self._metas.append(meta)
         if isinstance(loss, torch.Tensor):
@@ -144,6 +147,10 @@ def _stack_ragged(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(padded)
 
 
+@overload
+def _async_to_host(tensor: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _async_to_host(tensor: None) -> None: ...
 def _async_to_host(tensor: torch.Tensor | None) -> torch.Tensor | None:
     if tensor is None or not tensor.is_cuda:
         return tensor

@@ -82,7 +82,11 @@ class GradientProbe:
         return self._index_cache[present]
 
 
-def per_param_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+# What torch's fused `_foreach_*` kernels take and return.
+Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]
+
+
+def per_param_norms(tensors: Tensors, device: torch.device) -> torch.Tensor:
     """Norm of every tensor as one vector on `device`, via fused kernels."""
     if all(t.device == device for t in tensors):
         return torch.stack(torch._foreach_norm(tensors))

@@ -4,6 +4,9 @@ The Monitor *is* the worker side of a run: it owns the run directory's event log
 system sampler and the control server, records every step without syncing the GPU, and
 applies commands (LR changes, pause, stop, checkpoint) only inside `step()`, on the
 training thread, at a step boundary. The built-in trainer uses exactly this object.
+
+This module is the public API, the wiring and the step path; the commands are the
+command runner's (command_runner.py), the decision to recover autofix's (autofix.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import atexit
 import math
 import os
 import platform
-import queue
 import signal
 import socket
 import sys
@@ -21,19 +23,21 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 import tuimon
 from tuimon.config.schema import MonitorConfig
-from tuimon.control.protocol import ProtocolError, Request
+from tuimon.control.commands import STOP
+from tuimon.control.protocol import Request
 from tuimon.control.server import ControlServer
-from tuimon.doctor.engine import RECOVERABLE, Doctor
-from tuimon.doctor.rules.loss import RECOVER
+from tuimon.doctor.engine import Doctor
 from tuimon.errors import StopTraining
 from tuimon.headless.console import ConsoleReporter
 from tuimon.monitor import lr_control
+from tuimon.monitor.autofix import Autofix
+from tuimon.monitor.command_runner import CommandRunner
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
 from tuimon.monitor.loss_info import describe_loss
 from tuimon.monitor.optimizer_check import optimizer_check
@@ -43,7 +47,33 @@ from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.monitor.step_timer import StepTimer
 from tuimon.monitor.stop_signals import StopOnSignal
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
-from tuimon.run.event_log import RESERVED_METRIC_KEYS, EventLog
+from tuimon.run.event_log import EventLog
+from tuimon.run.events import (
+    ALERT,
+    CHECKPOINT,
+    COMPLETED,
+    END,
+    ERROR,
+    FAILED,
+    INFO,
+    MESSAGE,
+    METRICS,
+    RESERVED_METRIC_KEYS,
+    START,
+    STEP,
+    STOPPED,
+    CheckpointEvent,
+    CudaMemory,
+    EndEvent,
+    EndStatus,
+    Event,
+    MessageEvent,
+    MetricsEvent,
+    RunStatus,
+    Severity,
+    StartEvent,
+    StepEvent,
+)
 from tuimon.run.run_dir import (
     AUTOFIX_ENV,
     CHECKPOINT_DIR,
@@ -55,7 +85,7 @@ from tuimon.run.run_dir import (
     create_run_dir,
     flag_from_env,
 )
-from tuimon.run.run_state import STOP_IGNORED, RunState
+from tuimon.run.run_state import RunState
 from tuimon.run.state_cache import write_state_cache
 from tuimon.system.sampler import SystemSampler
 
@@ -114,24 +144,104 @@ class Monitor:
         loss_fn: Any = None,
         stop: str = "raise",
         doctor: dict[str, Any] | None = None,
+        _options: RunOptions | None = None,
         **doctor_settings: Any,
     ) -> None:
-        if name is not None and not RUN_NAME_PATTERN.fullmatch(str(name)):
-            raise ValueError(
-                f"Monitor(name={name!r}): a name may hold letters, digits, '.', '_' and '-' only"
+        if _options is None:  # a script's Monitor: its options from the keywords
+            _options = _script_options(
+                name, total_steps, epochs, steps_per_epoch, loss_fn, stop, doctor, doctor_settings
             )
-        total_steps, epochs, steps_per_epoch = _run_length(total_steps, epochs, steps_per_epoch)
-        options = RunOptions(
-            name=name,
-            settings=monitor_settings(doctor, doctor_settings, autofix=flag_from_env(AUTOFIX_ENV)),
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            epochs=epochs,
-            loss=describe_loss(loss_fn) if loss_fn is not None else None,
-            stop=stop,
+            quiet = quiet or flag_from_env(QUIET_ENV)
+        options = _options
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"Monitor needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if options.stop not in STOP_MODES:
+            raise ValueError(
+                f"Monitor(stop={options.stop!r}): use stop='raise' (step() raises "
+                "tuimon.StopTraining) or stop='flag' (the loop polls mon.should_stop)"
+            )
+        # torch.compile's wrapper: names, hooks and checkpoints are those of the module it
+        # wraps (no "_orig_mod." prefixes); only the step timer watches the wrapper's calls.
+        called = model
+        model = _eager_module(model)
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.options = options
+        self.settings = options.settings
+        self.name = options.name or _default_name()
+        if run_dir is not None:
+            self.run_dir = create_run_dir(self.name, run_dir)
+        else:
+            self.run_dir = claim_script_run_dir(self.name)
+        self.global_step = options.start_step
+        self._epoch = options.start_epoch
+        self._epoch_given = False
+        self.total_steps = options.total_steps
+        self.stop_mode = options.stop
+        self._closed = False
+        self._started = time.time()
+        self._last_loss: float | None = None
+
+        self._log = EventLog(self.run_dir / EVENTS_FILE)
+        # Kept up to date on the log's writer thread, served whole to clients that attach.
+        self.history = RunState(smoothing=self.settings.smoothing)
+        self._log.subscribe(self.history.apply_many, batches=True)
+        if not quiet:
+            self._log.subscribe(
+                ConsoleReporter(
+                    self.name, self.settings.print_every, smoothing=self.settings.smoothing
+                )
+            )
+        self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
+        first = next(model.parameters(), None)
+        self._device = first.device if first is not None else torch.device("cpu")
+        self._timer = StepTimer(called)
+        self._buffer = DeviceBuffer(self.settings.log_every)
+        every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
+        self._snapshots = SnapshotRing(every)
+        self._autofix = Autofix(self.settings, self.note)
+        self._commands = CommandRunner(
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            settings=self.settings,
+            emit=self._log.emit,
+            current_step=lambda: self.global_step,
+            drain_steps=self._drain_steps,
+            checkpoint=self.checkpoint,
+            grads=self._probes.grads,
+            snapshots=self._snapshots,
+            on_recover=self._autofix.recovery_applied,
         )
-        quiet = quiet or flag_from_env(QUIET_ENV)
-        self._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=options)
+        # The doctor reads every event on the log's writer thread, off the training loop.
+        # Without snapshots a `recover` could only lower the LR: the doctor offers that.
+        self.doctor = Doctor(
+            {k: v.model_dump() for k, v in self.settings.rules.items()}, can_restore=every > 0
+        )
+        self._log.subscribe(self._consult_doctor, batches=True)
+        self._log.emit(self._start_event())
+        check = optimizer_check(model, optimizer)
+        check["step"] = self.global_step
+        self._log.emit(check)
+        self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
+        self._sampler.start()
+        self._server = ControlServer(
+            self.run_dir / CONTROL_SOCKET,
+            self._log,
+            on_command=self._commands.submit,
+            status=self._status,
+            history=self.history.snapshot,
+        )
+        self._previous_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+        atexit.register(self._close_at_exit)
+        self._signal_stop = StopOnSignal(lambda source: self.request_stop(source))
+        self._signal_stop.install(options.stop_signals, replace=options.replace_signal_handlers)
 
     @classmethod
     def configured(
@@ -145,16 +255,24 @@ class Monitor:
         options: RunOptions,
     ) -> Monitor:
         """A Monitor with settings from a config (used by the built-in trainer)."""
-        monitor = cls.__new__(cls)
-        monitor._start(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, options=options)
-        return monitor
+        return cls(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, _options=options)
 
     # -- public API -------------------------------------------------------------------
 
     @property
+    def status(self) -> RunStatus:
+        """running, paused or stopping; then completed, stopped or failed."""
+        return self._commands.status
+
+    @property
+    def state(self) -> RunStatus:
+        """The old name of `status` (training/trainer.py reads it)."""
+        return self._commands.status
+
+    @property
     def should_stop(self) -> bool:
         """True once a stop was requested: end the loop (a checkpoint was already saved)."""
-        return self._stop_requested
+        return self._commands.stop_requested
 
     @property
     def epoch(self) -> int:
@@ -236,10 +354,14 @@ class Monitor:
             buffer.start_transfer()
         if buffer.in_flight:
             self._emit_steps(buffer.collect())
-        self._apply_commands()
+        if self._commands.apply_pending():
+            self._timer.exclude_pause()
         self._timer.restart()
-        if self._stop_requested:
-            self._act_on_stop()
+        if self._commands.stop_requested:
+            # After a stop: end the loop, or (flag mode) say so when the loop ignores it.
+            if self.stop_mode == "raise":
+                raise StopTraining(self.global_step)
+            self._commands.check_stop_ignored()
 
     def log(self, **scalars: Any) -> None:
         """Record scalars (validation loss, accuracy…) at the current step."""
@@ -248,12 +370,13 @@ class Monitor:
             raise ValueError(f"mon.log(): {sorted(reserved)[0]!r} is a reserved name")
         values = {key: _scalar(value) for key, value in scalars.items()}
         # Steps before this point go first, so the log stays in step order.
-        self._emit_steps(self._buffer.drain())
-        self._log.emit({"type": "metrics", "step": self.global_step, "epoch": self.epoch, **values})
+        self._drain_steps()
+        metrics = {"type": METRICS, "step": self.global_step, "epoch": self.epoch, **values}
+        self._log.emit(cast(MetricsEvent, metrics))  # any scalar a script logs
 
     def checkpoint(self, reason: str = "manual") -> Path:
         """Save model, optimizer, scheduler, step and RNG state now; returns the file."""
-        self._emit_steps(self._buffer.drain())
+        self._drain_steps()
         path = checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.global_step)
         save_checkpoint(
             path,
@@ -263,36 +386,47 @@ class Monitor:
             step=self.global_step,
             epoch=self.epoch,
         )
-        self._log.emit(
-            {"type": "checkpoint", "step": self.global_step, "path": str(path), "reason": reason}
-        )
+        saved: CheckpointEvent = {
+            "type": CHECKPOINT,
+            "step": self.global_step,
+            "path": str(path),
+            "reason": reason,
+        }
+        self._log.emit(saved)
         return path
 
-    def note(self, text: str, level: str = "info") -> None:
+    def note(self, text: str, level: Severity = INFO) -> None:
         """A line of text for the log, the console and the UI."""
-        self._log.emit({"type": "message", "step": self.global_step, "level": level, "text": text})
+        said: MessageEvent = {
+            "type": MESSAGE,
+            "step": self.global_step,
+            "level": level,
+            "text": text,
+        }
+        self._log.emit(said)
 
     def request_stop(self, source: str = "api") -> None:
         """Ask the run to stop at its next step boundary (safe from a signal handler)."""
-        self._inbox.put(Request(cmd="stop", source=source))
+        self._commands.queue(Request(cmd=STOP, source=source))
 
     def close(
-        self, status: str | None = None, error: str | None = None, reason: str | None = None
+        self, status: EndStatus | None = None, error: str | None = None, reason: str | None = None
     ) -> None:
         """End the run: write what is pending, the `end` event, and stop the services."""
         if self._closed:
             return
         self._closed = True
+        self._commands.closed = True
         try:
-            self._emit_steps(self._buffer.drain())
+            self._drain_steps()
         except Exception as exc:  # a dead CUDA context must not lose the end event
-            self.note(f"could not fetch the last steps: {exc!r}", level="error")
+            self.note(f"could not fetch the last steps: {exc!r}", level=ERROR)
         if status is None:
-            status = "stopped" if self._stop_requested else "completed"
-        self.state = status
+            status = STOPPED if self._commands.stop_requested else COMPLETED
+        self._commands.end(status)
         self._sampler.stop()
-        end: dict[str, Any] = {
-            "type": "end",
+        end: EndEvent = {
+            "type": END,
             "status": status,
             "step": self.global_step,
             "epoch": self.epoch,
@@ -328,114 +462,21 @@ class Monitor:
         if exc_type is None:
             self.close()
         elif issubclass(exc_type, StopTraining):
-            self.close(status="stopped")
+            self.close(status=STOPPED)
             return True  # the stop was asked for: the code after the `with` block goes on
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.close(status="stopped", reason="interrupted")
+            self.close(status=STOPPED, reason="interrupted")
         else:
-            self.close(
-                status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
-            )
+            self.close(status=FAILED, error="".join(traceback.format_exception(exc_type, exc, tb)))
         return False
 
     # -- setup --------------------------------------------------------------------------
 
-    def _start(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        *,
-        run_dir: str | Path | None,
-        quiet: bool,
-        options: RunOptions,
-    ) -> None:
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"Monitor needs a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(
-                f"Monitor needs a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        if options.stop not in STOP_MODES:
-            raise ValueError(
-                f"Monitor(stop={options.stop!r}): use stop='raise' (step() raises "
-                "tuimon.StopTraining) or stop='flag' (the loop polls mon.should_stop)"
-            )
-        # torch.compile's wrapper: names, hooks and checkpoints are those of the module it
-        # wraps (no "_orig_mod." prefixes); only the step timer watches the wrapper's calls.
-        called = model
-        model = _eager_module(model)
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.options = options
-        self.settings = options.settings
-        self.name = options.name or _default_name()
-        if run_dir is not None:
-            self.run_dir = create_run_dir(self.name, run_dir)
-        else:
-            self.run_dir = claim_script_run_dir(self.name)
-        self.global_step = options.start_step
-        self._epoch = options.start_epoch
-        self._epoch_given = False
-        self.total_steps = options.total_steps
-        self.state = "running"
-        self.stop_mode = options.stop
-        self._stop_requested = False
-        self._stop_step: int | None = None  # where the latest stop was applied
-        self._stop_ignored = False  # stop="flag" and the loop ran on regardless
-        self._closed = False
-        self._started = time.time()
-        self._last_loss: float | None = None
-        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
-
-        self._log = EventLog(self.run_dir / EVENTS_FILE)
-        # Kept up to date on the log's writer thread, served whole to clients that attach.
-        self.history = RunState(smoothing=self.settings.smoothing)
-        self._log.subscribe(self.history.apply_many, batches=True)
-        if not quiet:
-            self._log.subscribe(
-                ConsoleReporter(
-                    self.name, self.settings.print_every, smoothing=self.settings.smoothing
-                )
-            )
-        self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
-        first = next(model.parameters(), None)
-        self._device = first.device if first is not None else torch.device("cpu")
-        self._timer = StepTimer(called)
-        self._buffer = DeviceBuffer(self.settings.log_every)
-        every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
-        self._snapshots = SnapshotRing(every)
-        self._autofixes = 0
-        self._recover_pending = False
-        # The doctor reads every event on the log's writer thread, off the training loop.
-        # Without snapshots a `recover` could only lower the LR: the doctor offers that.
-        self.doctor = Doctor(
-            {k: v.model_dump() for k, v in self.settings.rules.items()}, can_restore=every > 0
-        )
-        self._log.subscribe(self._consult_doctor, batches=True)
-        self._log.emit(self._start_event())
-        self._log.emit({**optimizer_check(model, optimizer), "step": self.global_step})
-        self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
-        self._sampler.start()
-        self._server = ControlServer(
-            self.run_dir / CONTROL_SOCKET,
-            self._log,
-            on_command=self._submit,
-            status=self._status,
-            history=self.history.snapshot,
-        )
-        self._previous_excepthook = sys.excepthook
-        sys.excepthook = self._excepthook
-        atexit.register(self._close_at_exit)
-        self._signal_stop = StopOnSignal(lambda source: self.request_stop(source))
-        self._signal_stop.install(options.stop_signals, replace=options.replace_signal_handlers)
-
-    def _start_event(self) -> dict[str, Any]:
+    def _start_event(self) -> StartEvent:
         params = list(self.model.parameters())
         options = self.options
         return {
-            "type": "start",
+            "type": START,
             "name": self.name,
             "run_dir": str(self.run_dir),
             "pid": os.getpid(),
@@ -471,14 +512,19 @@ class Monitor:
 
     # -- steps --------------------------------------------------------------------------
 
+    def _drain_steps(self) -> None:
+        """Log every step recorded so far (waiting for its values to reach the host)."""
+        self._emit_steps(self._buffer.drain())
+
     def _emit_steps(self, records: list[StepRecord]) -> None:
         if not records:
             return
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
         for record, (fields, probes) in zip(records, self._probes.read(records), strict=True):
             meta = record.meta
             meta.pop("batch_layout", None)  # read() has decoded the batch probe with it
-            event = {"type": "step", **meta, "loss": record.loss, **fields}
+            # The meta of step() and the probes' fields: built up, so a cast.
+            event = cast(StepEvent, {"type": STEP, **meta, "loss": record.loss, **fields})
             if UNCLIPPED in record.values:
                 event["grad_norm_unclipped"] = record.values[UNCLIPPED][0]
             self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
@@ -493,221 +539,25 @@ class Monitor:
         # before the ring's good snapshots are replaced by newer, blown-up ones.
         self._log.emit_many(events, wake=self._snapshots.every > 0)
 
-    # -- commands -----------------------------------------------------------------------
-
-    def _submit(self, request: Request) -> dict[str, Any]:
-        """Called on a server thread: accept a run command for the next step boundary."""
-        if self._closed:
-            raise ProtocolError(f"the run has ended ({self.state})")
-        if self._stop_requested and not self._stop_ignored and request.cmd != "stop":
-            raise ProtocolError("the run is stopping")
-        if request.cmd in ("set-lr", "scale-lr"):
-            # Refused now, in the reply, if it would be refused at the step boundary (the
-            # boundary checks again: the schedule may move the LR in between).
-            try:
-                self._plan_lr(request)
-            except lr_control.LrRefused as exc:
-                raise ProtocolError(_lr_refusal(request, exc)) from None
-        self._inbox.put(request)
-        return {"queued": True, "step": self.global_step}
-
-    def _apply_commands(self) -> None:
-        # Most steps have no command: a cheap look first, not a raised queue.Empty.
-        if self._inbox.empty() and self.state != "paused":
-            return
-        while True:
-            try:
-                request = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            self._apply(request)
-        if self.state == "paused":
-            self._wait_while_paused()
-
-    def _wait_while_paused(self) -> None:
-        while self.state == "paused":
-            try:
-                request = self._inbox.get(timeout=0.25)
-            except queue.Empty:
-                continue
-            self._apply(request)
-        self._timer.exclude_pause()
-
-    def _apply(self, request: Request) -> None:
-        cmd = request.cmd
-        # Every step before the command goes to the log before the command's event does.
-        self._emit_steps(self._buffer.drain())
-        try:
-            if cmd in ("set-lr", "scale-lr"):
-                self._apply_lr(request)
-            elif cmd in ("pause", "resume"):
-                # Repeating a command is answered too (old == new), so a client always
-                # sees its command acknowledged at a step boundary.
-                old = self.state
-                if (old, cmd) in (("running", "pause"), ("paused", "resume")):
-                    self.state = "paused" if cmd == "pause" else "running"
-                self._control(request, old, self.state)
-            elif cmd == "stop":
-                old = self.state
-                path = None
-                if not self._stop_requested or self._stop_ignored:
-                    self._stop_requested = True
-                    self._stop_ignored = False
-                    self._stop_step = self.global_step
-                    self.state = "stopping"
-                    path = self._checkpoint_or_note("stop")
-                self._control(request, old, self.state, path=path)
-            elif cmd == "checkpoint":
-                self._checkpoint_command(request)
-            elif cmd == "set-grad-clip":
-                clip = request.args["value"] or None  # 0 stops clipping
-                old, self._probes.grads.clip = self._probes.grads.clip, clip
-                self._control(request, old, self._probes.grads.clip)
-            elif cmd == "recover":
-                self._recover(request)
-        except Exception as exc:  # a command must never take the run down
-            self.note(f"{cmd} failed: {exc}", level="error")
-
-    def _act_on_stop(self) -> None:
-        """After a stop: end the loop (raise), or say so when a flag-mode loop ignores it."""
-        if self.stop_mode == "raise":
-            raise StopTraining(self.global_step)
-        assert self._stop_step is not None
-        waited = self.global_step - self._stop_step
-        if self._stop_ignored or waited < self.settings.stop_ignored_after:
-            return
-        self._stop_ignored = True
-        self.state = "running"
-        self._log.emit(
-            {
-                "type": "message",
-                "step": self.global_step,
-                "level": "warning",
-                "text": (
-                    f"stop ignored: the loop ran {waited} steps past the stop at step "
-                    f"{self._stop_step} (checkpoint saved there). With Monitor(stop='flag') "
-                    "the loop must end when mon.should_stop is True; or use the default "
-                    "stop='raise'. Commands are accepted again."
-                ),
-                STOP_IGNORED: True,
-                "stop_requested_at": self._stop_step,
-            }
-        )
-
-    def _plan_lr(self, request: Request) -> lr_control.LrChange:
-        """The set-lr / scale-lr change, checked against the run's LR limits."""
-        group = request.args.get("group")
-        limits = lr_control.LrLimits.of(self.settings)
-        if request.cmd == "set-lr":
-            return lr_control.plan_set_lr(
-                self.optimizer, self.scheduler, request.args["value"], group, limits
-            )
-        return lr_control.plan_scale_lr(
-            self.optimizer, self.scheduler, request.args["factor"], group, limits
-        )
-
-    def _apply_lr(self, request: Request) -> None:
-        try:
-            old, new = self._plan_lr(request).apply()
-        except lr_control.LrRefused as exc:
-            # Accepted when sent, out of bounds at the boundary: say so to the sender.
-            self._log.emit(
-                {
-                    "type": "message",
-                    "step": self.global_step,
-                    "level": "error",
-                    "text": f"{_lr_refusal(request, exc)}; the LR is unchanged",
-                    "request_id": request.id,
-                }
-            )
-            return
-        extra = {"old_lrs": old, "new_lrs": new} if len(old) > 1 else {}
-        self._control(request, old[0], new[0], **extra)
-
-    def _recover(self, request: Request) -> None:
-        """Go back to the last good snapshot (if one is kept) and scale the LR down."""
-        self._recover_pending = False
-        restored = self._snapshots.restore(
-            self.model, self.optimizer, request.args.get("before_step")
-        )
-        limits = lr_control.LrLimits.of(self.settings)
-        try:
-            old, new = lr_control.scale_lr(
-                self.optimizer, self.scheduler, request.args["lr_factor"], limits=limits
-            )
-        except lr_control.LrRefused as exc:
-            old = new = lr_control.current_lrs(self.optimizer)
-            self.note(f"recover: the LR is unchanged: {exc}", level="warning")
-        self._control(request, old[0], new[0], restored_step=restored)
-        if restored is None:
-            self.note(
-                "recover: no good snapshot to restore (set monitor.autofix or "
-                "monitor.snapshot_every to keep some), so only the LR was lowered",
-                level="warning",
-            )
+    # -- the doctor and the control server ----------------------------------------------
 
     def _consult_doctor(self, events: list[dict[str, Any]]) -> None:
         """Log listener (of batches): alerts for the log, and autofix for the worst failures."""
         observe = self.doctor.observe
         for event in events:
             for said in observe(event):
-                self._log.emit(said)
-                if said["type"] == "alert" and said["rule"] in RECOVERABLE:
-                    self._autofix(said)
-
-    def _autofix(self, alert: dict[str, Any]) -> None:
-        # One recovery per incident: a NaN gradient and the NaN loss it causes arrive
-        # together, and the second must not cut the LR again before the first is applied.
-        if not self.settings.autofix or self._recover_pending:
-            return
-        if self._autofixes >= self.settings.autofix_max:
-            self.note(
-                f"autofix: gave up on {alert['rule']} after {self._autofixes} tries", level="error"
-            )
-            return
-        self._autofixes += 1
-        self._recover_pending = True
-        action = alert.get("action") or RECOVER  # some verdicts (NaN from the inputs) carry none
-        args = {k: v for k, v in action.items() if k != "cmd"}
-        self._inbox.put(Request(cmd="recover", args=args, source="autofix"))
-
-    def _checkpoint_command(self, request: Request) -> None:
-        """`checkpoint`: its control event says where the file is, or (`ok` false) why
-        there is none, such as "no space left on device"."""
-        try:
-            path = str(self.checkpoint("command"))
-        except Exception as exc:
-            self.note(f"checkpoint failed: {exc}", level="error")
-            self._control(request, None, None, ok=False, error=f"checkpoint failed: {exc}")
-        else:
-            self._control(request, None, path, path=path)
-
-    def _checkpoint_or_note(self, reason: str) -> str | None:
-        try:
-            return str(self.checkpoint(reason))
-        except Exception as exc:
-            self.note(f"checkpoint failed: {exc}", level="error")
-            return None
-
-    def _control(self, request: Request, old: Any, new: Any, **extra: Any) -> None:
-        self._log.emit(
-            {
-                "type": "control",
-                "step": self.global_step,
-                "command": request.cmd,
-                "old": old,
-                "new": new,
-                "source": request.source,
-                "request_id": request.id,
-                **request.args,
-                **extra,
-            }
-        )
+                verdict = cast(Event, said)  # an alert or alert_cleared event
+                self._log.emit(verdict)
+                if verdict["type"] == ALERT:
+                    recover = self._autofix.consider(verdict)
+                    if recover is not None:
+                        self._commands.queue(recover)
 
     def _status(self) -> dict[str, Any]:
+        commands = self._commands
         return {
             "name": self.name,
-            "state": self.state,
+            "state": commands.status,
             "step": self.global_step,
             "epoch": self.epoch,
             "total_steps": self.total_steps,
@@ -716,8 +566,8 @@ class Monitor:
             "pid": os.getpid(),
             "run_dir": str(self.run_dir),
             "stop_mode": self.stop_mode,
-            "stop_requested_at": self._stop_step if self._stop_requested else None,
-            "stop_ignored": self._stop_ignored,
+            "stop_requested_at": commands.stop_step if commands.stop_requested else None,
+            "stop_ignored": commands.stop_ignored,
             # recording false: events are not reaching events.jsonl (a full disk), and why.
             "log": self._log.health(),
         }
@@ -732,10 +582,10 @@ class Monitor:
         # atexit close ends the run `stopped`.)
         if not self._closed:
             if issubclass(exc_type, KeyboardInterrupt):
-                self.close(status="stopped", reason="interrupted")
+                self.close(status=STOPPED, reason="interrupted")
             else:
                 self.close(
-                    status="failed", error="".join(traceback.format_exception(exc_type, exc, tb))
+                    status=FAILED, error="".join(traceback.format_exception(exc_type, exc, tb))
                 )
         self._previous_excepthook(exc_type, exc, tb)
 
@@ -743,11 +593,31 @@ class Monitor:
         self.close()
 
 
-def _lr_refusal(request: Request, exc: lr_control.LrRefused) -> str:
-    """`set-lr 5e-324: resulting lr 5e-324 is below the minimum 1e-12`."""
-    value = request.args.get("value", request.args.get("factor"))
-    shown = lr_control.show_lr(value) if isinstance(value, float) else value
-    return f"{request.cmd} {shown}: {exc}"
+def _script_options(
+    name: str | None,
+    total_steps: int | None,
+    epochs: int | None,
+    steps_per_epoch: int | None,
+    loss_fn: Any,
+    stop: str,
+    doctor: dict[str, Any] | None,
+    doctor_settings: dict[str, Any],
+) -> RunOptions:
+    """A script's keywords to Monitor, checked, as the options the trainer gives directly."""
+    if name is not None and not RUN_NAME_PATTERN.fullmatch(str(name)):
+        raise ValueError(
+            f"Monitor(name={name!r}): a name may hold letters, digits, '.', '_' and '-' only"
+        )
+    total_steps, epochs, steps_per_epoch = _run_length(total_steps, epochs, steps_per_epoch)
+    return RunOptions(
+        name=name,
+        settings=monitor_settings(doctor, doctor_settings, autofix=flag_from_env(AUTOFIX_ENV)),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        loss=describe_loss(loss_fn) if loss_fn is not None else None,
+        stop=stop,
+    )
 
 
 def _default_name() -> str:
@@ -840,7 +710,7 @@ def _device_info(device: torch.device) -> dict[str, Any]:
     return {"type": device.type, "name": f"{device.type} ({torch.get_num_threads()} threads)"}
 
 
-def _cuda_memory(device: torch.device) -> dict[str, int] | None:
+def _cuda_memory(device: torch.device) -> CudaMemory | None:
     """Allocator counters: host-side bookkeeping, reading them does not sync the GPU."""
     if device.type != "cuda":
         return None

@@ -1,4 +1,3 @@
-"""Names the monitor gives to things that have none of their own."""
-
-# The layer of a parameter the optimizer holds but the model does not.
-NOT_IN_MODEL = "(not in model)"
+from tuimon.run.events import (
+    NOT_IN_MODEL as NOT_IN_MODEL,
+)  # moved: until doctor/ imports it from there

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from tuimon.monitor.names import NOT_IN_MODEL
+from tuimon.run.events import NOT_IN_MODEL
 
 # Up to this many norms a batch is summed in plain Python: a few tiny tensor operations
 # cost more than the loop (a small model's batch of 10 steps is 10 rows of a few norms).

@@ -15,13 +15,24 @@ import torch
 from tuimon.config.schema import ProbeConfig
 from tuimon.monitor.activation_probe import ActivationProbe
 from tuimon.monitor.batch_probe import BatchProbe
-from tuimon.monitor.dead_unit_probe import PROBE as DEAD_UNITS
 from tuimon.monitor.dead_unit_probe import DeadUnitProbe
 from tuimon.monitor.device_buffer import StepRecord
 from tuimon.monitor.grad_probe import GradientProbe
 from tuimon.monitor.param_layout import ParamLayout
 from tuimon.monitor.stale_grad_probe import StaleGradProbe
 from tuimon.monitor.update_probe import UpdateProbe
+from tuimon.run.events import (
+    ACTIVATIONS_PROBE,
+    BATCH_PROBE,
+    DEAD_UNITS_PROBE,
+    PROBE,
+    STALE_GRAD_PROBE,
+    ActivationsProbeEvent,
+    BatchProbeEvent,
+    DeadUnitsProbeEvent,
+    ProbeEvent,
+    StaleGradProbeEvent,
+)
 
 
 @dataclass
@@ -92,7 +103,7 @@ class StepProbes:
             optimizer_steps=optimizer_steps,
         )
 
-    def read(self, records: list[StepRecord]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    def read(self, records: list[StepRecord]) -> list[tuple[dict[str, Any], list[ProbeEvent]]]:
         """For each record: (fields of its step event, its probe events)."""
         with_grads = [r for r in records if "grad" in r.values]
         norms = dict(
@@ -106,7 +117,7 @@ class StepProbes:
         for record in records:
             step = record.meta["step"]
             fields: dict[str, Any] = {}
-            probes: list[dict[str, Any]] = []
+            probes: list[ProbeEvent] = []
             if id(record) in norms:
                 total, layers = norms[id(record)]
                 fields["grad_norm"] = total
@@ -119,43 +130,35 @@ class StepProbes:
                 fields["update_ratio"] = ratio
                 fields["layer_update_ratios"] = layers
             if "batch" in record.values:
-                probes.append(
-                    {
-                        "type": "probe",
-                        "probe": "batch",
-                        "step": step,
-                        **BatchProbe.decode(
-                            record.values["batch"], record.meta.get("batch_layout", {})
-                        ),
-                    }
+                batch: BatchProbeEvent = {"type": PROBE, "probe": BATCH_PROBE, "step": step}
+                batch.update(
+                    BatchProbe.decode(record.values["batch"], record.meta.get("batch_layout", {}))
                 )
+                probes.append(batch)
             if "acts" in record.values:
-                probes.append(
-                    {
-                        "type": "probe",
-                        "probe": "activations",
-                        "step": step,
-                        "layers": self.activations.decode(record.values["acts"]),
-                    }
-                )
+                activations: ActivationsProbeEvent = {
+                    "type": PROBE,
+                    "probe": ACTIVATIONS_PROBE,
+                    "step": step,
+                    "layers": self.activations.decode(record.values["acts"]),
+                }
+                probes.append(activations)
             if "dead" in record.values:
-                probes.append(
-                    {
-                        "type": "probe",
-                        "probe": DEAD_UNITS,
-                        "step": step,
-                        "layers": self.dead_units.decode(record.values["dead"]),
-                    }
-                )
+                dead: DeadUnitsProbeEvent = {
+                    "type": PROBE,
+                    "probe": DEAD_UNITS_PROBE,
+                    "step": step,
+                    "layers": self.dead_units.decode(record.values["dead"]),
+                }
+                probes.append(dead)
             if "stale" in record.values:
-                probes.append(
-                    {
-                        "type": "probe",
-                        "probe": "stale_grad",
-                        "step": step,
-                        "stale": record.values["stale"][0] > 0.5,
-                        "param": self.stale.param_name,
-                    }
-                )
+                stale: StaleGradProbeEvent = {
+                    "type": PROBE,
+                    "probe": STALE_GRAD_PROBE,
+                    "step": step,
+                    "stale": record.values["stale"][0] > 0.5,
+                    "param": self.stale.param_name,
+                }
+                probes.append(stale)
             out.append((fields, probes))
         return out

@@ -34,7 +34,7 @@ class StaleGradProbe:
         self._result: torch.Tensor | None = None
         self._handles: list[Any] = []
         trainable = [p for p in layout.params if p.requires_grad]
-        self.param = trainable[-1] if trainable and every else None
+        self.param: torch.Tensor | None = trainable[-1] if trainable and every else None
         self.param_name = (
             layout.param_names.get(id(self.param), "a parameter") if self.param is not None else ""
         )
@@ -65,11 +65,12 @@ class StaleGradProbe:
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
-        grad = self.param.grad if self.param is not None else None
-        if grad is not None and probe_due(self._steps, self.every, EARLY):
+        param = self.param
+        grad = param.grad if param is not None else None
+        if param is not None and grad is not None and probe_due(self._steps, self.every, EARLY):
             self._used = grad.detach().clone()
             if self._grad_handle is None:
-                self._grad_handle = self.param.register_hook(self._on_grad)
+                self._grad_handle = param.register_hook(self._on_grad)
 
     def _unhook_grad(self) -> None:
         if self._grad_handle is not None:

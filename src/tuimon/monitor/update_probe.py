@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tuimon.monitor.grad_probe import per_param_norms
+from tuimon.monitor.grad_probe import Tensors, per_param_norms
 from tuimon.monitor.param_layout import ParamLayout
 from tuimon.monitor.probe_schedule import probe_due
 
@@ -23,7 +23,7 @@ class UpdateProbe:
         self.layout = layout
         self.every = every
         self._steps = 0
-        self._before: list[torch.Tensor] | None = None
+        self._before: Tensors | None = None
         self._pending: torch.Tensor | None = None
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),

@@ -1,0 +1,343 @@
+"""The run's commands: queued from any thread, applied on the training thread at a step
+boundary, one handler per run command of `control/commands.py`.
+
+The control server (on its own threads), a signal handler and autofix hand requests in;
+`Monitor.step()` applies them between two optimizer steps, where changing the LR, saving
+a checkpoint or restoring weights cannot tear a step apart. The runner owns what commands
+change: the run's status (running, paused, stopping; then how it ended) and the stop's
+bookkeeping. It is handed what it acts on (optimizer, event log, probes, checkpointing),
+so it never imports the Monitor.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, cast
+
+import torch
+
+from tuimon.config.schema import MonitorConfig
+from tuimon.control.commands import (
+    CHECKPOINT,
+    COMMANDS,
+    LR_COMMANDS,
+    PAUSE,
+    RECOVER,
+    RESUME,
+    RUN_COMMANDS,
+    SCALE_LR,
+    SET_GRAD_CLIP,
+    SET_LR,
+    STOP,
+)
+from tuimon.control.protocol import ProtocolError, Request
+from tuimon.monitor import lr_control
+from tuimon.monitor.grad_probe import GradientProbe
+from tuimon.monitor.snapshots import SnapshotRing
+from tuimon.run.events import (
+    CONTROL,
+    ERROR,
+    INFO,
+    MESSAGE,
+    PAUSED,
+    RUNNING,
+    WARNING,
+    ControlEvent,
+    EndStatus,
+    Event,
+    MessageEvent,
+    RunPhase,
+    RunStatus,
+    Severity,
+)
+
+
+class CommandRunner:
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        settings: MonitorConfig,
+        emit: Callable[[Event], object],
+        current_step: Callable[[], int],
+        drain_steps: Callable[[], None],
+        checkpoint: Callable[[str], Path],
+        grads: GradientProbe,
+        snapshots: SnapshotRing,
+        on_recover: Callable[[], None],
+    ) -> None:
+        """`emit`: the event log's. `current_step`: the run's global step. `drain_steps`:
+        log every step recorded so far (a command's event comes after them). `checkpoint`:
+        save one, with its reason; returns the file. `grads`: holds the gradient clip.
+        `snapshots`: what `recover` restores. `on_recover`: told when a recover is applied."""
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.settings = settings
+        self._emit = emit
+        self._current_step = current_step
+        self._drain_steps = drain_steps
+        self._checkpoint = checkpoint
+        self._grads = grads
+        self._snapshots = snapshots
+        self._on_recover = on_recover
+        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.status: RunStatus = RUNNING
+        self.closed = False  # the run is ending: no command is accepted any more
+        self.stop_requested = False
+        self.stop_step: int | None = None  # where the latest stop was applied
+        self.stop_ignored = False  # stop="flag" and the loop ran on regardless
+
+    # -- from any thread -------------------------------------------------------------------
+
+    def submit(self, request: Request) -> dict[str, Any]:
+        """Called on a server thread: accept a run command for the next step boundary, or
+        refuse it (ProtocolError) with the reason the sender is told."""
+        if self.closed:
+            raise ProtocolError(f"the run has ended ({self.status})")
+        if self.stop_requested and not self.stop_ignored and request.cmd != STOP:
+            raise ProtocolError("the run is stopping")
+        if request.cmd in LR_COMMANDS:
+            # Refused now, in the reply, if it would be refused at the step boundary (the
+            # boundary checks again: the schedule may move the LR in between).
+            try:
+                self._plan_lr(request)
+            except lr_control.LrRefused as exc:
+                raise ProtocolError(_lr_refusal(request, exc)) from None
+        self._inbox.put(request)
+        return {"queued": True, "step": self._current_step()}
+
+    def queue(self, request: Request) -> None:
+        """Queue a request without the sender's checks (a signal's stop, autofix's recover)."""
+        self._inbox.put(request)
+
+    # -- on the training thread ------------------------------------------------------------
+
+    def apply_pending(self) -> bool:
+        """Apply what is queued, in order; while paused, wait here for more. True when the
+        run was paused (the time spent waiting is no step's)."""
+        # Most steps have no command: a cheap look first, not a raised queue.Empty.
+        if self._inbox.empty() and self.status != PAUSED:
+            return False
+        while True:
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._apply(request)
+        if self.status != PAUSED:
+            return False
+        while self.status == PAUSED:
+            try:
+                request = self._inbox.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            self._apply(request)
+        return True
+
+    def check_stop_ignored(self) -> None:
+        """After a stop in stop="flag" mode: once the loop has run `stop_ignored_after`
+        steps past it, say so, and accept commands again."""
+        assert self.stop_step is not None
+        step = self._current_step()
+        waited = step - self.stop_step
+        if self.stop_ignored or waited < self.settings.stop_ignored_after:
+            return
+        self.stop_ignored = True
+        self.status = RUNNING
+        said: MessageEvent = {
+            "type": MESSAGE,
+            "step": step,
+            "level": WARNING,
+            "text": (
+                f"stop ignored: the loop ran {waited} steps past the stop at step "
+                f"{self.stop_step} (checkpoint saved there). With Monitor(stop='flag') "
+                "the loop must end when mon.should_stop is True; or use the default "
+                "stop='raise'. Commands are accepted again."
+            ),
+            "stop_ignored": True,  # run_state.STOP_IGNORED
+            "stop_requested_at": self.stop_step,
+        }
+        self._emit(said)
+
+    def end(self, status: EndStatus) -> None:
+        """How the run ended, for the status replies still answered while it closes."""
+        self.status = status
+
+    # -- the handlers ----------------------------------------------------------------------
+
+    def _apply(self, request: Request) -> None:
+        # Every step before the command goes to the log before the command's event does.
+        self._drain_steps()
+        handler = HANDLERS.get(request.cmd)
+        if handler is None:
+            return
+        try:
+            handler(self, request)
+        except Exception as exc:  # a command must never take the run down
+            self._note(f"{request.cmd} failed: {exc}", ERROR)
+
+    def _change_lr(self, request: Request) -> None:
+        """set-lr, scale-lr."""
+        try:
+            old, new = self._plan_lr(request).apply()
+        except lr_control.LrRefused as exc:
+            # Accepted when sent, out of bounds at the boundary: say so to the sender.
+            said: MessageEvent = {
+                "type": MESSAGE,
+                "step": self._current_step(),
+                "level": ERROR,
+                "text": f"{_lr_refusal(request, exc)}; the LR is unchanged",
+                "request_id": request.id,
+            }
+            self._emit(said)
+            return
+        extra: ControlEvent = {"old_lrs": old, "new_lrs": new} if len(old) > 1 else {}
+        self._control(request, old[0], new[0], extra)
+
+    def _pause(self, request: Request) -> None:
+        self._change_status(request, RUNNING)
+
+    def _resume(self, request: Request) -> None:
+        self._change_status(request, PAUSED)
+
+    def _change_status(self, request: Request, changes_from: RunStatus) -> None:
+        # Repeating a command is answered too (old == new), so a client always sees its
+        # command acknowledged at a step boundary.
+        old = self.status
+        if old == changes_from:
+            self.status = _status_set_by(request.cmd)
+        self._control(request, old, self.status)
+
+    def _stop(self, request: Request) -> None:
+        old = self.status
+        path = None
+        if not self.stop_requested or self.stop_ignored:
+            self.stop_requested = True
+            self.stop_ignored = False
+            self.stop_step = self._current_step()
+            self.status = _status_set_by(STOP)
+            path = self._checkpoint_or_note("stop")
+        self._control(request, old, self.status, {"path": path})
+
+    def _save_checkpoint(self, request: Request) -> None:
+        """`checkpoint`: its control event says where the file is, or (`ok` false) why
+        there is none, such as "no space left on device"."""
+        try:
+            path = str(self._checkpoint("command"))
+        except Exception as exc:
+            self._note(f"checkpoint failed: {exc}", ERROR)
+            self._control(request, None, None, {"ok": False, "error": f"checkpoint failed: {exc}"})
+        else:
+            self._control(request, None, path, {"path": path})
+
+    def _set_grad_clip(self, request: Request) -> None:
+        clip = request.args["value"] or None  # 0 stops clipping
+        old, self._grads.clip = self._grads.clip, clip
+        self._control(request, old, self._grads.clip)
+
+    def _recover(self, request: Request) -> None:
+        """Go back to the last good snapshot (if one is kept) and scale the LR down."""
+        self._on_recover()
+        restored = self._snapshots.restore(
+            self.model, self.optimizer, request.args.get("before_step")
+        )
+        limits = lr_control.LrLimits.of(self.settings)
+        try:
+            old, new = lr_control.scale_lr(
+                self.optimizer, self.scheduler, request.args["lr_factor"], limits=limits
+            )
+        except lr_control.LrRefused as exc:
+            old = new = lr_control.current_lrs(self.optimizer)
+            self._note(f"recover: the LR is unchanged: {exc}", WARNING)
+        self._control(request, old[0], new[0], {"restored_step": restored})
+        if restored is None:
+            self._note(
+                "recover: no good snapshot to restore (set monitor.autofix or "
+                "monitor.snapshot_every to keep some), so only the LR was lowered",
+                WARNING,
+            )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _plan_lr(self, request: Request) -> lr_control.LrChange:
+        """The set-lr / scale-lr change, checked against the run's LR limits."""
+        group = request.args.get("group")
+        limits = lr_control.LrLimits.of(self.settings)
+        if request.cmd == SET_LR:
+            return lr_control.plan_set_lr(
+                self.optimizer, self.scheduler, request.args["value"], group, limits
+            )
+        return lr_control.plan_scale_lr(
+            self.optimizer, self.scheduler, request.args["factor"], group, limits
+        )
+
+    def _checkpoint_or_note(self, reason: str) -> str | None:
+        try:
+            return str(self._checkpoint(reason))
+        except Exception as exc:
+            self._note(f"checkpoint failed: {exc}", ERROR)
+            return None
+
+    def _control(
+        self, request: Request, old: Any, new: Any, extra: ControlEvent | None = None
+    ) -> None:
+        """The `control` event of an applied command: what it changed, and for whom."""
+        event: ControlEvent = {
+            "type": CONTROL,
+            "step": self._current_step(),
+            "command": request.cmd,
+            "old": old,
+            "new": new,
+            "source": request.source,
+            "request_id": request.id,
+        }
+        # The request's arguments, as sent and checked (control/commands.py's table).
+        event.update(cast(ControlEvent, request.args))
+        if extra:
+            event.update(extra)
+        self._emit(event)
+
+    def _note(self, text: str, level: Severity = INFO) -> None:
+        said: MessageEvent = {
+            "type": MESSAGE,
+            "step": self._current_step(),
+            "level": level,
+            "text": text,
+        }
+        self._emit(said)
+
+
+# One handler per run command, by name: the other half of control/commands.py's table.
+HANDLERS: Final[dict[str, Callable[[CommandRunner, Request], None]]] = {
+    SET_LR: CommandRunner._change_lr,
+    SCALE_LR: CommandRunner._change_lr,
+    PAUSE: CommandRunner._pause,
+    RESUME: CommandRunner._resume,
+    STOP: CommandRunner._stop,
+    CHECKPOINT: CommandRunner._save_checkpoint,
+    SET_GRAD_CLIP: CommandRunner._set_grad_clip,
+    RECOVER: CommandRunner._recover,
+}
+if set(HANDLERS) != set(RUN_COMMANDS):  # a command added to the table needs its handler
+    raise AssertionError(
+        f"run commands without a handler, or handlers without a command: "
+        f"{sorted(set(HANDLERS) ^ set(RUN_COMMANDS))}"
+    )
+
+
+def _status_set_by(command: str) -> RunPhase:
+    status = COMMANDS[command].sets_status
+    assert status is not None, f"{command} does not change the run's status"
+    return status
+
+
+def _lr_refusal(request: Request, exc: lr_control.LrRefused) -> str:
+    """`set-lr 5e-324: resulting lr 5e-324 is below the minimum 1e-12`."""
+    value = request.args.get("value", request.args.get("factor"))
+    shown = lr_control.show_lr(value) if isinstance(value, float) else value
+    return f"{request.cmd} {shown}: {exc}"
