@@ -101,24 +101,24 @@ async def test_attach_and_replay_of_a_killed_run_show_its_history_and_say_the_wo
 def test_liveness_of_a_pid_here_there_reaped_unreaped_and_reused():
     me = psutil.Process()
     here = socket.gethostname()
-    assert worker_liveness({"pid": me.pid, "host": here, "time": time.time()}).state == "alive"
+    assert worker_liveness({"pid": me.pid, "host": here, "time": time.time()}).verdict == "alive"
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
     while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     unreaped = worker_liveness({"pid": child.pid, "host": here})
-    assert unreaped.state == "gone" and unreaped.describe() == f"pid {child.pid} not running"
+    assert unreaped.verdict == "gone" and unreaped.describe() == f"pid {child.pid} not running"
     child.wait()
-    assert worker_liveness({"pid": child.pid, "host": here}).state == "gone"
+    assert worker_liveness({"pid": child.pid, "host": here}).verdict == "gone"
     # The pid is alive but was created after the run started: another process has it now.
     reused = {"pid": me.pid, "host": here, "time": me.create_time() - 60}
-    assert worker_liveness(reused).state == "gone"
+    assert worker_liveness(reused).verdict == "gone"
     elsewhere = worker_liveness({"pid": me.pid, "host": "another-machine"})
-    assert elsewhere.state == "unknown"
+    assert elsewhere.verdict == "unknown"
     assert "another-machine" in elsewhere.describe() and "cannot check" in elsewhere.describe()
-    assert worker_liveness({"host": here}).state == "unknown"
-    assert worker_liveness({"pid": "1", "host": here}).state == "unknown"
+    assert worker_liveness({"host": here}).verdict == "unknown"
+    assert worker_liveness({"pid": "1", "host": here}).verdict == "unknown"
 
 
 def test_start_event_is_read_from_the_head_of_the_log(tmp_path):

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 import tuimon
-from tuimon.run import state_cache
+from tuimon.run import replay_cache
 from tuimon.run.event_codec import decode_line, encode_event
+from tuimon.run.replay_cache import load_cached_state, load_replay_state, write_state_cache
 from tuimon.run.run_dir import open_run_dir
 from tuimon.run.run_state import RunState, load_run_state
-from tuimon.run.state_cache import load_cached_state, load_replay_state, write_state_cache
 from tuimon.ui import connection
 from tuimon.ui.app import TuimonApp
 from tuimon.ui.widgets.status_bar import StatusBar
@@ -214,7 +214,7 @@ def test_a_damaged_or_crafted_cache_never_breaks_a_replay(tmp_path, monkeypatch)
     cache.unlink()
     cache.write_bytes(original)
     assert load_cached_state(run) is not None
-    monkeypatch.setattr(state_cache, "MAX_CACHE_BYTES", len(original) - 1)
+    monkeypatch.setattr(replay_cache, "MAX_CACHE_BYTES", len(original) - 1)
     assert load_cached_state(run) is None
 
 

@@ -7,9 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+
+if TYPE_CHECKING:  # imported where used: `tuimon --help` loads no more than it needs
+    from tuimon.control.client import ControlClient
+    from tuimon.run.events import ControlEvent
 
 DESCRIPTION = """\
 Run a training job from a config, or talk to a run:
@@ -19,7 +23,7 @@ Run a training job from a config, or talk to a run:
   tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
   tuimon replay RUN_DIR                  a run's whole history, read-only
   tuimon doctor RUN_DIR [--rule R.T=V]   the training doctor over a recorded run
-  tuimon ctl RUN_DIR set-lr X | scale-lr F | pause | resume | stop | checkpoint | status
+  tuimon ctl RUN_DIR COMMAND [VALUE]     a command to a running job (tuimon ctl -h)
 """
 
 
@@ -194,22 +198,26 @@ def ctl_command(args: list[str]) -> int:
     import json
 
     from tuimon.control.client import CommandRefused, ControlClient, ControlError
-    from tuimon.control.commands import RUN_COMMANDS
+    from tuimon.control.commands import COMMANDS, RUN_COMMANDS, STATUS
     from tuimon.control.protocol import ProtocolError, parse_request
     from tuimon.terminal_text import printable
 
+    # Everything about the commands comes from their table (control/commands.py).
+    names = [*RUN_COMMANDS, STATUS]
+    with_group = [name for name in names if COMMANDS[name].takes_group]
     parser = argparse.ArgumentParser(
-        prog="tuimon ctl", description="Send a command to a running job."
+        prog="tuimon ctl",
+        description="Send a command to a running job.",
+        epilog="commands:\n"
+        + "\n".join(f"  {name:<14} {COMMANDS[name].summary}" for name in names),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", help="the run's directory")
-    parser.add_argument("command", choices=[*RUN_COMMANDS, "status"])
+    parser.add_argument("command", choices=names)
+    parser.add_argument("value", nargs="?", help="the command's value: " + _values_taken(names))
     parser.add_argument(
-        "value",
-        nargs="?",
-        help="the LR for set-lr, the factor for scale-lr, "
-        "the norm for set-grad-clip (0: off), the LR factor for recover",
+        "--group", type=int, help=f"only this param group ({', '.join(with_group)})"
     )
-    parser.add_argument("--group", type=int, help="only this param group (set-lr, scale-lr)")
     parser.add_argument(
         "--wait",
         type=float,
@@ -219,24 +227,19 @@ def ctl_command(args: list[str]) -> int:
     )
     options = parser.parse_args(args)
 
-    value_name = {
-        "set-lr": "value",
-        "scale-lr": "factor",
-        "set-grad-clip": "value",
-        "recover": "lr_factor",
-    }.get(options.command)
+    command = COMMANDS[options.command]
     fields: dict[str, Any] = {}
     if options.value is not None:
-        if value_name is None:
-            raise UsageError(f"{options.command} takes no value")
-        fields[value_name] = options.value
-    elif options.command in ("set-lr", "scale-lr", "set-grad-clip"):
-        raise UsageError(f"{options.command} needs a {value_name}")
+        if command.value is None:
+            raise UsageError(f"{command.name} takes no value")
+        fields[command.value.name] = options.value
+    elif command.value is not None and command.value.required:
+        raise UsageError(f"{command.name} needs a {command.value.name}")
     if options.group is not None:
-        if options.command not in ("set-lr", "scale-lr"):
-            raise UsageError("--group applies to set-lr and scale-lr only")
+        if not command.takes_group:
+            raise UsageError(f"--group applies to {_listed(with_group)} only")
         fields["group"] = options.group
-    if options.command != "status":
+    if command.name != STATUS:
         # Checked here exactly as the run will check it, so a typo never reaches it.
         try:
             fields = parse_request(json.dumps({"cmd": options.command, **fields})).args
@@ -245,8 +248,8 @@ def ctl_command(args: list[str]) -> int:
 
     try:
         with ControlClient(Path(options.run_dir)) as client:
-            if options.command == "status":
-                status = client.request("status")["status"]
+            if command.name == STATUS:
+                status = client.request(STATUS)["status"]
                 for key, value in status.items():
                     print(printable(f"{key}: {value}", keep_newlines=False))
                 return EXIT_OK
@@ -260,6 +263,23 @@ def ctl_command(args: list[str]) -> int:
     except ControlError as exc:
         print(f"tuimon ctl: {printable(exc)}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _values_taken(names: list[str]) -> str:
+    """What each command's value is: "set-lr: value, …, recover: lr_factor (optional)"."""
+    from tuimon.control.commands import COMMANDS
+
+    taken = []
+    for name in names:
+        value = COMMANDS[name].value
+        if value is not None:
+            taken.append(f"{name}: {value.name}" + ("" if value.required else " (optional)"))
+    return ", ".join(taken)
+
+
+def _listed(names: list[str]) -> str:
+    """Names in words: "set-lr and scale-lr", "a, b and c"."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def doctor_command(args: list[str]) -> int:
@@ -332,12 +352,13 @@ def _stdout_closed() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _await_applied(client: Any, request_id: Any, wait: float) -> int:
+def _await_applied(client: ControlClient, request_id: Any, wait: float) -> int:
     """Print what the run did with our command, once it reaches a step boundary: what it
     changed (exit 0), or why it could not (exit 1 for a failure such as a checkpoint that
     could not be written, 2 for a change refused at the boundary)."""
     import time
 
+    from tuimon.run.events import CONTROL, END, ERROR, MESSAGE
     from tuimon.terminal_text import printable
 
     deadline = time.monotonic() + wait
@@ -348,13 +369,13 @@ def _await_applied(client: Any, request_id: Any, wait: float) -> int:
             break
         kind = event.get("type")
         ours = event.get("request_id") == request_id
-        if kind == "message" and event.get("level") == "error":
+        if kind == MESSAGE and event.get("level") == ERROR:
             if ours:  # refused at the boundary (the LR moved beyond the limits meanwhile)
                 print(f"tuimon ctl: {printable(event.get('text'))}", file=sys.stderr)
                 return EXIT_USAGE
             last_error = str(event.get("text"))
-        if kind == "control" and ours:
-            failure = _control_failure(event, last_error)
+        if kind == CONTROL and ours:
+            failure = _control_failure(cast("ControlEvent", event), last_error)
             if failure is not None:
                 print(f"tuimon ctl: {printable(failure)}", file=sys.stderr)
                 return EXIT_FAILED
@@ -366,19 +387,21 @@ def _await_applied(client: Any, request_id: Any, wait: float) -> int:
                 )
             )
             return EXIT_OK
-        if kind == "end":
+        if kind == END:
             print(printable(f"the run ended ({event.get('status')}) before applying it"))
             return EXIT_FAILED
     print(f"sent; the run applies it at its next step boundary (none reached in {wait:g}s)")
     return EXIT_OK
 
 
-def _control_failure(event: dict[str, Any], last_error: str | None) -> str | None:
+def _control_failure(event: ControlEvent, last_error: str | None) -> str | None:
     """Why an applied command failed, or None: an `error` (or ok false) on its event, or a
     checkpoint without a path (the run's last error message says why)."""
+    from tuimon.control.commands import CHECKPOINT
+
     if event.get("error") or event.get("ok") is False:
         return str(event.get("error") or last_error or f"{event.get('command')} failed")
-    if event.get("command") == "checkpoint" and not event.get("path"):
+    if event.get("command") == CHECKPOINT and not event.get("path"):
         return last_error or "checkpoint failed: the run saved no file"
     return None
 

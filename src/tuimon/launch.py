@@ -16,6 +16,7 @@ from pathlib import Path
 from tuimon.control.client import is_alive
 from tuimon.errors import EXIT_FAILED, EXIT_OK, UsageError
 from tuimon.run.event_codec import decode_line
+from tuimon.run.events import COMPLETED, END, FAILED
 from tuimon.run.private_files import open_private_append
 from tuimon.run.run_dir import (
     AUTOFIX_ENV,
@@ -182,8 +183,8 @@ def run_app(
 def worker_exit_code(run_dir: Path, status: str | None, returncode: int) -> int:
     """The exit code of `tuimon CONFIG` or `tuimon run` once its worker is done: 1 when
     training failed (the log's `end` status says so, or the worker died without one)."""
-    if status == "failed" or (status is None and returncode != 0):
-        why = "failed" if status == "failed" else f"died (exit code {returncode})"
+    if status == FAILED or (status is None and returncode != 0):
+        why = "failed" if status == FAILED else f"died (exit code {returncode})"
         print(f"The run {why}: see {run_dir / OUTPUT_FILE}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
@@ -202,8 +203,8 @@ def end_status(events: Path, tail_bytes: int = 1 << 16) -> str | None:
             event = decode_line(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and event.get("type") == "end":
-            return str(event.get("status", "completed"))
+        if isinstance(event, dict) and event.get("type") == END:
+            return str(event.get("status", COMPLETED))
     return None
 
 

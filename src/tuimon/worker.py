@@ -16,6 +16,7 @@ import yaml
 from tuimon.config.schema import Config
 from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tuimon.monitor.stop_signals import ignore_hangup
+from tuimon.run.events import FAILED
 from tuimon.run.output_capture import tee_output
 from tuimon.run.private_files import write_private_file
 from tuimon.run.run_dir import CONFIG_FILE, OUTPUT_FILE, create_run_dir
@@ -54,4 +55,4 @@ def run_config(
             return EXIT_FAILED
     if trainer.monitor is not None and trainer.monitor.signals_received:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if status == "failed" else EXIT_OK
+    return EXIT_FAILED if status == FAILED else EXIT_OK

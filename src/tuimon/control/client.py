@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuimon.control import protocol
+from tuimon.control.commands import PING, SUBSCRIBE
 from tuimon.control.socket_path import short_address
 from tuimon.run.run_dir import CONTROL_SOCKET
 
@@ -97,7 +98,7 @@ class ControlClient:
 
     def subscribe(self) -> int:
         """Start the live event stream; returns the last seq already in the event log."""
-        return int(self.request("subscribe")["seq"])
+        return int(self.request(SUBSCRIBE)["seq"])
 
     def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next streamed event, or None on timeout. Raises ControlError on disconnect."""
@@ -176,7 +177,7 @@ def is_alive(run_dir: str | Path, timeout: float = 1.0) -> bool:
     """Whether a worker answers on the run's socket."""
     try:
         with ControlClient(run_dir, timeout=timeout) as client:
-            client.request("ping")
+            client.request(PING)
         return True
     except (TimeoutError, ControlError, OSError):
         return False

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tuimon.control import protocol
+from tuimon.control.commands import HISTORY, PING, STATUS, SUBSCRIBE
 from tuimon.control.socket_path import listen
 from tuimon.run.event_log import EventLog
 
@@ -135,13 +136,13 @@ class ControlServer:
         try:
             request = protocol.parse_request(line)
             request_id = request.id
-            if request.cmd == "ping":
+            if request.cmd == PING:
                 fields: dict[str, Any] = {}
-            elif request.cmd == "status":
+            elif request.cmd == STATUS:
                 fields = {"status": self._status()}
-            elif request.cmd == "subscribe":
+            elif request.cmd == SUBSCRIBE:
                 fields = {"seq": client.subscribe(self._log)}
-            elif request.cmd == "history":
+            elif request.cmd == HISTORY:
                 fields = {"snapshot": self._history()}
             else:
                 fields = self._on_command(request)

@@ -323,14 +323,16 @@ def _rng_state() -> dict[str, Any]:
     except ImportError:
         pass
     else:
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = {
-            "name": str(name),
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        }
+        numpy_state = np.random.get_state(legacy=True)
+        if isinstance(numpy_state, tuple):  # always, for the global MT19937 RandomState
+            name, keys, pos, has_gauss, cached = numpy_state
+            state["numpy"] = {
+                "name": str(name),
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

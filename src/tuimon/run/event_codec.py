@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
-Event = dict[str, Any]
 
 
 def _has_non_finite(value: Any) -> bool:
@@ -29,7 +28,7 @@ def _has_non_finite(value: Any) -> bool:
     return False
 
 
-def encode_event(event: Event) -> bytes:
+def encode_event(event: Mapping[str, Any]) -> bytes:
     """One log line without its newline. Raises TypeError/ValueError for a value JSON
     cannot hold (the writer logs a `log_error` in its place)."""
     if not _has_non_finite(event):
@@ -56,7 +55,7 @@ def decode_line(line: bytes | str) -> Any:
     """The JSON value of one line; raises ValueError (JSONDecodeError, a bad UTF-8 byte,
     a line of DEPTH_CHECK_BYTES or more nested deeper than MAX_DEPTH, a number or a string
     `json` refuses) for a line that is not JSON an event can hold."""
-    raw = line if type(line) is bytes else line.encode("utf-8", "surrogatepass")
+    raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
     if (
         len(raw) >= DEPTH_CHECK_BYTES
         and raw.count(b"[") + raw.count(b"{") > MAX_DEPTH

@@ -38,21 +38,25 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import orjson
 
 from tuimon.run.event_codec import encode_event
+from tuimon.run.events import ERROR, LOG_ERROR, MESSAGE, WARNING, LogErrorEvent, MessageEvent
+from tuimon.run.events import RESERVED_METRIC_KEYS as RESERVED_METRIC_KEYS  # its old home
+from tuimon.run.events import Event as VocabularyEvent
 from tuimon.run.private_files import open_private_append
 
+# What a producer hands the log: an event of the vocabulary (run/events.py), or a JSON
+# object built with fields of its own (a `metrics` event's scalars).
+Emitted = VocabularyEvent | dict[str, Any]
+# What the log holds and its listeners get: a JSON object, with `seq` and `time`.
 Event = dict[str, Any]
 Listener = Callable[[Event], None]
 BatchListener = Callable[[list[Event]], None]
-
-# Fields every event may carry; a `metrics` event's other keys are its scalars.
-RESERVED_METRIC_KEYS = frozenset({"type", "step", "epoch", "time", "seq"})
 # While writes fail, a later batch tries again at most this often (seconds).
 RETRY_INTERVAL = 1.0
 # The last batch, written by close(): tries and the pause between them (seconds).
@@ -88,7 +92,7 @@ class EventLog:
         self._thread = threading.Thread(target=self._run, name="tuimon-event-log", daemon=True)
         self._thread.start()
 
-    def emit(self, event: Event) -> int:
+    def emit(self, event: Emitted) -> int:
         """Queue an event and wake the writer; returns its sequence number. Never blocks on
         I/O. For the run's rare events (a command's outcome, a message, an alert) that a
         client may be waiting for; a batch of steps goes through `emit_many`, on the timer."""
@@ -103,7 +107,7 @@ class EventLog:
         self._wake.set()
         return seq
 
-    def emit_many(self, events: list[Event], *, wake: bool = False) -> int:
+    def emit_many(self, events: Sequence[Emitted], *, wake: bool = False) -> int:
         """Queue events in this order, with one lock and one queue item for all of them
         (the training thread's share of logging a batch of steps); returns the last seq.
         They wait for the writer's timer unless `wake`: a run that restores snapshots
@@ -119,7 +123,7 @@ class EventLog:
                 if "time" not in event:
                     event["time"] = now
             self._seq = seq
-            self._queue.put(list(events))
+            self._queue.put(list(events))  # the writer takes them as JSON objects
         if wake:
             self._wake.set()
         return seq
@@ -277,21 +281,21 @@ class EventLog:
 
     def _not_recording(self, outage: _Outage, batch: list[Event]) -> None:
         """Tell the listeners (the file cannot be told) that events are not recorded."""
-        step = next((e["step"] for e in reversed(batch) if "step" in e), None)
-        self._tell_listeners(
-            {
-                "type": "message",
-                "step": step,
-                "level": "error",
-                "text": (
-                    f"events are not being recorded: cannot write {outage.path}: "
-                    f"{outage.error}. Training goes on; the log will say what was lost "
-                    "once it can be written again."
-                ),
-                "time": outage.since,
-                "recording": False,
-            }
-        )
+        # The batch's newest step, as JSON holds it; None when no event in it has one.
+        step: Any = next((e["step"] for e in reversed(batch) if "step" in e), None)
+        message: MessageEvent = {
+            "type": MESSAGE,
+            "step": step,
+            "level": ERROR,
+            "text": (
+                f"events are not being recorded: cannot write {outage.path}: "
+                f"{outage.error}. Training goes on; the log will say what was lost "
+                "once it can be written again."
+            ),
+            "time": outage.since,
+            "recording": False,
+        }
+        self._tell_listeners(_as_object(message))
 
     def _tell_listeners(self, event: Event) -> None:
         with self._listener_lock:
@@ -312,20 +316,21 @@ class EventLog:
             else "no steps"
         )
         span = max(0.0, (outage.last_time or 0.0) - (outage.first_time or 0.0))
-        self.emit(
-            {
-                "type": "message",
-                "step": outage.last_step,
-                "level": "warning",
-                "text": (
-                    f"{outage.dropped} events were not recorded ({steps}, {span:.1f}s "
-                    f"of the run): {outage.error}. Recording resumed."
-                ),
-                "dropped_events": outage.dropped,
-                "dropped_steps": [outage.first_step, outage.last_step],
-                "dropped_time": [outage.first_time, outage.last_time],
-            }
-        )
+        message: MessageEvent = {
+            "type": MESSAGE,
+            "step": outage.last_step,
+            "level": WARNING,
+            "text": (
+                f"{outage.dropped} events were not recorded ({steps}, {span:.1f}s "
+                f"of the run): {outage.error}. Recording resumed."
+            ),
+            "dropped_events": outage.dropped,
+        }
+        # The span of what was lost: fields MessageEvent does not name (yet).
+        fields = _as_object(message)
+        fields["dropped_steps"] = [outage.first_step, outage.last_step]
+        fields["dropped_time"] = [outage.first_time, outage.last_time]
+        self.emit(fields)
 
     def _report_loss_at_close(self) -> None:
         outage = self._outage
@@ -343,6 +348,11 @@ class EventLog:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _as_object(event: Emitted) -> Event:
+    """An event as the log holds it: a JSON object (a TypedDict is one at run time)."""
+    return cast(Event, event)
 
 
 def _print_exception() -> None:
@@ -371,13 +381,12 @@ def _encode(batch: list[Event]) -> list[bytes]:
                 line = encode_event(event)
             except (TypeError, ValueError, RecursionError) as exc:
                 # A bad value must not lose the run's log.
-                line = encode_event(
-                    {
-                        "type": "log_error",
-                        "seq": event.get("seq"),
-                        "error": f"unserializable event: {exc}",
-                    }
-                )
+                error: LogErrorEvent = {
+                    "type": LOG_ERROR,
+                    "seq": event["seq"],  # every event in a batch has one (emit)
+                    "error": f"unserializable event: {exc}",
+                }
+                line = encode_event(error)
         lines.append(line)
     return lines
 

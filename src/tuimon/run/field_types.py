@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tuimon.run.events import STEP
+
 MAX_STEP = 2**53  # steps (and seqs) beyond this are damage, not a run
 NAN = math.nan
 
@@ -109,7 +111,7 @@ def typed_event(event: Any) -> dict[str, Any] | None:
     kind = event.get("type")
     if type(kind) is not str:
         return None
-    types = _STEP_TYPES if kind == "step" else _OTHER_TYPES
+    types = _STEP_TYPES if kind == STEP else _OTHER_TYPES
     wrong = []
     for key, value in event.items():
         allowed = types.get(key)
@@ -120,7 +122,7 @@ def typed_event(event: Any) -> dict[str, Any] | None:
             wrong.append(key)
     if wrong:
         event = {key: value for key, value in event.items() if key not in wrong}
-    if kind == "step" and "step" not in event:
+    if kind == STEP and "step" not in event:
         return None
     return event
 

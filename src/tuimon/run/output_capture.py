@@ -109,7 +109,7 @@ def tee_output(path: Path) -> Iterator[None]:
     copy = _Copy(cast(TextIO, open_private_append(path, binary=False, buffering=1)))
     saved = sys.stdout, sys.stderr
     tees = _Tee(saved[0], copy), _Tee(saved[1], copy)
-    sys.stdout, sys.stderr = tees  # type: ignore[assignment]
+    sys.stdout, sys.stderr = tees
     try:
         yield
     finally:

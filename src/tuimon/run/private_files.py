@@ -114,7 +114,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as file:
-            yield file  # type: ignore[misc]
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)

@@ -31,7 +31,7 @@ CONFIG_FILE = "config.yaml"
 OUTPUT_FILE = "output.log"
 CONTROL_SOCKET = "control.sock"
 CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.json"  # a finished run's state, for a fast replay (run/state_cache.py)
+STATE_FILE = "state.json"  # a finished run's state, for a fast replay (run/replay_cache.py)
 DEFAULT_BASE = Path("runs")
 # A run's name becomes part of its directory's name.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

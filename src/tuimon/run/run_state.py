@@ -4,6 +4,12 @@ The same class serves the worker (which keeps one up to date from its own event 
 client that attaches gets the whole run as one compact snapshot instead of replaying a
 million events) and the UI (which starts from that snapshot and applies live events).
 Everything here is bounded: long series are bucketed, lists are capped. No Textual, no torch.
+
+RunState is what a reader knows of a whole run (its series, alerts, controls, status); it
+is not the live Monitor's status (the phase the training thread is in, which it reports
+as events) nor `state.json` (a finished run's RunState saved for replay:
+run/replay_cache.py). It keeps the events it stores as bounded JSON objects: a damaged
+log's fields are clipped, so they are dicts, not the vocabulary's TypedDicts.
 """
 
 from __future__ import annotations
@@ -12,10 +18,42 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, cast
 
-from tuimon.run.event_log import RESERVED_METRIC_KEYS
+from tuimon.control.commands import STATUS_COMMANDS, STOP
+from tuimon.run.events import (
+    ALERT,
+    ALERT_CLEARED,
+    CHECKPOINT,
+    COMPLETED,
+    CONTROL,
+    END,
+    MESSAGE,
+    METRICS,
+    PAUSED,
+    RESERVED_METRIC_KEYS,
+    RUN_STATUSES,
+    RUNNING,
+    START,
+    STARTING,
+    STEP,
+    STOPPED,
+    STOPPING,
+    SYSTEM,
+    AlertClearedEvent,
+    AlertEvent,
+    CheckpointEvent,
+    ControlEvent,
+    EndEvent,
+    MessageEvent,
+    MetricsEvent,
+    RunStatus,
+    StartEvent,
+    StepEvent,
+    SystemEvent,
+)
 from tuimon.run.field_types import MAX_STEP, as_dict, as_list, as_number, as_step
 from tuimon.run.log_reader import KEPT_LINE_NUMBERS, count_lines, damage_note, read_events
 from tuimon.run.step_columns import MAX_LR_GROUPS, OPTIONAL_STEP_SERIES, StepRows
@@ -34,10 +72,9 @@ MAX_METRICS = 64
 MAX_LAYERS = 4096
 MAX_KINDS = 64
 
-RUN_STATES = ("starting", "running", "paused", "stopping", "completed", "stopped", "failed")
 # A `message` event with this field true: a Monitor(stop="flag") loop ran on past a stop,
 # so the run is running again and takes commands (`stop_requested_at`: the stop's step).
-STOP_IGNORED = "stop_ignored"
+STOP_IGNORED: Final = "stop_ignored"
 
 
 class RunState:
@@ -50,7 +87,7 @@ class RunState:
         self.last_time = 0.0  # of the newest event seen
         self.start: dict[str, Any] | None = None
         self.end: dict[str, Any] | None = None
-        self.status = "starting"
+        self.status: RunStatus = STARTING
         self.series: dict[str, BucketSeries] = {}
         self.controls: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ITEMS)
@@ -60,7 +97,7 @@ class RunState:
         # a view can tell that something new arrived.
         self.counts: Counter[str] = Counter()
         self._last_step: dict[str, Any] | None = None
-        self._last_step_event: dict[str, Any] | None = None  # made into last_step when read
+        self._last_step_event: StepEvent | None = None  # made into last_step when read
         # Lines of the log that were not events, and events whose fields were unusable:
         # both left out, both counted, so a view can say so.
         self.skipped_lines = 0
@@ -77,7 +114,7 @@ class RunState:
         # While a log is loaded: step rows waiting to be folded into the series in bulk,
         # and the newest step events, made into `_recent` rows at the end.
         self._rows: StepRows | None = None
-        self._recent_events: deque[dict[str, Any]] = deque(maxlen=WINDOW)
+        self._recent_events: deque[StepEvent] = deque(maxlen=WINDOW)
         self.system: dict[str, Any] | None = None
         self.cpu_history: deque[float] = deque(maxlen=HISTORY)
         self.gpu_history: dict[int, dict[str, deque[float]]] = {}
@@ -113,16 +150,16 @@ class RunState:
             when = as_number(when)
         if when > self.last_time:
             self.last_time = when
-        if kind == "step":
-            self._on_step(event)
+        if kind == STEP:
+            self._on_step(cast(StepEvent, event))
             return
         if kind in self.counts or len(self.counts) < MAX_KINDS:
             self.counts[kind] += 1
-        handler = getattr(self, f"_on_{kind}", None)
+        handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(event)
+            handler(self, event)
 
-    def _on_start(self, event: dict[str, Any]) -> None:
+    def _on_start(self, event: StartEvent) -> None:
         self.start = start = _bounded(event, depth=8, items=256)
         for key in ("total_steps", "steps_per_epoch", "epochs", "start_step"):
             if key in start and as_step(start[key]) is None:
@@ -135,7 +172,7 @@ class RunState:
         if "notes" in start:
             start["notes"] = [_clip(note) for note in start["notes"]]
         self._remember_start()
-        self.status = "running"
+        self.status = RUNNING
         smoothing = as_number(as_dict(start.get("settings")).get("smoothing"))
         if 0 <= smoothing < 1 and "loss" not in self.series and not self._rows:
             self.smoothing = smoothing
@@ -148,7 +185,7 @@ class RunState:
         per_epoch = as_step(start.get("steps_per_epoch"))
         self._per_epoch = per_epoch if per_epoch else None
 
-    def _on_step(self, event: dict[str, Any]) -> None:
+    def _on_step(self, event: StepEvent) -> None:
         get = event.get
         step = get("step")
         if type(step) is not int or not 0 <= step <= MAX_STEP:
@@ -156,7 +193,7 @@ class RunState:
             if step is None:
                 self.rejected += 1  # nowhere to draw it: a step that is not a step number
                 return
-        self.counts["step"] += 1
+        self.counts[STEP] += 1
         x = float(step)
         when = get("time")
         t0 = self._t0
@@ -203,9 +240,10 @@ class RunState:
         else:
             self._add("loss", x, elapsed, epoch, loss)
             self._add("loss_ema", x, elapsed, epoch, smoothed)
+            fields: Mapping[str, Any] = event
             for name in OPTIONAL_STEP_SERIES:
-                if name in event:
-                    self._add(name, x, elapsed, epoch, as_number(event[name]))
+                if name in fields:
+                    self._add(name, x, elapsed, epoch, as_number(fields[name]))
             for group, lr in enumerate(lrs[:MAX_LR_GROUPS]):
                 self._add(f"lr/{group}", x, elapsed, epoch, as_number(lr))
             self._recent.append(_recent_row(event))
@@ -219,13 +257,14 @@ class RunState:
                 self.layer_update_ratios = _layer_values(layers)
         self._last_step_event = event
 
-    def _on_metrics(self, event: dict[str, Any]) -> None:
+    def _on_metrics(self, event: MetricsEvent) -> None:
         step = as_step(event.get("step"))
         x = float(step if step is not None else self.step)
         elapsed = self._elapsed(event.get("time"))
         epoch = x / self._per_epoch if self._per_epoch else as_number(event.get("epoch"))
         epoch = epoch if math.isfinite(epoch) else 0.0
-        for key, value in event.items():
+        scalars: Mapping[str, Any] = event  # any key beside the reserved ones is a metric
+        for key, value in scalars.items():
             if key in RESERVED_METRIC_KEYS or len(key) > 100:
                 continue
             if type(value) is not float and type(value) is not int:
@@ -238,44 +277,44 @@ class RunState:
             # An int too large to draw is kept as the float it is drawn as.
             self.last_metrics[key] = value if type(value) is float or abs(value) < 2**63 else number
 
-    def _on_control(self, event: dict[str, Any]) -> None:
-        event = _bounded(event)
-        self.controls.append(event)
-        if event.get("command") == "stop":
+    def _on_control(self, event: ControlEvent) -> None:
+        self.controls.append(_bounded(event))
+        command = event.get("command")
+        if command == STOP:
             self.stop_ignored_at = None  # a new stop: the loop gets its chance again
         new = event.get("new")
-        if event.get("command") in ("pause", "resume", "stop") and new in RUN_STATES:
+        if command in STATUS_COMMANDS and new in RUN_STATUSES:
             self.status = new
 
-    def _on_alert(self, event: dict[str, Any]) -> None:
+    def _on_alert(self, event: AlertEvent) -> None:
         self.alerts.append(_bounded(event))
 
-    def _on_alert_cleared(self, event: dict[str, Any]) -> None:
+    def _on_alert_cleared(self, event: AlertClearedEvent) -> None:
         """The episode is over: the newest alert of that rule is marked cleared."""
         for alert in reversed(self.alerts):
             if alert.get("rule") == event.get("rule"):
                 alert["cleared_at"] = as_step(event.get("step"))
                 break
 
-    def _on_message(self, event: dict[str, Any]) -> None:
-        event = _bounded(event)
-        if "text" in event and type(event["text"]) is not str:
-            event["text"] = _clip(event["text"])
-        self.messages.append(event)
+    def _on_message(self, event: MessageEvent) -> None:
+        kept = _bounded(event)
+        if "text" in kept and type(kept["text"]) is not str:
+            kept["text"] = _clip(kept["text"])
+        self.messages.append(kept)
         if event.get("recording") is False:  # run/event_log.py: the log cannot be written
-            self.not_recording = str(event.get("text", "events are not being recorded"))
+            self.not_recording = str(kept.get("text", "events are not being recorded"))
         elif "dropped_events" in event:  # written again, with the count of what was lost
             self.not_recording = None
         if event.get(STOP_IGNORED):
             requested = as_step(event.get("stop_requested_at"))
             self.stop_ignored_at = requested if requested is not None else self.step
-            if self.status == "stopping":
-                self.status = "running"
+            if self.status == STOPPING:
+                self.status = RUNNING
 
-    def _on_checkpoint(self, event: dict[str, Any]) -> None:
+    def _on_checkpoint(self, event: CheckpointEvent) -> None:
         self.checkpoints.append(_bounded(event))
 
-    def _on_system(self, event: dict[str, Any]) -> None:
+    def _on_system(self, event: SystemEvent) -> None:
         self.system = system = _bounded(event, depth=4, items=64)
         # The panels format these fields as numbers: only numbers (and names) are kept.
         host = system["host"] = _readings(system.get("host"))
@@ -301,15 +340,15 @@ class RunState:
             if math.isfinite(used) and math.isfinite(total) and total:
                 history["mem"].append(100.0 * used / total)
 
-    def _on_end(self, event: dict[str, Any]) -> None:
+    def _on_end(self, event: EndEvent) -> None:
         error = event.get("error")
         self.end = end = _bounded(event)
         if error is not None:
             end["error"] = _clip_tail(error, ERROR_LIMIT)
         if "elapsed" in end and not math.isfinite(as_number(end["elapsed"])):
             del end["elapsed"]
-        status = end.get("status", "completed")
-        self.status = status if status in RUN_STATES else "stopped"
+        status = end.get("status", COMPLETED)
+        self.status = status if status in RUN_STATUSES else STOPPED
 
     def _add(self, name: str, step: float, elapsed: float, epoch: float, value: float) -> None:
         series = self.series.get(name)
@@ -411,7 +450,7 @@ class RunState:
 
     def eta(self) -> float | None:
         total, rate = self.total_steps, self.rates()["seconds_per_step"]
-        if total is None or rate is None or self.status not in ("running", "paused"):
+        if total is None or rate is None or self.status not in (RUNNING, PAUSED):
             return None
         return max(0, total - self.step) * rate
 
@@ -475,7 +514,7 @@ class RunState:
         state.messages.extend(data["messages"])
         state.checkpoints.extend(data["checkpoints"])
         state.counts.update(
-            control=len(state.controls), alert=len(state.alerts), message=len(state.messages)
+            {CONTROL: len(state.controls), ALERT: len(state.alerts), MESSAGE: len(state.messages)}
         )
         state.last_step = data["last_step"]
         state.stop_ignored_at = data.get("stop_ignored_at")
@@ -499,6 +538,21 @@ class RunState:
         return state
 
 
+# The handler of each event type but `step` (RunState._apply calls that one first). Each
+# takes its event's TypedDict: _apply has checked only that it is an object with a type.
+_HANDLERS: Final[dict[str, Callable[[RunState, Any], None]]] = {
+    START: RunState._on_start,
+    END: RunState._on_end,
+    METRICS: RunState._on_metrics,
+    SYSTEM: RunState._on_system,
+    ALERT: RunState._on_alert,
+    ALERT_CLEARED: RunState._on_alert_cleared,
+    CONTROL: RunState._on_control,
+    CHECKPOINT: RunState._on_checkpoint,
+    MESSAGE: RunState._on_message,
+}
+
+
 def load_run_state(
     path: str | Path, fold_every: int = 65536, *, into: RunState | None = None, offset: int = 0
 ) -> RunState:
@@ -510,7 +564,7 @@ def load_run_state(
     bulk, the same buckets as one by one, many times faster for a long run.
 
     `into` and `offset`: the events from byte `offset` on, applied to a state that already
-    holds those before it (run/state_cache.py: a cached state and the log written since).
+    holds those before it (run/replay_cache.py: a cached state and the log written since).
     """
     state = into if into is not None else RunState()
     reader = read_events(path, offset)
@@ -538,7 +592,7 @@ def load_run_state(
 _PER_LAYER = ("layer_grad_norms", "layer_update_ratios")
 
 
-def _recent_row(event: dict[str, Any]) -> tuple[float, float, float, float]:
+def _recent_row(event: StepEvent) -> tuple[float, float, float, float]:
     """(step time, data time, samples, time) of a step, for the rates of recent steps."""
     samples = as_number(event.get("samples"))
     return (
@@ -609,7 +663,7 @@ def _bounded(value: Any, depth: int = 4, items: int = 100, text: int = TEXT_LIMI
     if kind is dict:
         if depth <= 0:
             return "{…}"
-        out = {}
+        out: dict[str, Any] = {}
         for key, inner in value.items():
             if len(out) >= items:
                 out["…"] = f"{len(value) - items} more entries"

@@ -113,12 +113,12 @@ def extend_series(
     cols = {name: np.asarray(data[name], dtype=float) for name in FIELDS}
     finite = np.isfinite(value)
     value = np.where(finite, value, np.nan)
-    points = (step, time, epoch, value, finite)
+    points: _Points = (step, time, epoch, value, finite)
     first = 0
     if len(cols["count"]) and cols["count"][-1] < span:
         # The newest bucket is not full yet: its share of the new points goes into it.
         first = min(len(value), span - int(cols["count"][-1]))
-        head = _reduce(*(column[:first] for column in points), size=first)
+        head = _reduce(*_sliced(points, slice(None, first)), size=first)
         for name in ("step", "time", "epoch"):
             cols[name][-1] = head[name][0]
         cols["lo"][-1] = np.fmin(cols["lo"][-1], head["lo"][0])
@@ -127,7 +127,7 @@ def extend_series(
             cols["last"][-1] = head["last"][0]
         cols["count"][-1] += first
     if first < len(value):
-        rest = _reduce(*(column[first:] for column in points), size=span)
+        rest = _reduce(*_sliced(points, slice(first, None)), size=span)
         cols = {name: np.concatenate([cols[name], rest[name]]) for name in FIELDS}
     while len(cols["count"]) > 2 * capacity:
         cols = _merge_pairs(cols)
@@ -139,6 +139,15 @@ def extend_series(
         **cols,
     )
     return BucketSeries.from_dict(data)
+
+
+# A stretch of points: step, time, epoch, value and whether the value is finite.
+_Points = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _sliced(points: _Points, part: slice) -> _Points:
+    step, time, epoch, value, finite = points
+    return step[part], time[part], epoch[part], value[part], finite[part]
 
 
 def _reduce(

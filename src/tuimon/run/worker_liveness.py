@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import psutil
 
+from tuimon.run.events import START
 from tuimon.run.log_reader import read_events
 
 # The start event is the log's first line; a few more are read in case something precedes it.
@@ -29,7 +30,7 @@ Liveness = Literal["alive", "gone", "unknown"]
 
 @dataclass(frozen=True)
 class WorkerLiveness:
-    state: Liveness
+    verdict: Liveness  # alive, gone, or unknown (cannot be checked from this host)
     pid: int | None = None
     host: str | None = None
 
@@ -37,9 +38,9 @@ class WorkerLiveness:
         """In words, for a status line: "pid 1234 not running"."""
         if self.pid is None:
             return "the log records no worker pid"
-        if self.state == "gone":
+        if self.verdict == "gone":
             return f"pid {self.pid} not running"
-        if self.state == "alive":
+        if self.verdict == "alive":
             return f"pid {self.pid} running"
         return f"pid {self.pid} on host {self.host}: cannot check it from {socket.gethostname()}"
 
@@ -48,7 +49,7 @@ def start_event(log_path: str | Path) -> dict[str, Any] | None:
     """The run's `start` event (its first line), or None when the log has none yet."""
     try:
         for event in islice(read_events(log_path), START_SEARCH_EVENTS):
-            if event.get("type") == "start":
+            if event.get("type") == START:
                 return event
     except (OSError, ValueError):
         return None

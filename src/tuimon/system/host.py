@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import psutil
+
+from tuimon.run.events import HostSample
 
 
 class HostSampler:
@@ -15,9 +16,9 @@ class HostSampler:
         psutil.cpu_percent(None)
         self._process.cpu_percent(None)
 
-    def sample(self) -> dict[str, Any]:
+    def sample(self) -> HostSample:
         memory = psutil.virtual_memory()
-        sample: dict[str, Any] = {
+        sample: HostSample = {
             "cpu_percent": psutil.cpu_percent(None),
             "cpu_count": psutil.cpu_count(),
             "ram_used": memory.total - memory.available,

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 import threading
-from types import ModuleType
 from typing import Any
+
+from tuimon.run.events import GpuSample
 
 
 class NVML:
     """Per-GPU samples through NVML; `reason` says why there are none."""
 
-    def __init__(self, module: ModuleType | None = None) -> None:
-        self._module = module
+    def __init__(self, module: Any = None) -> None:
+        # pynvml, or anything with its functions (a test's recorded GPUs); None: loaded
+        # on first use.
+        self._module: Any = module
         self._lock = threading.Lock()
         self._initialized = False
         self.available = False
@@ -33,12 +36,11 @@ class NVML:
                 return self.available
             self._initialized = True
             try:
-                nv = self._module
-                if nv is None:
-                    import pynvml as nv  # type: ignore[no-redef]
+                if self._module is None:
+                    import pynvml
 
-                    self._module = nv
-                nv.nvmlInit()
+                    self._module = pynvml
+                self._module.nvmlInit()
             except ImportError:
                 self.reason = "nvidia-ml-py is not installed"
                 return False
@@ -62,14 +64,14 @@ class NVML:
             self.available = False
             self._initialized = False
 
-    def sample(self, pid: int | None = None) -> list[dict[str, Any]]:
+    def sample(self, pid: int | None = None) -> list[GpuSample]:
         """One dict per GPU; any field NVML cannot give is None."""
         if not self.init():
             return []
         nv = self._module
         assert nv is not None
         pid = os.getpid() if pid is None else pid
-        devices = []
+        devices: list[GpuSample] = []
         for index in range(self._query("nvmlDeviceGetCount") or 0):
             handle = self._query("nvmlDeviceGetHandleByIndex", index)
             if handle is None:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from tuimon.run.events import SYSTEM, SystemEvent
 from tuimon.system.host import HostSampler
 from tuimon.system.nvml import NVML
 
@@ -13,7 +14,7 @@ from tuimon.system.nvml import NVML
 class SystemSampler:
     def __init__(
         self,
-        emit: Callable[[dict[str, Any]], Any],
+        emit: Callable[[SystemEvent], Any],
         interval: float = 1.0,
         nvml: NVML | None = None,
     ) -> None:
@@ -31,9 +32,9 @@ class SystemSampler:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
-    def sample(self, host: HostSampler) -> dict[str, Any]:
+    def sample(self, host: HostSampler) -> SystemEvent:
         gpus = self.nvml.sample()
-        event: dict[str, Any] = {"type": "system", "host": host.sample(), "gpus": gpus}
+        event: SystemEvent = {"type": SYSTEM, "host": host.sample(), "gpus": gpus}
         if not gpus:
             event["gpu_status"] = f"no NVIDIA GPU ({self.nvml.reason})"
         return event

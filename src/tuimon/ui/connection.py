@@ -20,9 +20,9 @@ from pathlib import Path
 from textual.message import Message
 
 from tuimon.control.client import ControlClient, ControlError
+from tuimon.run.replay_cache import load_replay_state
 from tuimon.run.run_dir import CONTROL_SOCKET, EVENTS_FILE
 from tuimon.run.run_state import RunState, load_run_state
-from tuimon.run.state_cache import load_replay_state
 from tuimon.run.worker_liveness import WorkerLiveness, start_event, worker_liveness
 from tuimon.ui.messages import ConnectionChanged, StateReplaced
 
@@ -92,11 +92,11 @@ class RunConnection(threading.Thread):
                 return "starting", str(exc)
             return "disconnected", str(exc)
         liveness = worker_liveness(start)
-        if alive is False and liveness.state != "gone":
+        if alive is False and liveness.verdict != "gone":
             liveness = WorkerLiveness("gone", liveness.pid, liveness.host)  # our own child
-        if liveness.state == "gone":
+        if liveness.verdict == "gone":
             return "worker-gone", f"worker gone ({liveness.describe()})"
-        if liveness.state == "unknown":
+        if liveness.verdict == "unknown":
             return "disconnected", f"{exc} ({liveness.describe()})"
         return "disconnected", str(exc)
 
@@ -149,7 +149,7 @@ class RunConnection(threading.Thread):
 
 class ReplayLoader(threading.Thread):
     """Reads a finished run's state, off the UI thread: from the `state.json` its worker
-    wrote at the end when that still stands for the log (run/state_cache.py), else from
+    wrote at the end when that still stands for the log (run/replay_cache.py), else from
     the log itself."""
 
     def __init__(self, run_dir: Path, post: Callable[[Message], object]) -> None:
