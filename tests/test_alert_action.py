@@ -119,7 +119,7 @@ async def test_a_sends_an_alerts_fix_only_while_the_alert_holds(tmp_path):
             await pilot.press("x")
             await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
             await pilot.click("#stop")
-            await until(pilot, lambda: app.shown_state == "stopped")
+            await until(pilot, lambda: app.shown_status == "stopped")
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:

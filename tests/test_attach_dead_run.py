@@ -57,7 +57,7 @@ async def test_attach_and_replay_of_a_killed_run_show_its_history_and_say_the_wo
     logged = max(e["step"] for e in worker.events() if e["type"] == "step")
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.shown_state == WORKER_GONE)
+        await until(pilot, lambda: app.shown_status == WORKER_GONE)
         # The history came from the log: every logged step, drawn.
         assert app.state.step == logged
         assert app.state.series["loss"].total == logged
@@ -142,7 +142,7 @@ async def test_attach_to_a_run_on_another_host_says_unknown_not_gone(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.connection_status == "disconnected" and app.notice)
         assert "cannot check" in app.notice and host in app.notice
-        assert app.shown_state == "disconnected" and app.state.step == 1
+        assert app.shown_status == "disconnected" and app.state.step == 1
 
 
 def test_attach_without_a_run_names_the_newest_run_whose_worker_is_gone(tmp_path):

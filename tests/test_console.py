@@ -7,7 +7,8 @@ import io
 import pytest
 
 from tuimon.headless.console import ConsoleReporter
-from tuimon.headless.progress import Progress, format_duration, format_value
+from tuimon.headless.progress import Progress
+from tuimon.number_text import format_duration, format_value
 from tuimon.series.smoothing import DebiasedEMA, smooth
 
 

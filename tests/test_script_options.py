@@ -142,7 +142,7 @@ def test_epochs_and_progress_reach_the_status_bar(tmp_path):
     state = RunState()
     state.apply_many(events[:-1])
     bar = StatusBar()
-    bar.shown_state = state.status
+    bar.shown_status = state.status
     console = Console(width=200, color_system=None, file=io.StringIO())
     with console.capture() as captured:
         console.print(bar.view(state, ViewOptions(), 200, 1))

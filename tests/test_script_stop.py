@@ -243,7 +243,7 @@ def test_a_flag_mode_loop_that_ignores_the_stop_is_reported_and_steerable(tmp_pa
     state = load_run_state(worker.events_path)
     assert state.status == "running" and state.stop_ignored_at == stop["step"]
     bar = StatusBar()
-    bar.shown_state = state.status
+    bar.shown_status = state.status
     console = Console(width=200, color_system=None, file=io.StringIO())
     with console.capture() as captured:
         console.print(bar.view(state, ViewOptions(), 200, 1))

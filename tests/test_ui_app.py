@@ -51,7 +51,7 @@ async def test_minus_halves_the_lr_and_the_plot_marks_it(start_worker):
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
-        assert app.shown_state == "running"
+        assert app.shown_status == "running"
         await pilot.press("minus")
         await until(pilot, lambda: controls(app, "scale-lr"))
         [change] = controls(app, "scale-lr")
@@ -79,7 +79,7 @@ async def test_p_pauses_until_p_again(start_worker):
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
         await pilot.press("p")
-        await until(pilot, lambda: app.shown_state == "paused")
+        await until(pilot, lambda: app.shown_status == "paused")
         paused_at = controls(app, "pause")[0]["step"]
         # The system sampler keeps ticking (0.2 s) while the run is paused.
         seq = app.state.system["seq"]
@@ -88,10 +88,10 @@ async def test_p_pauses_until_p_again(start_worker):
         assert max(e["step"] for e in logged_steps(worker)) == paused_at
         await pilot.press("p")
         await until(pilot, lambda: app.state.step > paused_at + 5)
-        assert app.shown_state == "running"
+        assert app.shown_status == "running"
         assert [c["command"] for c in app.state.controls] == ["pause", "resume"]
         worker.client().request("stop")
-        await until(pilot, lambda: app.shown_state == "stopped")
+        await until(pilot, lambda: app.shown_status == "stopped")
 
 
 async def test_l_refuses_bad_learning_rates_in_place(start_worker):
@@ -128,7 +128,7 @@ async def test_l_refuses_bad_learning_rates_in_place(start_worker):
         [change] = controls(app, "set-lr")
         assert change["new"] == pytest.approx(0.003) and change["source"] == "ui"
         worker.client().request("stop")
-        await until(pilot, lambda: app.shown_state == "stopped")
+        await until(pilot, lambda: app.shown_status == "stopped")
     assert [e["command"] for e in worker.events() if e["type"] == "control"] == ["set-lr", "stop"]
 
 
@@ -141,12 +141,12 @@ async def test_x_asks_then_stops_the_run(start_worker):
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
         await pilot.press("escape")  # changed my mind: nothing happens
         await pilot.pause(0.3)
-        assert not app.state.controls and app.shown_state == "running"
+        assert not app.state.controls and app.shown_status == "running"
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
         assert [b.id for b in app.screen.query(Button)] == ["stop", "cancel"]
         await pilot.click("#stop")
-        await until(pilot, lambda: app.shown_state == "stopped", timeout=60)
+        await until(pilot, lambda: app.shown_status == "stopped", timeout=60)
         assert controls(app, "stop")[0]["source"] == "ui"
     assert worker.wait_exit() == 0
 
@@ -160,7 +160,7 @@ async def test_a_crashed_run_shows_failed_and_its_traceback(write_config, start_
     worker = start_worker(write_config(FAILING), ready=False)
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.shown_state == "failed")
+        await until(pilot, lambda: app.shown_status == "failed")
         assert app.state.step == 4
         await pilot.press("e")
         await until(pilot, lambda: isinstance(app.screen, TextScreen))
@@ -199,17 +199,17 @@ async def test_worker_gone_when_the_worker_dies_then_reconnects(
         worker.process.kill()  # the worker vanishes without an `end` event
         worker.process.wait()
         # Its pid is not running: the app says so (tests/test_attach_dead_run.py has more).
-        await until(pilot, lambda: app.shown_state == WORKER_GONE)
+        await until(pilot, lambda: app.shown_status == WORKER_GONE)
         assert f"pid {worker.process.pid} not running" in app.notice
         # A worker comes back on the same socket path (here: a new run in the same dir):
         # the app watches the socket file and attaches to it.
         (worker.run_dir / "events.jsonl").unlink()
         again = start_worker(config, run_dir=worker.run_dir)
         await until(pilot, lambda: app.connection_status == "connected")
-        await until(pilot, lambda: app.shown_state == "running")
+        await until(pilot, lambda: app.shown_status == "running")
         assert app.notice == ""
         again.client().request("stop")
-        await until(pilot, lambda: app.shown_state == "stopped")
+        await until(pilot, lambda: app.shown_status == "stopped")
     assert again.wait_exit() == 0
 
 
@@ -280,7 +280,7 @@ async def test_tuimon_run_attaches_to_a_users_script(tmp_path):
         app = TuimonApp(run_dir, launched=True, worker=process, fps=20)
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.state.step > 5)
-            assert app.state.name == "train" and app.shown_state == "running"
+            assert app.state.name == "train" and app.shown_status == "running"
             await pilot.press("o")
             await until(pilot, lambda: isinstance(app.screen, TextScreen))
             output = rendered(app.screen.query_one("#text-content", Static).content)

@@ -53,7 +53,7 @@ async def test_a_socket_that_answers_garbage_leaves_the_app_disconnected_not_stu
         app = TuimonApp(tmp_path, fps=20)
         async with app.run_test(size=(120, 40)) as pilot:
             await until(pilot, lambda: app.connection_status == "disconnected")
-            assert app.shown_state == "disconnected" and app.state.step == 7
+            assert app.shown_status == "disconnected" and app.state.step == 7
             tries = app._connection.attempts
             await until(pilot, lambda: app._connection.attempts > tries + 3)  # still trying
     finally:

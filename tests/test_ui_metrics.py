@@ -19,7 +19,7 @@ from torch import nn
 
 import tuimon
 from tuimon.headless.console import ConsoleReporter
-from tuimon.headless.progress import format_value
+from tuimon.number_text import format_value
 from tuimon.run.log_reader import read_events
 from tuimon.ui.app import TuimonApp
 from tuimon.ui.widgets.loss_panel import LossPanel

@@ -6,11 +6,12 @@ import io
 
 from rich.console import Console
 
+from tuimon.control.commands import describe
 from tuimon.run.run_state import RunState
 from tuimon.system.nvml import NVML
 from tuimon.ui.app import TuimonApp
 from tuimon.ui.plotting import ViewOptions, bar, sparkline, tick_labels
-from tuimon.ui.widgets.doctor_panel import DoctorPanel, describe_action
+from tuimon.ui.widgets.doctor_panel import DoctorPanel
 from tuimon.ui.widgets.gpu_panel import GpuPanel
 from tuimon.ui.widgets.grad_panel import GradPanel, shown_rows
 from tuimon.ui.widgets.host_panel import HostPanel
@@ -144,7 +145,7 @@ def test_doctor_lists_alerts_newest_first_with_their_fix():
     assert lines[4].startswith(" INFO  stall at step 10")
     assert lines[-1] == "note: CIFAR absent"
     assert panel.selected_alert["rule"] == "divergence"
-    assert describe_action({"cmd": "set-lr", "value": 0.003}) == "set LR to 0.003"
+    assert describe({"cmd": "set-lr", "value": 0.003}) == "set LR to 0.003"
 
 
 def test_doctor_draws_a_damaged_logs_actions_instead_of_crashing():
@@ -164,7 +165,7 @@ def test_doctor_draws_a_damaged_logs_actions_instead_of_crashing():
     panel = DoctorPanel()
     text = "\n".join(text_of(panel.view(state, ViewOptions(), 60, 20), 60))
     assert "[a] apply: scale LR ×half" in text and "LR None → x" in text
-    assert describe_action({"cmd": "set-lr"}) == "set LR to None"
+    assert describe({"cmd": "set-lr"}) == "set LR to None"
 
 
 async def test_a_applies_the_selected_alerts_action(tmp_path):
@@ -262,11 +263,11 @@ def test_status_bar_and_small_parts():
     ]
     state = state_with(*steps)
     bar_view = StatusBar()
-    bar_view.shown_state = "paused"
+    bar_view.shown_status = "paused"
     [line] = text_of(bar_view.view(state, ViewOptions(), 160, 1), 160)
     assert line.startswith(" demo  paused   epoch 3/10")
     assert "250/1000 25.0%" in line and "128 samples/s" in line and "ETA 6m15s" in line
-    bar_view.shown_state = "replay"  # not live: elapsed runs to the last event, not to now
+    bar_view.shown_status = "replay"  # not live: elapsed runs to the last event, not to now
     assert "elapsed 4m10s" in text_of(bar_view.view(state, ViewOptions(), 160, 1), 160)[0]
     assert bar(0.5, 4) == "██░░" and bar(None, 3) == "···"
     assert sparkline([0, 50, 100], 3, top=100) == "▁▄█"
@@ -301,7 +302,7 @@ def test_the_status_bar_says_loudly_while_the_run_is_not_recorded():
     }
     state = state_with({"type": "step", "step": 1, "time": 101.0, "loss": 1.0}, outage)
     bar_view = StatusBar()
-    bar_view.shown_state = "running"
+    bar_view.shown_status = "running"
     [line] = text_of(bar_view.view(state, ViewOptions(), 160, 1), 160)
     assert "NOT RECORDING" in line
     # An app attaching later gets it through the worker's snapshot.

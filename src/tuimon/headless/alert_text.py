@@ -21,30 +21,6 @@ def without_key_hint(suggestion: str) -> str:
     return _HINT_ALONE.sub("", _HINT_IN_PARENS.sub(")", suggestion))
 
 
-def describe_action(action: dict[str, Any] | None) -> str:
-    """A control command in words: scale-lr ×0.1, set-lr 0.003, stop…"""
-    if not action:
-        return ""
-    cmd = action.get("cmd", "?")
-    if cmd == "scale-lr":
-        return f"scale LR ×{_short(action.get('factor'))}"
-    if cmd == "set-lr":
-        return f"set LR to {_short(action.get('value'))}"
-    if cmd == "recover":
-        return f"restore the last good weights, LR ×{_short(action.get('lr_factor', 0.1))}"
-    if cmd == "set-grad-clip":
-        return f"clip gradients at {_short(action.get('value'))}"
-    extra = " ".join(f"{k}={v}" for k, v in action.items() if k != "cmd")
-    return f"{cmd} {extra}".strip()
-
-
-def _short(value: Any) -> str:
-    """A number as `:g` writes it; anything else (a damaged log's) as it is."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
-
-
 def cleared_at(alert: dict[str, Any]) -> Any:
     """The step where the alert's episode ended (RunState marks it), or None while it holds."""
     return alert.get("cleared_at")

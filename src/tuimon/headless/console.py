@@ -7,9 +7,25 @@ import sys
 import time
 from typing import Any, TextIO
 
-from tuimon.headless.alert_text import describe_action
-from tuimon.headless.progress import Progress, format_value, show_value
-from tuimon.run.event_log import RESERVED_METRIC_KEYS
+from tuimon.control.commands import describe
+from tuimon.headless.progress import Progress
+from tuimon.number_text import format_value, show_value
+from tuimon.run.events import (
+    FAILED,
+    INFO,
+    RESERVED_METRIC_KEYS,
+    WARNING,
+    Action,
+    AlertClearedEvent,
+    AlertEvent,
+    CheckpointEvent,
+    ControlEvent,
+    EndEvent,
+    MessageEvent,
+    MetricsEvent,
+    StartEvent,
+    StepEvent,
+)
 from tuimon.terminal_text import printable
 
 
@@ -30,9 +46,11 @@ class ConsoleReporter:
         self.progress = Progress(smoothing=smoothing)
         self._last_print = time.monotonic()
         self._last_metrics_print = -math.inf
-        self._actions: dict[str, dict[str, Any]] = {}  # the fix of each holding alert, by rule
+        self._actions: dict[str, Action] = {}  # the fix of each holding alert, by rule
 
     def __call__(self, event: dict[str, Any]) -> None:
+        """An event of the log: `_on_<type>` handles its type (the names of run/events.py),
+        typed as that type's event."""
         kind = event.get("type")
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
@@ -44,7 +62,7 @@ class ConsoleReporter:
         stream = self._stream or sys.stdout
         print(printable(text), file=stream, flush=True)
 
-    def _on_start(self, event: dict[str, Any]) -> None:
+    def _on_start(self, event: StartEvent) -> None:
         self.progress = Progress(
             total_steps=event.get("total_steps"),
             epochs=event.get("epochs"),
@@ -66,7 +84,7 @@ class ConsoleReporter:
                 f"{event.get('start_step')}"
             )
 
-    def _on_step(self, event: dict[str, Any]) -> None:
+    def _on_step(self, event: StepEvent) -> None:
         self.progress.add_step(event)
         now = time.monotonic()
         if now - self._last_print >= self.print_every:
@@ -74,7 +92,7 @@ class ConsoleReporter:
             self.progress.close_window()
             self._print(self.progress.line(self.name))
 
-    def _on_metrics(self, event: dict[str, Any]) -> None:
+    def _on_metrics(self, event: MetricsEvent) -> None:
         """Validation results are printed at once; scalars logged more often than every
         `print_every` seconds (a train accuracy each step) ride on the progress line."""
         values = {
@@ -89,8 +107,8 @@ class ConsoleReporter:
             shown = "  ".join(f"{k} {format_value(v)}" for k, v in values.items())
             self._print(f"[{self.name}] step {event.get('step')}: {shown}")
 
-    def _on_alert(self, event: dict[str, Any]) -> None:
-        severity = str(event.get("severity", "warning")).upper()
+    def _on_alert(self, event: AlertEvent) -> None:
+        severity = str(event.get("severity", WARNING)).upper()
         self._print(
             f"[{self.name}] {severity} {event.get('rule')} at step {event.get('step')}: "
             f"{event.get('message')}"
@@ -100,33 +118,33 @@ class ConsoleReporter:
         if event.get("action"):
             self._actions[str(event.get("rule"))] = event["action"]
 
-    def _on_alert_cleared(self, event: dict[str, Any]) -> None:
+    def _on_alert_cleared(self, event: AlertClearedEvent) -> None:
         action = self._actions.pop(str(event.get("rule")), None)
-        stale = f": its fix ({describe_action(action)}) no longer applies" if action else ""
+        stale = f": its fix ({describe(action)}) no longer applies" if action else ""
         self._print(
             f"[{self.name}] cleared: {event.get('rule')} at step {event.get('step')}{stale}"
         )
 
-    def _on_control(self, event: dict[str, Any]) -> None:
+    def _on_control(self, event: ControlEvent) -> None:
         self._print(
             f"[{self.name}] {event.get('command')} at step {event.get('step')}: "
             f"{show_value(event.get('old'))} -> {show_value(event.get('new'))} "
             f"(from {event.get('source')})"
         )
 
-    def _on_checkpoint(self, event: dict[str, Any]) -> None:
+    def _on_checkpoint(self, event: CheckpointEvent) -> None:
         self._print(f"[{self.name}] checkpoint at step {event.get('step')}: {event.get('path')}")
 
-    def _on_message(self, event: dict[str, Any]) -> None:
-        self._print(f"[{self.name}] {event.get('level', 'info')}: {event.get('text')}")
+    def _on_message(self, event: MessageEvent) -> None:
+        self._print(f"[{self.name}] {event.get('level', INFO)}: {event.get('text')}")
 
-    def _on_end(self, event: dict[str, Any]) -> None:
+    def _on_end(self, event: EndEvent) -> None:
         self.progress.close_window()
         self._print(self.progress.line(self.name))
         status = event.get("status")
         elapsed = event.get("elapsed")
         took = f" in {elapsed:.1f}s" if isinstance(elapsed, int | float) else ""
         self._print(f"[{self.name}] {status} at step {event.get('step')}{took}")
-        if status == "failed" and event.get("error"):
+        if status == FAILED and event.get("error"):
             # The full traceback is in the log and on stderr; one line says what it was.
             self._print(f"[{self.name}] error: {str(event['error']).strip().splitlines()[-1]}")

@@ -1,51 +1,12 @@
-"""Progress arithmetic and formatting for one line of headless output."""
+"""Progress arithmetic for one line of headless output."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
 
+from tuimon.number_text import format_duration, format_value, samples_rate
+from tuimon.run.events import StepEvent
 from tuimon.series.smoothing import DebiasedEMA
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
-def format_value(value: float | None) -> str:
-    """Four significant digits; scientific notation for very small or large magnitudes."""
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
-        return str(value)
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
-        return f"{value:.3e}"
-    return f"{value:.4g}"
-
-
-def show_value(value: Any) -> str:
-    """A control event's old or new value: a number, one per param group, a state name."""
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, float):
-        return format_value(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(show_value(v) for v in value) + "]"
-    return str(value)
 
 
 @dataclass
@@ -72,7 +33,7 @@ class Progress:
     def __post_init__(self) -> None:
         self.ema = DebiasedEMA(self.smoothing)
 
-    def add_step(self, event: dict) -> None:
+    def add_step(self, event: StepEvent) -> None:
         self.step = int(event.get("step", self.step))
         self.epoch = int(event.get("epoch") or 0)
         loss = event.get("loss")
@@ -128,7 +89,7 @@ class Progress:
         if self.metrics:
             parts.append(self.metrics_text())
         if self.samples_per_s is not None:
-            parts.append(f"{self.samples_per_s:.0f} samples/s")
+            parts.append(samples_rate(self.samples_per_s))
         if self.total_steps:
             parts.append(f"ETA {format_duration(self.eta)}")
         return f"[{name}] " + "  ".join(parts)

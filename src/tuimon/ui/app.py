@@ -8,13 +8,14 @@ short-lived thread workers; their effect comes back as `control` events like any
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import time
-from collections import deque
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -23,9 +24,29 @@ from textual.events import Resize
 from textual.widgets import Footer
 
 from tuimon.control.client import ControlClient, ControlError
-from tuimon.control.commands import MAX_LR
+from tuimon.control.commands import (
+    CHECKPOINT,
+    MAX_LR,
+    PAUSE,
+    RESUME,
+    SCALE_LR,
+    SET_LR,
+    STOP,
+    describe,
+)
 from tuimon.headless.alert_text import cleared_at, stale_action_text
-from tuimon.headless.progress import show_value
+from tuimon.number_text import show_value
+from tuimon.run.events import (
+    ALERT,
+    CONTROL,
+    END_STATUSES,
+    ERROR,
+    FAILED,
+    PAUSED,
+    RUNNING,
+    STARTING,
+    ControlEvent,
+)
 from tuimon.run.run_dir import OUTPUT_FILE
 from tuimon.run.run_state import RunState
 from tuimon.terminal_text import printable
@@ -37,7 +58,7 @@ from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.help_screen import HelpScreen
 from tuimon.ui.screens.lr_screen import LRScreen
 from tuimon.ui.screens.text_screen import TextScreen
-from tuimon.ui.widgets.doctor_panel import DoctorPanel, describe_action
+from tuimon.ui.widgets.doctor_panel import DoctorPanel
 from tuimon.ui.widgets.gpu_panel import GpuPanel
 from tuimon.ui.widgets.grad_panel import GradPanel
 from tuimon.ui.widgets.host_panel import HostPanel
@@ -45,12 +66,10 @@ from tuimon.ui.widgets.loss_panel import LossPanel
 from tuimon.ui.widgets.lr_panel import LRPanel
 from tuimon.ui.widgets.metrics_panel import MetricsPanel
 from tuimon.ui.widgets.panel import Panel
-from tuimon.ui.widgets.status_bar import StatusBar
+from tuimon.ui.widgets.status_bar import DISCONNECTED, REPLAY, WORKER_GONE, StatusBar
 
 NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
 SHORT_HEIGHT = 32  # below this GPU | Host shrink to two lines each
-FINAL_STATES = ("completed", "stopped", "failed")
-WORKER_GONE = "worker gone"  # the state shown for a run whose worker was killed
 OUTPUT_TAIL_LINES = 2000
 
 
@@ -169,9 +188,9 @@ class TuimonApp(App[None]):
         self._announce_news()
 
     def _fit_status_bar(self) -> None:
-        """The status bar's state, and a second line when there is a notice."""
+        """The status bar's status, and a second line when there is a notice."""
         bar = self.query_one_main(StatusBar)
-        bar.shown_state = self.shown_state
+        bar.shown_status = self.shown_status
         bar.notice = self.notice
         wanted = bar.wanted_height()
         if bar.styles.height is None or bar.styles.height.value != wanted:
@@ -190,21 +209,22 @@ class TuimonApp(App[None]):
         return next(panel for panel in self._panels if isinstance(panel, kind))
 
     @property
-    def shown_state(self) -> str:
-        """The run's state as the user should see it, connection included."""
+    def shown_status(self) -> str:
+        """The run's status as the user should see it, connection included: a RunStatus,
+        or replay, worker gone, disconnected."""
         if self.replay:
-            return "replay"
+            return REPLAY
         status = self.state.status
-        if status in FINAL_STATES:
+        if status in END_STATUSES:
             return status
         if self.connection_status == "worker-gone":
             return WORKER_GONE
         if self.connection_status == "worker-exited":
-            return "failed"
+            return FAILED
         if self.connection_status in ("connecting", "starting") and self.state.start is None:
-            return "starting"
+            return STARTING
         if self.connection_status == "disconnected":
-            return "disconnected"
+            return DISCONNECTED
         return status
 
     @property
@@ -230,7 +250,7 @@ class TuimonApp(App[None]):
     def no_commands(self) -> str | None:
         """Why keys that steer the run cannot reach it, or None when they can."""
         if self.replay:
-            return "replay"
+            return REPLAY
         if self.connection_status == "worker-gone":
             return WORKER_GONE
         return None
@@ -245,12 +265,11 @@ class TuimonApp(App[None]):
         """Toasts for what changed: applied commands and new alerts."""
         state = self.state
         with state.lock:
-            new_controls = _newest(
-                state.controls, state.counts["control"] - self._announced_controls
-            )
-            new_alerts = _newest(state.alerts, state.counts["alert"] - self._announced_alerts)
-            self._announced_controls = state.counts["control"]
-            self._announced_alerts = state.counts["alert"]
+            controls = cast("Iterable[ControlEvent]", state.controls)
+            new_controls = _newest(controls, state.counts[CONTROL] - self._announced_controls)
+            new_alerts = _newest(state.alerts, state.counts[ALERT] - self._announced_alerts)
+            self._announced_controls = state.counts[CONTROL]
+            self._announced_alerts = state.counts[ALERT]
         for control in new_controls:
             old, new = control.get("old"), control.get("new")
             self.toast(
@@ -262,7 +281,7 @@ class TuimonApp(App[None]):
             self.toast(
                 str(alert.get("message", "")),
                 title=str(alert.get("rule")),
-                severity="error" if alert.get("severity") == "error" else "warning",
+                severity="error" if alert.get("severity") == ERROR else "warning",
             )
 
     # -- messages from the connection -----------------------------------------------------
@@ -271,8 +290,8 @@ class TuimonApp(App[None]):
     def replace_state(self, message: StateReplaced) -> None:
         self.state = message.state
         # History is not news: only what happens from now on gets a toast.
-        self._announced_controls = self.state.counts["control"]
-        self._announced_alerts = self.state.counts["alert"]
+        self._announced_controls = self.state.counts[CONTROL]
+        self._announced_alerts = self.state.counts[ALERT]
         self.refresh_panels(everything=True)
 
     @on(ConnectionChanged)
@@ -325,8 +344,8 @@ class TuimonApp(App[None]):
     def send(self, cmd: str, **args: Any) -> None:
         if not self.steerable():
             return
-        if self.shown_state in FINAL_STATES:
-            self.toast(f"the run has ended ({self.shown_state})", severity="warning")
+        if self.shown_status in END_STATUSES:
+            self.toast(f"the run has ended ({self.shown_status})", severity="warning")
             return
         self._send(cmd, args)
 
@@ -335,16 +354,16 @@ class TuimonApp(App[None]):
         try:
             with ControlClient(self.run_dir, timeout=5) as client:
                 client.request(cmd, source="ui", **args)
-            detail = f"sent {describe_action({'cmd': cmd, **args})}: applies at the next step"
+            detail = f"sent {describe({'cmd': cmd, **args})}: applies at the next step"
             self.post_message(CommandResult(cmd, True, detail))
         except (ControlError, OSError) as exc:
             self.post_message(CommandResult(cmd, False, str(exc)))
 
     def action_scale_lr_up(self) -> None:
-        self.send("scale-lr", factor=self.lr_factor)
+        self.send(SCALE_LR, factor=self.lr_factor)
 
     def action_scale_lr_down(self) -> None:
-        self.send("scale-lr", factor=1 / self.lr_factor)
+        self.send(SCALE_LR, factor=1 / self.lr_factor)
 
     def action_type_lr(self) -> None:
         if not self.steerable():
@@ -353,7 +372,7 @@ class TuimonApp(App[None]):
 
         def chosen(value: float | None) -> None:
             if value is not None:
-                self.send("set-lr", value=value)
+                self.send(SET_LR, value=value)
 
         self.push_screen(LRScreen(lr.latest if lr else None, self._lr_max()), chosen)
 
@@ -362,25 +381,26 @@ class TuimonApp(App[None]):
         with self.state.lock:
             settings = (self.state.start or {}).get("settings")
         value = settings.get("lr_max") if isinstance(settings, dict) else None
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        return float(value) if is_number and 0 < value < float("inf") else MAX_LR
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+            return float(value)
+        return MAX_LR
 
     def action_toggle_pause(self) -> None:
-        self.send("resume" if self.state.status == "paused" else "pause")
+        self.send(RESUME if self.state.status == PAUSED else PAUSE)
 
     def action_checkpoint(self) -> None:
-        self.send("checkpoint")
+        self.send(CHECKPOINT)
 
     def action_stop_run(self) -> None:
         if not self.steerable():
             return
-        if self.shown_state in FINAL_STATES:
+        if self.shown_status in END_STATUSES:
             self.toast("there is no running run to stop", severity="warning")
             return
 
         def chosen(choice: str | None) -> None:
             if choice == "stop":
-                self.send("stop")
+                self.send(STOP)
 
         self.push_screen(
             ChoiceScreen(
@@ -397,7 +417,7 @@ class TuimonApp(App[None]):
             return
         action = dict(alert["action"])
         cmd = action.pop("cmd")
-        if cleared_at(alert) is None or self.replay or self.shown_state in FINAL_STATES:
+        if cleared_at(alert) is None or self.replay or self.shown_status in END_STATUSES:
             self.send(cmd, **action)  # (send refuses for a replay or a finished run)
             return
         # The episode is over: its fix answers a problem that is gone (an early lr_too_high
@@ -412,8 +432,7 @@ class TuimonApp(App[None]):
 
         self.push_screen(
             ChoiceScreen(
-                f"{alert.get('rule')}: {refusal}. Apply it anyway "
-                f"({describe_action(alert['action'])})?",
+                f"{alert.get('rule')}: {refusal}. Apply it anyway ({describe(alert['action'])})?",
                 [("apply", "Apply anyway", "warning"), ("cancel", "Don't apply", "default")],
             ),
             chosen,
@@ -460,7 +479,7 @@ class TuimonApp(App[None]):
         self.push_screen(HelpScreen())
 
     def action_quit_ui(self) -> None:
-        if not (self.launched and self.shown_state in ("running", "paused", "starting")):
+        if not (self.launched and self.shown_status in (RUNNING, PAUSED, STARTING)):
             self.exit()
             return
 
@@ -468,7 +487,7 @@ class TuimonApp(App[None]):
             if choice == "stop":
                 try:
                     with ControlClient(self.run_dir, timeout=5) as client:
-                        client.request("stop", source="ui")
+                        client.request(STOP, source="ui")
                 except (ControlError, OSError) as exc:
                     self.toast(f"could not stop the run: {exc}", severity="error")
                     return
@@ -498,6 +517,9 @@ class TuimonApp(App[None]):
         return "\n".join(lines[-OUTPUT_TAIL_LINES:]) or "(no output yet)"
 
 
-def _newest(items: deque[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+_Item = TypeVar("_Item")
+
+
+def _newest(items: Iterable[_Item], count: int) -> list[_Item]:
     """The last `count` items, or all that are kept if fewer."""
     return list(items)[-count:] if count > 0 else []

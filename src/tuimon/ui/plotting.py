@@ -7,8 +7,9 @@ It never sees more than about 2 x width points per curve (see series/decimate.py
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import plotext as plt
@@ -95,7 +96,7 @@ def series_curves(
     return curves
 
 
-def x_of(state: RunState, event: dict, options: ViewOptions) -> float | None:
+def x_of(state: RunState, event: Mapping[str, Any], options: ViewOptions) -> float | None:
     """Where an event (a control, an alert) falls on the current x axis."""
     step = event.get("step")
     if options.x_mode == "time":

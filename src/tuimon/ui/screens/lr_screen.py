@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from tuimon.control.commands import MAX_LR, CommandError, validate_lr
+from tuimon.number_text import short_number
 
 
 class LRScreen(ModalScreen[float | None]):
@@ -22,7 +23,7 @@ class LRScreen(ModalScreen[float | None]):
         self.maximum = maximum
 
     def compose(self) -> ComposeResult:
-        now = f"{self.current:g}" if self.current is not None else "unknown"
+        now = short_number(self.current) if self.current is not None else "unknown"
         with Vertical(id="dialog"):
             yield Static(f"New learning rate (now {now})", classes="dialog-title")
             yield Input(placeholder="e.g. 0.003 or 3e-4", id="lr-input")

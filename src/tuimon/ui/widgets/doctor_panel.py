@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from rich.console import RenderableType
 from rich.text import Text
 from textual.binding import Binding
 
-from tuimon.headless.alert_text import (
-    APPLY_KEY,
-    cleared_at,
-    describe_action,
-    without_key_hint,
+from tuimon.control.commands import describe
+from tuimon.headless.alert_text import APPLY_KEY, cleared_at, without_key_hint
+from tuimon.number_text import show_value
+from tuimon.run.events import (
+    ALERT,
+    ALERT_CLEARED,
+    CONTROL,
+    ERROR,
+    INFO,
+    MESSAGE,
+    WARNING,
+    ControlEvent,
 )
-from tuimon.headless.progress import show_value
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions
 from tuimon.ui.widgets.lines import fit, wrap
 from tuimon.ui.widgets.panel import Panel
 
 SEVERITY_STYLE = {
-    "error": "bold white on red",
-    "warning": "bold black on yellow",
-    "info": "bold white on blue",
+    ERROR: "bold white on red",
+    WARNING: "bold black on yellow",
+    INFO: "bold white on blue",
 }
 
 
-def autofix_text(control: dict[str, Any]) -> str:
+def autofix_text(control: ControlEvent) -> str:
     restored = control.get("restored_step")
     back = (
         f"restored the weights of step {restored}"
@@ -61,10 +67,10 @@ class DoctorPanel(Panel):
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         counts = state.counts
         return (
-            counts["alert"],
-            counts["alert_cleared"],
-            counts["control"],
-            counts["message"],
+            counts[ALERT],
+            counts[ALERT_CLEARED],
+            counts[CONTROL],
+            counts[MESSAGE],
             state.end is not None,
             self.no_commands,
             self.selected,
@@ -99,7 +105,8 @@ class DoctorPanel(Panel):
 
     def _autofix_lines(self, state: RunState, width: int) -> list[Text]:
         lines: list[Text] = []
-        for fix in reversed([c for c in state.controls if c.get("source") == "autofix"]):
+        controls = cast("Iterable[ControlEvent]", state.controls)
+        for fix in reversed([c for c in controls if c.get("source") == "autofix"]):
             text = f"autofix at step {fix.get('step')}: {autofix_text(fix)}"
             lines += wrap(text, width, style="bold magenta", indent="  ")
         return lines
@@ -137,7 +144,7 @@ class DoctorPanel(Panel):
     ) -> list[Text]:
         """An alert's lines; its fix is offered as `[a] apply` only while the alert holds
         and the run can still take commands."""
-        severity = str(alert.get("severity", "warning"))
+        severity = str(alert.get("severity", WARNING))
         cleared = cleared_at(alert)
         holds = cleared is None and not ended
         head = Text(no_wrap=True)
@@ -155,7 +162,7 @@ class DoctorPanel(Panel):
             shown = suggestion if holds else without_key_hint(suggestion)
             lines += wrap(f"→ {shown}", width, style="italic", indent="  ")
         if alert.get("action"):
-            fix = describe_action(alert["action"])
+            fix = describe(alert["action"])
             if holds:
                 lines.append(
                     Text(f"[{APPLY_KEY}] apply: {fix}", style="bold green" if selected else "green")

@@ -7,9 +7,11 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
+from tuimon.number_text import human_bytes, percent, share
+from tuimon.run.events import GpuSample
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions, bar, sparkline
-from tuimon.ui.widgets.lines import fit, human_bytes, percent, share, wrap
+from tuimon.ui.widgets.lines import fit, wrap
 from tuimon.ui.widgets.panel import Panel
 
 
@@ -43,9 +45,7 @@ class GpuPanel(Panel):
             )
         return fit(lines, width, height)
 
-    def gpu_lines(
-        self, state: RunState, gpu: dict[str, Any], width: int, compact: bool
-    ) -> list[Text]:
+    def gpu_lines(self, state: RunState, gpu: GpuSample, width: int, compact: bool) -> list[Text]:
         index = gpu.get("index", 0)
         util, used, total = gpu.get("util"), gpu.get("mem_used"), gpu.get("mem_total")
         memory = share(used, total)

@@ -9,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tuimon.headless.progress import format_value
+from tuimon.number_text import format_value
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves
 from tuimon.ui.widgets.lines import fit

@@ -7,9 +7,10 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
+from tuimon.number_text import human_bytes, percent, share
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions, bar, sparkline
-from tuimon.ui.widgets.lines import fit, human_bytes, percent, share
+from tuimon.ui.widgets.lines import fit
 from tuimon.ui.widgets.panel import Panel
 
 

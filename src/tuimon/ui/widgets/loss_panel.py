@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from tuimon.headless.progress import format_value
+from tuimon.number_text import format_value
 from tuimon.run.run_state import RunState
 from tuimon.terminal_text import printable
 from tuimon.ui.plotting import (

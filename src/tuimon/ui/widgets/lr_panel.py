@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from tuimon.headless.progress import format_value
+from tuimon.control.commands import LR_COMMANDS
+from tuimon.number_text import format_value
+from tuimon.run.events import CONTROL, ControlEvent
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves, x_of
 from tuimon.ui.widgets.panel import Panel
 
 GROUP_COLORS = ("green", "magenta", "blue", "orange", "cyan", "yellow")
-LR_COMMANDS = ("set-lr", "scale-lr")
 
 
 class LRPanel(Panel):
@@ -22,10 +24,12 @@ class LRPanel(Panel):
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
         totals = tuple(s.total for n, s in state.series.items() if n.startswith("lr/"))
-        return totals, state.counts["control"]
+        return totals, state.counts[CONTROL]
 
-    def lr_changes(self, state: RunState) -> list[dict[str, Any]]:
-        return [c for c in state.controls if c.get("command") in LR_COMMANDS]
+    def lr_changes(self, state: RunState) -> list[ControlEvent]:
+        """The controls that set or scaled an LR, oldest first."""
+        controls = cast("Iterable[ControlEvent]", state.controls)
+        return [c for c in controls if c.get("command") in LR_COMMANDS]
 
     def markers(self, state: RunState, options: ViewOptions) -> list[float]:
         """x positions of the LR changes drawn on the plot."""

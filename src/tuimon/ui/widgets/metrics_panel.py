@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import RenderableType
 from rich.text import Text
 
-from tuimon.headless.progress import format_value
+from tuimon.number_text import format_value
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import METRIC_PREFIX, ViewOptions, metric_names, trend_sparkline
 from tuimon.ui.widgets.lines import fit
