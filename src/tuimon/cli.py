@@ -294,6 +294,7 @@ def doctor_command(args: list[str]) -> int:
         review,
         worst_severity,
     )
+    from tuimon.run.events import ERROR, WARNING
 
     parser = argparse.ArgumentParser(
         prog="tuimon doctor",
@@ -310,7 +311,7 @@ def doctor_command(args: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="alerts as JSON lines")
     parser.add_argument(
         "--fail-on",
-        choices=["warning", "error"],
+        choices=[WARNING, ERROR],
         help="exit 1 if an alert this severe (or worse) is found",
     )
     options = parser.parse_args(args)
