@@ -8,6 +8,7 @@ problem that is gone, so every front end shows the suggestion without the hint.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 APPLY_KEY = "a"
@@ -21,11 +22,11 @@ def without_key_hint(suggestion: str) -> str:
     return _HINT_ALONE.sub("", _HINT_IN_PARENS.sub(")", suggestion))
 
 
-def cleared_at(alert: dict[str, Any]) -> Any:
+def cleared_at(alert: Mapping[str, Any]) -> Any:
     """The step where the alert's episode ended (RunState marks it), or None while it holds."""
     return alert.get("cleared_at")
 
 
-def stale_action_text(alert: dict[str, Any]) -> str:
+def stale_action_text(alert: Mapping[str, Any]) -> str:
     """Why an alert's action is not offered any more."""
     return f"the alert cleared at step {cleared_at(alert)}: its fix no longer applies"

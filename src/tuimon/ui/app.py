@@ -45,6 +45,7 @@ from tuimon.run.events import (
     PAUSED,
     RUNNING,
     STARTING,
+    AlertEvent,
     ControlEvent,
 )
 from tuimon.run.run_dir import OUTPUT_FILE
@@ -71,6 +72,7 @@ from tuimon.ui.widgets.status_bar import DISCONNECTED, REPLAY, WORKER_GONE, Stat
 NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
 SHORT_HEIGHT = 32  # below this GPU | Host shrink to two lines each
 OUTPUT_TAIL_LINES = 2000
+_Panel = TypeVar("_Panel", bound=Panel)
 
 
 def default_fps() -> float:
@@ -204,7 +206,7 @@ class TuimonApp(App[None]):
         if panel.styles.height is None or panel.styles.height.value != wanted:
             panel.styles.height = wanted
 
-    def query_one_main(self, kind: type[Panel]) -> Any:
+    def query_one_main(self, kind: type[_Panel]) -> _Panel:
         """A panel of the main screen, whatever dialog is on top of it."""
         return next(panel for panel in self._panels if isinstance(panel, kind))
 
@@ -267,7 +269,8 @@ class TuimonApp(App[None]):
         with state.lock:
             controls = cast("Iterable[ControlEvent]", state.controls)
             new_controls = _newest(controls, state.counts[CONTROL] - self._announced_controls)
-            new_alerts = _newest(state.alerts, state.counts[ALERT] - self._announced_alerts)
+            alerts = cast("Iterable[AlertEvent]", state.alerts)
+            new_alerts = _newest(alerts, state.counts[ALERT] - self._announced_alerts)
             self._announced_controls = state.counts[CONTROL]
             self._announced_alerts = state.counts[ALERT]
         for control in new_controls:
@@ -415,7 +418,7 @@ class TuimonApp(App[None]):
         if not alert or not alert.get("action"):
             self.toast("the selected alert has no action to apply", severity="warning")
             return
-        action = dict(alert["action"])
+        action: dict[str, Any] = dict(alert["action"])
         cmd = action.pop("cmd")
         if cleared_at(alert) is None or self.replay or self.shown_status in END_STATUSES:
             self.send(cmd, **action)  # (send refuses for a replay or a finished run)

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
+from textual.widgets.button import ButtonVariant
 
 from tuimon.terminal_text import printable
 
@@ -18,7 +19,7 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, question: str, choices: list[tuple[str, str, str]]) -> None:
+    def __init__(self, question: str, choices: list[tuple[str, str, ButtonVariant]]) -> None:
         super().__init__()
         self.question = question
         self.choices = choices  # (id, label, variant)
@@ -30,7 +31,7 @@ class ChoiceScreen(ModalScreen[str | None]):
             yield Static(Text(printable(self.question)), classes="dialog-title")
             with Horizontal(classes="buttons"):
                 for choice_id, label, variant in self.choices:
-                    yield Button(label, id=choice_id, variant=variant)  # type: ignore[arg-type]
+                    yield Button(label, id=choice_id, variant=variant)
             yield Static("Esc cancels", classes="dialog-hint")
 
     def on_mount(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from tuimon.run.events import (
     INFO,
     MESSAGE,
     WARNING,
+    AlertEvent,
     ControlEvent,
 )
 from tuimon.run.run_state import RunState
@@ -59,7 +60,7 @@ class DoctorPanel(Panel):
         # The selected alert itself: a new alert above it does not move the selection, so
         # `a` applies the fix of the alert that is highlighted, not of one that just arrived.
         self._selected_key: tuple[Any, Any] | None = None
-        self._alerts: list[dict[str, Any]] = []
+        self._alerts: list[AlertEvent] = []
         # Set by the app: why no command can reach the run (a replay, a worker that is
         # gone), or None. Then no fix is offered as `[a] apply`.
         self.no_commands: str | None = None
@@ -77,7 +78,7 @@ class DoctorPanel(Panel):
         )
 
     @property
-    def selected_alert(self) -> dict[str, Any] | None:
+    def selected_alert(self) -> AlertEvent | None:
         return self._alerts[self.selected] if 0 <= self.selected < len(self._alerts) else None
 
     def action_select(self, delta: int) -> None:
@@ -94,7 +95,7 @@ class DoctorPanel(Panel):
     def view(
         self, state: RunState, options: ViewOptions, width: int, height: int
     ) -> RenderableType:
-        self._alerts = list(reversed(state.alerts))
+        self._alerts = list(reversed(cast("Sequence[AlertEvent]", state.alerts)))
         keys = [_key(alert) for alert in self._alerts]
         if self._selected_key in keys:
             self.selected = keys.index(self._selected_key)
@@ -140,7 +141,7 @@ class DoctorPanel(Panel):
             yield from wrap(f"note: {note}", width, style="dim", indent="  ")
 
     def alert_lines(
-        self, alert: dict[str, Any], width: int, selected: bool, ended: bool = False
+        self, alert: AlertEvent, width: int, selected: bool, ended: bool = False
     ) -> list[Text]:
         """An alert's lines; its fix is offered as `[a] apply` only while the alert holds
         and the run can still take commands."""
@@ -178,6 +179,6 @@ class DoctorPanel(Panel):
         return lines
 
 
-def _key(alert: dict[str, Any]) -> tuple[Any, Any]:
+def _key(alert: AlertEvent) -> tuple[Any, Any]:
     """What names one alert across redraws and reconnects (a snapshot has new dicts)."""
     return alert.get("rule"), alert.get("step")

@@ -8,6 +8,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from tuimon.number_text import human_bytes, percent, share
+from tuimon.run.events import HostSample
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import ViewOptions, bar, sparkline
 from tuimon.ui.widgets.lines import fit
@@ -23,7 +24,7 @@ class HostPanel(Panel):
     def view(
         self, state: RunState, options: ViewOptions, width: int, height: int
     ) -> RenderableType:
-        host = (state.system or {}).get("host") or {}
+        host: HostSample = (state.system or {}).get("host") or HostSample()
         cpu = host.get("cpu_percent")
         used, total = host.get("ram_used"), host.get("ram_total")
         wait = state.rates()["data_wait_share"]

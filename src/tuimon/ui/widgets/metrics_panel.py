@@ -11,6 +11,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from tuimon.number_text import format_value
+from tuimon.run.events import METRICS
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import METRIC_PREFIX, ViewOptions, metric_names, trend_sparkline
 from tuimon.ui.widgets.lines import fit
@@ -24,7 +25,7 @@ class MetricsPanel(Panel):
     TITLE = "Metrics"
 
     def signature(self, state: RunState, options: ViewOptions) -> Any:
-        return state.counts["metrics"], options.metric
+        return state.counts[METRICS], options.metric
 
     def wanted_height(self, state: RunState) -> int:
         """Rows (border included) to list every metric, or the hint when there is none."""
