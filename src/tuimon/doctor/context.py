@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
+from tuimon.run.events import (
+    BATCH_PROBE,
+    PROBE,
+    START,
+    STEP,
+    BatchProbeEvent,
+    StartEvent,
+    StepEvent,
+)
 from tuimon.run.field_types import as_dict, as_number, as_step
 from tuimon.series.smoothing import DebiasedEMA
 
 INITIAL_STEPS = 10  # the loss at the start: the mean of this many finite losses
 HISTORY = 1024  # recent (step, smoothed loss) pairs kept for "N steps ago"
+# The EMA weight of the loss every rule reads. Fixed, not the run's `monitor.smoothing`:
+# the rules' thresholds (divergence's rise, stall's and oscillation's progress over a
+# window, chance_level's tolerance…) and the fault zoo's detection steps were calibrated on
+# it, so how smooth a user likes the chart must not change when or whether a rule fires.
+SMOOTHING = 0.9
 
 
 class RunContext:
@@ -26,7 +40,7 @@ class RunContext:
         self.max_lr = 0.0
         self.grad_norm: float | None = None
         self.update_ratio: float | None = None  # the latest probed ‖Δw‖/‖w‖
-        self.ema = DebiasedEMA(0.9)
+        self.ema = DebiasedEMA(SMOOTHING)
         self.initial: float | None = None
         self.best: float | None = None
         self.best_step = 0
@@ -46,15 +60,17 @@ class RunContext:
     # -- updating ----------------------------------------------------------------------------
 
     def update(self, event: dict[str, Any]) -> None:
+        # The `type` (and a probe's `probe`) says which event it is; field_types.py has
+        # checked its known fields' types.
         kind = event.get("type")
-        if kind == "start":
-            self._on_start(event)
-        elif kind == "step":
-            self._on_step(event)
-        elif kind == "probe" and event.get("probe") == "batch":
-            self._on_batch_probe(event)
+        if kind == START:
+            self._on_start(cast(StartEvent, event))
+        elif kind == STEP:
+            self._on_step(cast(StepEvent, event))
+        elif kind == PROBE and event.get("probe") == BATCH_PROBE:
+            self._on_batch_probe(cast(BatchProbeEvent, event))
 
-    def _on_start(self, event: dict[str, Any]) -> None:
+    def _on_start(self, event: StartEvent) -> None:
         # Every field read as the type it must have: a damaged log's start is still a start.
         data = as_dict(event.get("data"))
         config = as_dict(event.get("config"))
@@ -74,7 +90,7 @@ class RunContext:
         self.optimizer = optimizer if isinstance(optimizer, str) and optimizer else self.optimizer
         self.num_workers = as_step(as_dict(config.get("data")).get("num_workers"))
 
-    def _on_step(self, event: dict[str, Any]) -> None:
+    def _on_step(self, event: StepEvent) -> None:
         step = as_step(event.get("step"))
         self.step = step if step is not None else self.step
         self.loss = as_number(event.get("loss"))
@@ -98,7 +114,7 @@ class RunContext:
             if self.initial is not None and (self.best is None or smoothed < self.best):
                 self.best, self.best_step = smoothed, self.step
 
-    def _on_batch_probe(self, event: dict[str, Any]) -> None:
+    def _on_batch_probe(self, event: BatchProbeEvent) -> None:
         inputs = as_dict(event.get("inputs"))
         if inputs.get("nonfinite"):
             self.last_input_nan_step = as_step(event.get("step")) or 0

@@ -10,11 +10,26 @@ recorded log (`tuimon doctor`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
+from tuimon.control.commands import RECOVER, SCALE_LR
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.registry import ALL_RULES, RULES
-from tuimon.doctor.rule import Rule
+from tuimon.doctor.rule import Rule, probe_route
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import (
+    ALERT,
+    ALERT_CLEARED,
+    CONTROL,
+    INFO,
+    PROBE,
+    STEP,
+    AlertClearedEvent,
+    AlertEvent,
+)
+
+# What the doctor says: an alert, or that one's episode is over.
+DoctorEvent = AlertEvent | AlertClearedEvent
 
 # Failures that restoring the last good weights answers (autofix, the `recover` command).
 RECOVERABLE = ("nan_loss", "nan_grad", "divergence")
@@ -38,37 +53,38 @@ class Doctor:
         overrides = overrides or {}
         self.can_restore = can_restore
         self.ctx = RunContext()
-        self.rules: list[Rule] = []
+        self.rules: list[Rule[Any]] = []
         for cls in ALL_RULES:
             settings = dict(overrides.get(cls.id) or {})
             if settings.pop("enabled", True) is False:
                 continue
             self.rules.append(cls(settings))
-        self.active: dict[str, dict[str, Any]] = {}
+        self.active: dict[str, AlertEvent] = {}
         self.silenced: set[str] = set()  # holding, but suppressed by a more specific alert
-        self._clears: dict[str, int] = {}  # consecutive "cleared" verdicts per rule
+        # Per rule, its "cleared" verdicts in a row during an episode (`clear_after` end it).
+        self._clears = {rule.id: Streak(rule.p["clear_after"]) for rule in self.rules}
         # Rules by the route they read ("step", "probe:batch"…): an event is shown only to
         # its readers, not offered to all ~30 rules (the doctor runs on every step event).
-        self._readers: dict[str, list[Rule]] = {}
+        self._readers: dict[str, list[Rule[Any]]] = {}
 
-    def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+    def observe(self, event: dict[str, Any]) -> list[DoctorEvent]:
         """New `alert` / `alert_cleared` events caused by this event."""
         kind = event.get("type")
-        if kind in ("alert", "alert_cleared"):
+        if kind in (ALERT, ALERT_CLEARED):
             return []  # our own output, when re-reading a log
-        if kind == "control" and event.get("command") == "recover":
+        if kind == CONTROL and event.get("command") == RECOVER:
             return self._start_over(RECOVERABLE, event.get("step", self.ctx.step))
         self.ctx.update(event)
         # A probe event goes to the rules that read that probe: "probe:batch" and so on.
-        route = f"probe:{event.get('probe')}" if kind == "probe" else kind
+        route = probe_route(event.get("probe")) if kind == PROBE else kind
         if type(route) is not str:
             return []  # a damaged log's event: no rule reads it
         readers = self._readers.get(route)
         if readers is None:
             readers = self._readers[route] = [r for r in self.rules if route in r.events]
         step = event.get("step", self.ctx.step)
-        finite = kind != "step" or math.isfinite(self.ctx.loss)
-        out: list[dict[str, Any]] = []
+        finite = kind != STEP or math.isfinite(self.ctx.loss)
+        out: list[DoctorEvent] = []
         for rule in readers:
             if rule.needs_finite_loss and not finite:
                 continue
@@ -80,21 +96,20 @@ class Doctor:
                     # Nothing to end: the count of "cleared" verdicts only matters during
                     # an episode, and an episode starts with it at 0.
                     continue
-                self._clears[rule.id] = self._clears.get(rule.id, 0) + 1
-                if self._clears[rule.id] >= rule.p["clear_after"]:
+                if self._clears[rule.id].hold():
                     if self.active.pop(rule.id, None) is not None:
-                        out.append({"type": "alert_cleared", "rule": rule.id, "step": step})
+                        out.append({"type": ALERT_CLEARED, "rule": rule.id, "step": step})
                         self._release()
                     self.silenced.discard(rule.id)
                 continue
-            self._clears[rule.id] = 0
+            self._clears[rule.id].reset()
             if rule.id in self.active or rule.id in self.silenced:
                 continue
             if self._suppressed(rule.id):
                 self.silenced.add(rule.id)
                 continue
-            alert = {
-                "type": "alert",
+            alert: AlertEvent = {
+                "type": ALERT,
                 "step": step,
                 "rule": rule.id,
                 "severity": verdict.severity or rule.severity,
@@ -113,15 +128,16 @@ class Doctor:
                     )
                 else:
                     cause, when = min(self.ctx.causes.items(), key=lambda item: item[1])
-                    alert["severity"] = "info"
+                    alert["severity"] = INFO
                     alert["message"] += f" (likely a consequence of {cause} at step {when})"
-                alert["caused_by"] = cause
+                # A cast until run/events.py's AlertEvent has `caused_by`.
+                cast(dict[str, Any], alert)["caused_by"] = cause
             if rule.cause:
                 self.ctx.causes.setdefault(rule.id, step)
             if verdict.action:
                 alert["action"] = verdict.action
-                if verdict.action.get("cmd") == "recover" and not self.can_restore:
-                    alert["action"] = {"cmd": "scale-lr", "factor": verdict.action["lr_factor"]}
+                if verdict.action.get("cmd") == RECOVER and not self.can_restore:
+                    alert["action"] = {"cmd": SCALE_LR, "factor": verdict.action["lr_factor"]}
                     alert["suggestion"] = (alert["suggestion"] or "") + NO_RESTORE_NOTE
             self.active[rule.id] = alert
             out.append(alert)
@@ -135,10 +151,10 @@ class Doctor:
         """Whether an active alert makes this rule's alert redundant."""
         return any(rule_id in RULES[other].suppresses for other in self.active)
 
-    def _start_over(self, rule_ids: tuple[str, ...], step: int) -> list[dict[str, Any]]:
+    def _start_over(self, rule_ids: tuple[str, ...], step: int) -> list[DoctorEvent]:
         """After weights were restored: these rules' episodes end, and they judge the run
         afresh, so a failure that comes back is a new episode (autofix may try again)."""
-        cleared = []
+        cleared: list[DoctorEvent] = []
         for index, rule in enumerate(self.rules):
             if rule.id in rule_ids:
                 self.rules[index] = type(rule)(rule.p)
@@ -146,19 +162,19 @@ class Doctor:
                 if self.active.pop(rule.id, None) is not None:
                     cleared.append(
                         {
-                            "type": "alert_cleared",
+                            "type": ALERT_CLEARED,
                             "rule": rule.id,
                             "step": step,
                             "reason": "recovered",
                         }
                     )
                 self.silenced.discard(rule.id)
-                self._clears.pop(rule.id, None)
+                self._clears[rule.id].reset()
         return cleared
 
-    def run(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def run(self, events: list[dict[str, Any]]) -> list[DoctorEvent]:
         """Everything the doctor says over a whole log."""
-        said: list[dict[str, Any]] = []
+        said: list[DoctorEvent] = []
         for event in events:
             said += self.observe(event)
         return said

@@ -30,7 +30,7 @@ from tuimon.doctor.rules.system import GpuMemoryPressure
 
 # The specific before the general: a rule can suppress only rules evaluated after it
 # would otherwise alert in the same event.
-ALL_RULES: tuple[type[Rule], ...] = (
+ALL_RULES: tuple[type[Rule[Any]], ...] = (
     InputNan,
     NanLoss,
     NanGrad,
@@ -56,8 +56,8 @@ ALL_RULES: tuple[type[Rule], ...] = (
     DataloaderBottleneck,
     GpuMemoryPressure,
 )
-RULES: dict[str, type[Rule]] = {rule.id: rule for rule in ALL_RULES}
-assert set(RULES) == set(RULE_IDS), "every rule id of DESIGN.md has exactly one rule"
+RULES: dict[str, type[Rule[Any]]] = {rule.id: rule for rule in ALL_RULES}
+assert set(RULES) == set(RULE_IDS), "every rule id of docs/CONTRACTS.md (rule_ids.py) has one rule"
 
 
 def override_problems(rule_id: str, override: dict[str, Any]) -> list[tuple[str, str]]:

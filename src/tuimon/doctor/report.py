@@ -11,16 +11,29 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tuimon.doctor.engine import Doctor
+from tuimon.config.suggest import did_you_mean
+from tuimon.doctor.engine import Doctor, DoctorEvent
 from tuimon.doctor.registry import RULES, override_problems
 from tuimon.errors import UsageError
 from tuimon.headless.alert_text import without_key_hint
+from tuimon.run.events import (
+    ALERT,
+    ALERT_CLEARED,
+    COMPLETED,
+    END,
+    ERROR,
+    INFO,
+    START,
+    STEP,
+    WARNING,
+    Severity,
+)
 from tuimon.run.field_types import as_dict, typed_event
 from tuimon.run.log_reader import read_events
 from tuimon.run.run_dir import EVENTS_FILE
 from tuimon.terminal_text import printable
 
-SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
 
 
 def parse_rule_settings(settings: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -32,8 +45,6 @@ def parse_rule_settings(settings: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not name:
             raise UsageError(f"--rule {text}: expected RULE.THRESHOLD=VALUE, e.g. stall.window=50")
         if rule_id not in RULES:
-            from tuimon.config.suggest import did_you_mean
-
             raise UsageError(
                 f"--rule {text}: unknown rule {rule_id!r}{did_you_mean(rule_id, RULES)}"
             )
@@ -66,7 +77,7 @@ JUDGING_ERRORS = (
 
 def review(
     run_dir: Path, extra: dict[str, dict[str, Any]] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[DoctorEvent], dict[str, Any]]:
     """(what the doctor says over the log, a summary of the run).
 
     The log is streamed: one event at a time through the doctor, keeping only the
@@ -78,7 +89,7 @@ def review(
         raise UsageError(f"{run_dir}: no {EVENTS_FILE} here")
     reader = read_events(path)
     doctor: Doctor | None = None
-    said: list[dict[str, Any]] = []
+    said: list[DoctorEvent] = []
     summary: dict[str, Any] = {
         "name": run_dir.name,
         "steps": 0,
@@ -98,16 +109,16 @@ def review(
         kind = event["type"]
         if doctor is None:
             # The start is the first line a run writes: its configured thresholds apply.
-            start = event if kind == "start" else {}
+            start = event if kind == START else {}
             doctor = Doctor(_overrides(start, extra))
-        if kind == "start" and "name" in event:
+        if kind == START and "name" in event:
             summary["name"] = _clip(event["name"], 200)
-        elif kind == "step":
+        elif kind == STEP:
             summary["steps"] += 1
-        elif kind == "alert":
+        elif kind == ALERT:
             summary["recorded"] += 1
-        elif kind == "end":
-            summary["status"] = str(event.get("status", "completed"))
+        elif kind == END:
+            summary["status"] = str(event.get("status", COMPLETED))
         try:
             new = doctor.observe(event)
         except JUDGING_ERRORS:
@@ -157,9 +168,9 @@ def damage_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def format_report(run_dir: Path, said: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    alerts = [e for e in said if e["type"] == "alert"]
-    cleared = {(e["rule"], e["step"]) for e in said if e["type"] == "alert_cleared"}
+def format_report(run_dir: Path, said: list[DoctorEvent], summary: dict[str, Any]) -> str:
+    alerts = [e for e in said if e["type"] == ALERT]
+    cleared = {(e["rule"], e["step"]) for e in said if e["type"] == ALERT_CLEARED}
     # Names and texts come from the log (a rule's message quotes the run's own names):
     # printable() keeps an escape sequence in them from reaching the terminal.
     lines = [
@@ -187,8 +198,7 @@ def format_report(run_dir: Path, said: list[dict[str, Any]], summary: dict[str, 
         if ends:
             lines.append(f"           (cleared at step {min(ends)})")
     counts = {
-        level: sum(1 for a in alerts if a["severity"] == level)
-        for level in ("error", "warning", "info")
+        level: sum(1 for a in alerts if a["severity"] == level) for level in (ERROR, WARNING, INFO)
     }
     lines.append(
         f"{_count(len(alerts), 'alert')}: {_count(counts['error'], 'error')}, "
@@ -207,6 +217,8 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
-def worst_severity(said: list[dict[str, Any]]) -> str | None:
-    levels = [e["severity"] for e in said if e["type"] == "alert"]
-    return min(levels, key=lambda level: SEVERITY_ORDER[level]) if levels else None
+def worst_severity(said: list[DoctorEvent]) -> Severity | None:
+    levels = [e["severity"] for e in said if e["type"] == ALERT]
+    if not levels:
+        return None
+    return min(levels, key=lambda level: SEVERITY_ORDER[level])

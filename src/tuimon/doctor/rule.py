@@ -8,10 +8,15 @@ that fixes it), or it has cleared. The engine turns verdicts into one alert per 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from tuimon.doctor.context import RunContext
+from tuimon.run.events import PROBE, STEP, WARNING, Action, Severity
+
+# The event a rule reads (StepEvent, BatchProbeEvent…): a misspelt field is a type error.
+E = TypeVar("E", bound=Mapping[str, Any])
 
 
 @dataclass
@@ -20,15 +25,21 @@ class Verdict:
     message: str = ""
     suggestion: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
-    action: dict[str, Any] | None = None
-    severity: str | None = None  # overrides the rule's default when set
+    action: Action | None = None  # a command that fixes it (control/commands.py)
+    severity: Severity | None = None  # overrides the rule's default when set
 
 
-class Rule:
+def probe_route(probe: object) -> str:
+    """The route of a probe event, by its probe name: "probe:batch", "probe:dead_units"."""
+    return f"{PROBE}:{probe}"
+
+
+class Rule(Generic[E]):
     id: ClassVar[str]
-    severity: ClassVar[str] = "warning"
-    # Event types it reads; probe events by their probe: "probe:batch", "probe:activations".
-    events: ClassVar[tuple[str, ...]] = ("step",)
+    severity: ClassVar[Severity] = WARNING
+    # Event types it reads (STEP, METRICS…); probe events by their probe's route:
+    # probe_route(BATCH_PROBE) is "probe:batch".
+    events: ClassVar[tuple[str, ...]] = (STEP,)
     # Thresholds; every one can be overridden in the config: monitor.rules.<id>.<name>.
     defaults: ClassVar[dict[str, float]] = {}
     # Rules whose alerts this rule's (more specific) alert makes redundant while active:
@@ -49,7 +60,7 @@ class Rule:
     def __init__(self, params: dict[str, float] | None = None) -> None:
         self.p = {"clear_after": self.clear_after, **self.defaults, **(params or {})}
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: E, ctx: RunContext) -> Verdict | None:
         raise NotImplementedError
 
 

@@ -1,4 +1,5 @@
-"""The rule ids of DESIGN.md. Alerts and config overrides name these; they never change."""
+"""The rule ids, as docs/CONTRACTS.md lists them. Alerts and config overrides name these;
+they never change."""
 
 from __future__ import annotations
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any
+from typing import ClassVar
 
 from tuimon.doctor.context import RunContext
-from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.doctor.rule import Rule, Verdict, clear, probe_route
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import (
+    ACTIVATIONS_PROBE,
+    DEAD_UNITS_PROBE,
+    ActivationsProbeEvent,
+    DeadUnitsProbeEvent,
+)
 
-# The probe event of dead units seen from zero gradient rows (monitor/dead_unit_probe.py).
-DEAD_UNITS = "dead_units"
+# Module hooks' shares per activation layer, or dead units seen from zero gradient rows
+# (monitor/dead_unit_probe.py).
+LayerProbeEvent = ActivationsProbeEvent | DeadUnitsProbeEvent
 PERSIST_LOOKS = 3  # probes in a row a unit's gradient is zero before that probe counts it
 
 
-class _LayerShareRule(Rule):
+class _LayerShareRule(Rule[LayerProbeEvent]):
     """Fires when some layer's share (dead units, saturated values) stays above a bound.
 
     Each probe that measures it (module hooks, gradients) keeps its own record: one that
@@ -21,7 +28,7 @@ class _LayerShareRule(Rule):
     sees it any more.
     """
 
-    events = ("probe:activations",)
+    events: ClassVar[tuple[str, ...]] = (probe_route(ACTIVATIONS_PROBE),)
     key = ""
     defaults = {
         "layer_threshold": 0.5,
@@ -32,9 +39,9 @@ class _LayerShareRule(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held: dict[str, deque[bool]] = {}  # per probe, its last looks
+        self.held: dict[str, Streak] = {}  # per probe, its looks in a row that see it
 
-    def shares(self, event: dict[str, Any]) -> dict[str, float]:
+    def shares(self, event: LayerProbeEvent) -> dict[str, float]:
         """{layer: share} in this probe event."""
         return {
             name: stats[self.key]
@@ -42,7 +49,7 @@ class _LayerShareRule(Rule):
             if isinstance(stats, dict) and isinstance(stats.get(self.key), int | float)
         }
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: LayerProbeEvent, ctx: RunContext) -> Verdict | None:
         layers = self.shares(event)
         if not layers:
             return None
@@ -56,14 +63,12 @@ class _LayerShareRule(Rule):
         far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"]) and self.stuck(ctx)
         bad = share > self.p["layer_threshold"] and (far or ctx.smoothed is None)
         probe = str(event.get("probe"))
-        held = self.held.setdefault(probe, deque(maxlen=int(self.p["patience"])))
-        held.append(bad)
-        if not bad:
-            others = any(looks and looks[-1] for p, looks in self.held.items() if p != probe)
+        held = self.held.setdefault(probe, Streak(self.looks_needed(probe)))
+        if not held.update(bad):
+            if bad:
+                return None
+            others = any(looks.count for p, looks in self.held.items() if p != probe)
             return None if others else clear()
-        needed = self.looks_needed(probe)
-        if len(held) < needed or not all(list(held)[-needed:]):
-            return None
         return self.verdict(name, share, ctx, probe)
 
     def stuck(self, ctx: RunContext) -> bool:
@@ -82,7 +87,7 @@ class DeadRelu(_LayerShareRule):
     symptom = True
     cause = True
     # ReLU modules (forward hooks) and any activation, F.relu too (zero gradient rows).
-    events = ("probe:activations", f"probe:{DEAD_UNITS}")
+    events = (probe_route(ACTIVATIONS_PROBE), probe_route(DEAD_UNITS_PROBE))
     key = "dead"
     defaults = {**_LayerShareRule.defaults, "window": 50, "min_progress": 0.05}
     summary = (
@@ -91,8 +96,8 @@ class DeadRelu(_LayerShareRule):
     )
     fix = "lower the LR, LeakyReLU, check bias init, BatchNorm"
 
-    def shares(self, event: dict[str, Any]) -> dict[str, float]:
-        if event.get("probe") != DEAD_UNITS:
+    def shares(self, event: LayerProbeEvent) -> dict[str, float]:
+        if event.get("probe") != DEAD_UNITS_PROBE:
             return super().shares(event)
         layers = event.get("layers") or {}
         return {name: v for name, v in layers.items() if isinstance(v, int | float)}
@@ -106,13 +111,13 @@ class DeadRelu(_LayerShareRule):
     def looks_needed(self, probe: str) -> int:
         # A unit counts in a dead_units share only once its gradient was zero on the last
         # PERSIST_LOOKS probes: those looks are part of the patience already.
-        if probe == DEAD_UNITS:
+        if probe == DEAD_UNITS_PROBE:
             return max(1, int(self.p["patience"]) - PERSIST_LOOKS + 1)
         return super().looks_needed(probe)
 
     def verdict(self, layer: str, share: float, ctx: RunContext, probe: str) -> Verdict:
         looks = self.looks_needed(probe)
-        if probe == DEAD_UNITS:
+        if probe == DEAD_UNITS_PROBE:
             looks += PERSIST_LOOKS - 1
             message = (
                 f"{share:.0%} of the units of {layer} are dead: their gradient is exactly zero "

@@ -5,17 +5,18 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from typing import Any
 
 from tuimon.doctor.context import RunContext
-from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.doctor.rule import Rule, Verdict, clear, probe_route
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import BATCH_PROBE, ERROR, BatchProbeEvent, StepEvent
 
 
-class InputNan(Rule):
+class InputNan(Rule[BatchProbeEvent]):
     id = "input_nan"
     cause = True
-    severity = "error"
-    events = ("probe:batch",)
+    severity = ERROR
+    events = (probe_route(BATCH_PROBE),)
     clear_after = 50  # clean probed batches in a row
     suppresses = (
         "nan_loss",
@@ -31,7 +32,7 @@ class InputNan(Rule):
     summary = "a batch contains NaN or Inf"
     fix = "fix the data pipeline (division by zero, corrupt samples)"
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         inputs = event.get("inputs") or {}
         if "nonfinite" not in inputs:
             return None
@@ -48,10 +49,10 @@ class InputNan(Rule):
         )
 
 
-class InputScale(Rule):
+class InputScale(Rule[BatchProbeEvent]):
     id = "input_scale"
     cause = True
-    events = ("probe:batch",)
+    events = (probe_route(BATCH_PROBE),)
     defaults = {"max_scale": 10.0, "min_scale": 1e-3, "patience": 2}
     suppresses = (
         "dead_relu",
@@ -70,9 +71,9 @@ class InputScale(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.unscaled = Streak(self.p["patience"])  # probed batches far from normalized
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         inputs = event.get("inputs") or {}
         if "mean" not in inputs or not inputs.get("floating", True):
             return None
@@ -81,10 +82,9 @@ class InputScale(Rule):
             return None
         scale = max(abs(mean), std)
         if self.p["min_scale"] <= scale <= self.p["max_scale"]:
-            self.held = 0
+            self.unscaled.reset()
             return clear()
-        self.held += 1
-        if self.held < self.p["patience"]:
+        if not self.unscaled.hold():
             return None
         low, high = inputs.get("min"), inputs.get("max")
         if scale > self.p["max_scale"]:
@@ -109,9 +109,9 @@ class InputScale(Rule):
         )
 
 
-class ClassImbalance(Rule):
+class ClassImbalance(Rule[BatchProbeEvent]):
     id = "class_imbalance"
-    events = ("probe:batch",)
+    events = (probe_route(BATCH_PROBE),)
     defaults = {"ratio": 10.0, "min_samples": 1000}
     summary = "the label distribution is heavily skewed"
     fix = "a class-weighted loss or a weighted sampler"
@@ -121,7 +121,7 @@ class ClassImbalance(Rule):
         self.counts: list[float] = []
         self.pure_classes: set[int] = set()  # the class of each one-class batch seen
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         counts = (event.get("targets") or {}).get("counts")
         if not counts:
             return None
@@ -152,10 +152,10 @@ class ClassImbalance(Rule):
         )
 
 
-class UnshuffledData(Rule):
+class UnshuffledData(Rule[BatchProbeEvent]):
     id = "unshuffled_data"
     cause = True
-    events = ("probe:batch",)
+    events = (probe_route(BATCH_PROBE),)
     defaults = {"purity": 0.9, "min_batch": 16, "run": 3}
     clear_after = 10  # mixed probed batches in a row
     suppresses = (
@@ -174,7 +174,7 @@ class UnshuffledData(Rule):
         self.recent: deque[int | None] = deque(maxlen=int(self.p["run"]))
         self.dominants: set[int] = set()
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         counts = (event.get("targets") or {}).get("counts")
         if not counts or len(counts) < 2:
             return None
@@ -204,7 +204,7 @@ class UnshuffledData(Rule):
         )
 
 
-class DataloaderBottleneck(Rule):
+class DataloaderBottleneck(Rule[StepEvent]):
     """The typical step (the median over a window) waits on data for most of its time,
     and for long enough to matter.
 
@@ -223,9 +223,9 @@ class DataloaderBottleneck(Rule):
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.waits: list[tuple[float, float]] = []  # (data time, step time) in the window
-        self.hits = 0
+        self.starved = Streak(self.p["checks"])  # windows that waited on data
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         step_time, data_time = event.get("step_time"), event.get("data_time")
         if ctx.step <= self.p["warmup"] or not isinstance(step_time, int | float):
             return None
@@ -239,10 +239,9 @@ class DataloaderBottleneck(Rule):
         step_ms = 1000 * statistics.median(total for _, total in self.waits)
         self.waits = []
         if share <= self.p["share"] or data_ms < self.p["min_wait_ms"]:
-            self.hits = 0
+            self.starved.reset()
             return clear()
-        self.hits += 1
-        if self.hits < self.p["checks"]:
+        if not self.starved.hold():
             return None
         workers = f" (now {ctx.num_workers})" if ctx.num_workers is not None else ""
         return Verdict(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.run.events import METRICS, MetricsEvent
 
 
-class Overfitting(Rule):
+class Overfitting(Rule[MetricsEvent]):
     id = "overfitting"
-    events = ("metrics",)
+    events = (METRICS,)
     defaults = {"margin": 0.1, "min_rise": 0.02, "train_drop": 0.05, "min_validations": 3}
     clear_after = 2
     summary = "validation loss rises while training loss falls"
@@ -20,7 +19,7 @@ class Overfitting(Rule):
         super().__init__(params)
         self.history: list[tuple[int, float, float | None]] = []  # step, val, train
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: MetricsEvent, ctx: RunContext) -> Verdict | None:
         val = event.get("val_loss")
         if not isinstance(val, int | float):
             return None
@@ -44,7 +43,7 @@ class Overfitting(Rule):
         )
         if now <= floor:
             return clear()
-        if not (rising and train_falling):
+        if not (rising and train_falling) or train is None:
             return None
         drop = 1 - train / best_train if best_train else 0.0
         return Verdict(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
+from tuimon.control.commands import SCALE_LR
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear, nice_factor
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import StepEvent
 
 
-class LrTooHigh(Rule):
+class LrTooHigh(Rule[StepEvent]):
     id = "lr_too_high"
     cause = True
     defaults = {
@@ -29,11 +31,11 @@ class LrTooHigh(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.big_steps = Streak(self.p["patience"])  # high-ratio probes since the last progress
         self.loss_at_start = math.nan  # the loss when the big steps last paid off
         self.lowest = math.inf  # the lowest smoothed loss so far
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         smoothed = ctx.smoothed
         if smoothed is not None:
             self.lowest = min(self.lowest, smoothed)
@@ -43,17 +45,16 @@ class LrTooHigh(Rule):
         # The first steps are not judged: adaptive optimizers (Adadelta at LR 1, as in
         # pytorch/examples' MNIST) take big steps on small fresh weights, then settle.
         if ratio <= self.p["high"] or ctx.step < self.p["warmup"] or smoothed is None:
-            self.held = 0
+            self.big_steps.reset()
             return clear()
         # Big steps that still bring the loss down are fine. Steps that made the loss
         # climb well above its lowest are judged at once; a loss that merely stands still
         # needs `patience` high-ratio probes without `min_progress` between them.
         rising = smoothed > (1 + self.p["rise"]) * self.lowest
-        if self.held == 0 or ctx.loss < (1 - self.p["min_progress"]) * self.loss_at_start:
+        if not self.big_steps.count or ctx.loss < (1 - self.p["min_progress"]) * self.loss_at_start:
             self.loss_at_start = ctx.loss
-            self.held = 0
-        self.held += 1
-        if self.held < self.p["patience"] and not rising:
+            self.big_steps.reset()
+        if not self.big_steps.hold() and not rising:
             return None
         factor = max(0.01, min(0.5, nice_factor(self.p["target"] / ratio)))
         lr = ctx.lr
@@ -64,14 +65,14 @@ class LrTooHigh(Rule):
             if lr
             else f"scale the learning rate by {factor:g}",
             {"update_ratio": ratio, "lr": lr, "factor": factor},
-            {"cmd": "scale-lr", "factor": factor},
+            {"cmd": SCALE_LR, "factor": factor},
         )
 
 
 EARLY_STEPS = 10  # a gradient's early level: its largest norm over these first steps
 
 
-class LrTooLow(Rule):
+class LrTooLow(Rule[StepEvent]):
     id = "lr_too_low"
     symptom = True
     defaults = {
@@ -95,11 +96,11 @@ class LrTooLow(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.tiny_steps = Streak(self.p["patience"])  # probes with ‖Δw‖/‖w‖ under `low`
         self.early_grad = 0.0  # the largest gradient norm of the first steps
         self.last_lr: float | None = None  # at the previous probe
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         grad = event.get("grad_norm")
         grad = float(grad) if isinstance(grad, int | float) and math.isfinite(grad) else None
         if grad is not None and ctx.step <= EARLY_STEPS:
@@ -111,16 +112,15 @@ class LrTooLow(Rule):
         rising = ctx.lr is not None and self.last_lr is not None and ctx.lr > self.last_lr
         self.last_lr = ctx.lr
         if rising:
-            self.held = 0
+            self.tiny_steps.reset()
             return None
         # A schedule that has annealed the LR, or a converged run, are not "too low".
         annealed = ctx.lr is not None and ctx.lr < self.p["decayed"] * ctx.max_lr
         far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         if ratio >= self.p["low"] or annealed or not far or self._no_gradient(event, grad):
-            self.held = 0
+            self.tiny_steps.reset()
             return clear()
-        self.held += 1
-        if self.held < self.p["patience"]:
+        if not self.tiny_steps.hold():
             return None
         factor = min(100.0, max(2.0, nice_factor(self.p["target"] / max(ratio, 1e-12))))
         lr = ctx.lr
@@ -132,10 +132,10 @@ class LrTooLow(Rule):
             if lr
             else f"scale the learning rate by {factor:g}",
             {"update_ratio": ratio, "lr": lr, "factor": factor},
-            {"cmd": "scale-lr", "factor": factor},
+            {"cmd": SCALE_LR, "factor": factor},
         )
 
-    def _no_gradient(self, event: dict[str, Any], grad: float | None) -> bool:
+    def _no_gradient(self, event: StepEvent, grad: float | None) -> bool:
         """Tiny updates because there is (almost) nothing to follow, not because of the LR:
         the gradient fell to a sliver of its early level, or most layers did not move at
         all (dead units; dead_relu and vanishing_gradients name those)."""

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any
+from typing import cast
 
+from tuimon.control.commands import RECOVER as RECOVER_COMMAND
+from tuimon.control.commands import SCALE_LR
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import ERROR, Action, StepEvent
 
-RECOVER = {"cmd": "recover", "lr_factor": 0.1}
+# Restore the last good weights and scale the LR by 0.1: the fix of a blow-up (and
+# autofix's command when an alert carries none).
+RECOVER: Action = {"cmd": RECOVER_COMMAND, "lr_factor": 0.1}
 
 
-class NanLoss(Rule):
+def recover_before(step: int) -> Action:
+    """RECOVER from the last good weights at or before `step` (before the blow-up)."""
+    # A cast until run/events.py's Action has the recover command's `before_step`.
+    return cast(Action, {**RECOVER, "before_step": step})
+
+
+class NanLoss(Rule[StepEvent]):
     id = "nan_loss"
     cause = True
-    severity = "error"
+    severity = ERROR
     clear_after = 20  # finite steps in a row
     suppresses = (
         "divergence",
@@ -40,7 +52,7 @@ class NanLoss(Rule):
         self.early_grad: float | None = None  # the first finite gradient norm
         self.peak_grad = 0.0  # the largest finite gradient norm of the finite steps
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         if math.isfinite(ctx.loss):
             self.last_finite = (ctx.step, ctx.loss)
             grad = event.get("grad_norm")
@@ -99,7 +111,7 @@ class NanLoss(Rule):
             f"loss went {before}to {ctx.loss} at step {ctx.step}",
             suggestion,
             evidence,
-            dict(RECOVER, before_step=ctx.step),
+            recover_before(ctx.step),
         )
 
     def _numerical(self, ctx: RunContext) -> bool:
@@ -115,10 +127,10 @@ class NanLoss(Rule):
         return self.peak_grad <= self.p["growth"] * max(self.early_grad, 1e-12)
 
 
-class Divergence(Rule):
+class Divergence(Rule[StepEvent]):
     id = "divergence"
     cause = True
-    severity = "error"
+    severity = ERROR
     defaults = {"warmup": 20, "ratio": 2.0, "climb": 0.5, "rise_steps": 10, "patience": 5}
     clear_after = 20
     needs_finite_loss = True
@@ -135,9 +147,9 @@ class Divergence(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.climbing = Streak(self.p["patience"])  # looks far above the best
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         smoothed, best, initial = ctx.smoothed, ctx.best, ctx.initial
         if smoothed is None or best is None or initial is None or ctx.step < self.p["warmup"]:
             return None
@@ -145,14 +157,14 @@ class Divergence(Rule):
         # starts while climbing; it lasts until the loss is back near its best.
         margin = max(best * (self.p["ratio"] - 1), self.p["climb"] * (initial - best), 1e-12)
         if smoothed <= best + margin:
-            self.held = 0
+            self.climbing.reset()
             return clear()
         earlier = ctx.smoothed_ago(int(self.p["rise_steps"]))
-        if self.held < self.p["patience"] and not (earlier is not None and smoothed > earlier):
-            self.held = 0
+        rising = earlier is not None and smoothed > earlier
+        if not (rising or self.climbing.reached):
+            self.climbing.reset()
             return None
-        self.held += 1
-        if self.held < self.p["patience"]:
+        if not self.climbing.hold():
             return None
         factor = smoothed / best if best > 0 else math.inf
         lr = ctx.lr
@@ -174,11 +186,11 @@ class Divergence(Rule):
                 "ratio": factor,
                 "lr": lr,
             },
-            dict(RECOVER, before_step=ctx.best_step),
+            recover_before(ctx.best_step),
         )
 
 
-class Oscillation(Rule):
+class Oscillation(Rule[StepEvent]):
     id = "oscillation"
     symptom = True
     defaults = {
@@ -200,9 +212,9 @@ class Oscillation(Rule):
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
         self.losses: deque[float] = deque(maxlen=int(self.p["window"]))
-        self.hits = 0
+        self.bouncing = Streak(self.p["checks"])
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         self.losses.append(ctx.loss)
         if ctx.step < self.p["warmup"] or ctx.step % int(self.p["every"]):
             return None
@@ -227,10 +239,9 @@ class Oscillation(Rule):
             and ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         )
         if not holds:
-            self.hits = 0
+            self.bouncing.reset()
             return clear()
-        self.hits += 1
-        if self.hits < self.p["checks"]:
+        if not self.bouncing.hold():
             return None
         lr = ctx.lr
         return Verdict(
@@ -241,11 +252,11 @@ class Oscillation(Rule):
             if lr
             else "lower the learning rate",
             {"spread": spread, "progress": progress, "median": median, "window": n, "lr": lr},
-            {"cmd": "scale-lr", "factor": 0.5},
+            {"cmd": SCALE_LR, "factor": 0.5},
         )
 
 
-class Stall(Rule):
+class Stall(Rule[StepEvent]):
     id = "stall"
     symptom = True
     clear_after = 4
@@ -264,9 +275,9 @@ class Stall(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.hits = 0
+        self.stalled = Streak(self.p["checks"])
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         if ctx.step < self.p["warmup"] or ctx.step % int(self.p["every"]):
             return None
         then, now = ctx.smoothed_ago(int(self.p["window"])), ctx.smoothed
@@ -275,10 +286,9 @@ class Stall(Rule):
         improvement = (then - now) / max(abs(then), 1e-12)
         far = ctx.unconverged(self.p["far_chance"], self.p["far_initial"])
         if improvement >= self.p["min_improvement"] or not far:
-            self.hits = 0
+            self.stalled.reset()
             return clear()
-        self.hits += 1
-        if self.hits < self.p["checks"]:
+        if not self.stalled.hold():
             return None
         window = int(self.p["window"])
         return Verdict(
@@ -297,7 +307,7 @@ class Stall(Rule):
         )
 
 
-class ChanceLevel(Rule):
+class ChanceLevel(Rule[StepEvent]):
     id = "chance_level"
     symptom = True
     defaults = {"warmup": 100, "tolerance": 0.05, "patience": 100}
@@ -309,28 +319,32 @@ class ChanceLevel(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.at_chance = Streak(self.p["patience"])  # steps at ln(C)
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         chance, smoothed = ctx.chance_loss, ctx.smoothed
         if chance is None or smoothed is None or ctx.step < self.p["warmup"] or not ctx.loss_is_ce:
             return None
         # Measured against the way from the floor (label smoothing's) up to ln(C).
         distance = abs(smoothed - chance) / max(chance - ctx.loss_floor, 1e-12)
         if distance >= self.p["tolerance"]:
-            self.held = 0
+            self.at_chance.reset()
             # Only well away from ln(C) is the episode over (no flapping at the edge).
             return clear() if distance >= 2 * self.p["tolerance"] else None
-        self.held += 1
-        if self.held < self.p["patience"]:
+        if not self.at_chance.hold():
             return None
-        classes = ctx.num_classes
+        classes, steps = ctx.num_classes, self.at_chance.count
         return Verdict(
             True,
             f"loss has sat at {smoothed:.4g} ≈ ln({classes}) = {chance:.4g} for "
-            f"{self.held} steps: the model predicts every class with the same probability",
+            f"{steps} steps: the model predicts every class with the same probability",
             "check that labels match their inputs (shuffled or misaligned labels), that the "
             "loss gets (logits, targets) in that order, that the graph is not detached, and "
             "that the LR is not far too low",
-            {"smoothed": smoothed, "chance": chance, "classes": classes, "steps": self.held},
+            {
+                "smoothed": smoothed,
+                "chance": chance,
+                "classes": classes,
+                "steps": steps,
+            },
         )

@@ -6,18 +6,30 @@ from __future__ import annotations
 from typing import Any
 
 from tuimon.doctor.context import RunContext
-from tuimon.doctor.rule import Rule, Verdict, clear
+from tuimon.doctor.rule import Rule, Verdict, clear, probe_route
+from tuimon.doctor.streak import Streak
+from tuimon.run.events import (
+    BATCH_PROBE,
+    ERROR,
+    OPTIMIZER_PROBE,
+    STALE_GRAD_PROBE,
+    WARNING,
+    BatchProbeEvent,
+    OptimizerProbeEvent,
+    StaleGradProbeEvent,
+    StepEvent,
+)
 
 # Candidate losses the batch probe compares with the step's loss (monitor/batch_probe.py).
 CE, NLL = "cross_entropy", "nll_loss"
 BCE_LOGITS, BCE = "binary_cross_entropy_with_logits", "binary_cross_entropy"
 
 
-class MissingZeroGrad(Rule):
+class MissingZeroGrad(Rule[StaleGradProbeEvent]):
     id = "missing_zero_grad"
     cause = True
-    severity = "error"
-    events = ("probe:stale_grad",)
+    severity = ERROR
+    events = (probe_route(STALE_GRAD_PROBE),)
     defaults = {"confirm": 1}
     suppresses = (
         "overfitting",
@@ -37,14 +49,13 @@ class MissingZeroGrad(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.stale = 0
+        self.stale = Streak(self.p["confirm"])  # probes in a row that found stale gradients
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StaleGradProbeEvent, ctx: RunContext) -> Verdict | None:
         if not event.get("stale"):
-            self.stale = 0
+            self.stale.reset()
             return clear()
-        self.stale += 1
-        if self.stale < self.p["confirm"]:
+        if not self.stale.hold():
             return None
         return Verdict(
             True,
@@ -52,20 +63,20 @@ class MissingZeroGrad(Rule):
             "values an earlier optimizer step had used: gradients add up across steps",
             "call optimizer.zero_grad() before loss.backward() every step (to accumulate over "
             "micro-batches on purpose, zero after each optimizer.step())",
-            {"param": event.get("param"), "checks": self.stale},
+            {"param": event.get("param"), "checks": self.stale.count},
         )
 
 
-class OptimizerMismatch(Rule):
+class OptimizerMismatch(Rule[OptimizerProbeEvent]):
     id = "optimizer_mismatch"
     cause = True
-    severity = "error"
-    events = ("probe:optimizer",)
+    severity = ERROR
+    events = (probe_route(OPTIMIZER_PROBE),)
     suppresses = ("stall", "chance_level", "lr_too_low", "vanishing_gradients")
     summary = "the optimizer does not hold the model's trainable parameters"
     fix = "build the optimizer from model.parameters() (or freeze what it skips)"
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: OptimizerProbeEvent, ctx: RunContext) -> Verdict | None:
         foreign = event.get("not_in_model", 0)
         skipped = event.get("trainable_not_in_optimizer", 0)
         names = ", ".join(event.get("skipped_names") or [])
@@ -85,16 +96,16 @@ class OptimizerMismatch(Rule):
                 "pass them to the optimizer, or freeze them with requires_grad_(False) if they "
                 "are meant to stay fixed",
                 {"trainable_not_in_optimizer": skipped, "names": event.get("skipped_names")},
-                severity="warning",
+                severity=WARNING,
             )
         return clear()
 
 
-class SoftmaxBeforeLoss(Rule):
+class SoftmaxBeforeLoss(Rule[BatchProbeEvent]):
     id = "softmax_before_loss"
     cause = True
-    severity = "error"
-    events = ("probe:batch",)
+    severity = ERROR
+    events = (probe_route(BATCH_PROBE),)
     defaults = {"tolerance": 1e-3, "confirm": 2}
     suppresses = ("chance_level", "stall", "lr_too_low", "vanishing_gradients")
     summary = "probabilities (softmax or sigmoid outputs) are fed to a loss that expects logits"
@@ -102,9 +113,9 @@ class SoftmaxBeforeLoss(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.seen = Streak(self.p["confirm"])  # probed batches in a row that show it
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         outputs = event.get("outputs") or {}
         found = event.get("loss") or {}
         if "row_sum_error" in outputs:
@@ -114,10 +125,9 @@ class SoftmaxBeforeLoss(Rule):
         else:
             return None
         if verdict is None:
-            self.held = 0
+            self.seen.reset()
             return clear()
-        self.held += 1
-        return verdict if self.held >= self.p["confirm"] else None
+        return verdict if self.seen.hold() else None
 
     def _softmax(self, outputs: dict[str, Any], ctx: RunContext) -> Verdict | None:
         loss = ctx.loss_name
@@ -155,11 +165,11 @@ class SoftmaxBeforeLoss(Rule):
         )
 
 
-class LossInputMismatch(Rule):
+class LossInputMismatch(Rule[BatchProbeEvent]):
     id = "loss_input_mismatch"
     cause = True
-    severity = "error"
-    events = ("probe:batch",)
+    severity = ERROR
+    events = (probe_route(BATCH_PROBE),)
     defaults = {"tolerance": 0.01, "confirm": 2}
     suppresses = (
         "divergence",
@@ -175,9 +185,9 @@ class LossInputMismatch(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.held = 0
+        self.seen = Streak(self.p["confirm"])  # probed batches in a row that show it
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: BatchProbeEvent, ctx: RunContext) -> Verdict | None:
         found = event.get("loss") or {}
         if NLL not in (found.get("candidates") or {}):
             return None
@@ -186,10 +196,9 @@ class LossInputMismatch(Rule):
         # log_softmax outputs match both NLL and CE (log_softmax is idempotent) and their
         # rows' log Σ exp is 0; NLL of anything else is a mismatch.
         if NLL not in matches or CE in matches or not error > self.p["tolerance"]:
-            self.held = 0
+            self.seen.reset()
             return clear()
-        self.held += 1
-        if self.held < self.p["confirm"]:
+        if not self.seen.hold():
             return None
         value = found.get("value", float("nan"))
         kind = (
@@ -210,10 +219,10 @@ class LossInputMismatch(Rule):
         )
 
 
-class OptimizerNotStepping(Rule):
+class OptimizerNotStepping(Rule[StepEvent]):
     id = "optimizer_not_stepping"
     cause = True
-    severity = "error"
+    severity = ERROR
     defaults = {"steps": 20}
     suppresses = (
         "chance_level",
@@ -229,24 +238,25 @@ class OptimizerNotStepping(Rule):
 
     def __init__(self, params: dict[str, float] | None = None) -> None:
         super().__init__(params)
-        self.skipped = 0
+        self.skipped = Streak(self.p["steps"])  # steps in a row without an optimizer step
         self.since: int | None = None
 
-    def check(self, event: dict[str, Any], ctx: RunContext) -> Verdict | None:
+    def check(self, event: StepEvent, ctx: RunContext) -> Verdict | None:
         steps = event.get("optimizer_steps")
         if not isinstance(steps, int):
             return None  # a log from before the field existed
         if steps > 0:
-            self.skipped, self.since = 0, None
+            self.skipped.reset()
+            self.since = None
             return clear()
         # A GradScaler skips a few steps while it finds its scale: only a run counts.
-        self.skipped += 1
         self.since = self.since or ctx.step
-        if self.skipped < self.p["steps"]:
+        if not self.skipped.hold():
             return None
+        skipped = self.skipped.count
         return Verdict(
             True,
-            f"optimizer.step() has not run for {self.skipped} steps (since step {self.since}): "
+            f"optimizer.step() has not run for {skipped} steps (since step {self.since}): "
             "the weights do not change at all",
             "a GradScaler skips optimizer.step() when it finds inf/NaN gradients: here it does "
             "so every step, so the fp16 overflow is not transient. Train in bf16 (or fp32), "
@@ -254,5 +264,5 @@ class OptimizerNotStepping(Rule):
             "that overflows (torch.autograd.detect_anomaly, or check each layer's output for "
             "inf). If nothing calls optimizer.step(), call it; with gradient accumulation, "
             "call mon.step() once per optimizer step, not per micro-batch",
-            {"skipped": self.skipped, "since": self.since},
+            {"skipped": skipped, "since": self.since},
         )
