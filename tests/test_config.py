@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tuimon.config import load_config
 from tuimon.errors import ConfigError
+from tuimon.training.build_checks import load_run_config
 
 from conftest import run_tuimon
 
@@ -63,7 +63,7 @@ def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
 
 def problems_of(path: Path, overrides: Sequence[str] = ()) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(path, overrides)
+        load_run_config(path, overrides)
     assert info.value.problems, "a ConfigError must carry at least one problem"
     return info.value.problems
 
@@ -75,7 +75,7 @@ def only_problem(path: Path, overrides: Sequence[str] = ()) -> str:
 
 
 def test_base_config_loads(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, BASE))
+    config = load_run_config(write(tmp_path, BASE))
     assert config.name == "base"
     assert config.optimizer.name == "SGD"
     assert config.optimizer.lr == 0.1
@@ -221,7 +221,7 @@ def test_train_without_length_says_what_to_set(tmp_path: Path) -> None:
 
 
 def test_max_steps_alone_is_enough(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, edit("  epochs: 1", "  max_steps: 5")))
+    config = load_run_config(write(tmp_path, edit("  epochs: 1", "  max_steps: 5")))
     assert config.train.epochs is None
     assert config.train.max_steps == 5
 
@@ -304,7 +304,7 @@ def test_empty_config_names_the_required_sections(tmp_path: Path) -> None:
 def test_exponent_without_dot_is_a_float(tmp_path: Path, written: str, value: float) -> None:
     text = edit("lr: 0.1", f"lr: {written}")
     text = edit("momentum: 0.9", f"momentum: 0.9\n  weight_decay: {written}", text)
-    config = load_config(write(tmp_path, text))
+    config = load_run_config(write(tmp_path, text))
     assert isinstance(config.optimizer.lr, float)
     assert config.optimizer.lr == pytest.approx(value)
     weight_decay = config.optimizer.kwargs["weight_decay"]
@@ -322,7 +322,7 @@ def test_quoted_exponent_stays_a_string_and_is_rejected_for_torch(tmp_path: Path
 
 
 def test_overrides_are_typed_yaml_scalars(tmp_path: Path) -> None:
-    config = load_config(
+    config = load_run_config(
         write(tmp_path, BASE),
         ["optimizer.lr=3e-4", "train.epochs=2", "data.augment.hflip=true", "name=over"],
     )
@@ -336,7 +336,7 @@ def test_overrides_are_typed_yaml_scalars(tmp_path: Path) -> None:
 
 
 def test_override_reaches_torch_kwargs_and_new_sections(tmp_path: Path) -> None:
-    config = load_config(
+    config = load_run_config(
         write(tmp_path, BASE),
         [
             "optimizer.nesterov=true",
@@ -351,7 +351,7 @@ def test_override_reaches_torch_kwargs_and_new_sections(tmp_path: Path) -> None:
 
 
 def test_later_override_wins(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, BASE), ["train.epochs=2", "train.epochs=7"])
+    config = load_run_config(write(tmp_path, BASE), ["train.epochs=2", "train.epochs=7"])
     assert config.train.epochs == 7
 
 
@@ -406,7 +406,7 @@ def test_configs_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=[p.name for p in SHIPPED_CONFIGS])
 def test_shipped_config_loads(path: Path) -> None:
-    config = load_config(path)
+    config = load_run_config(path)
     assert config.name
     assert config.train.epochs or config.train.max_steps
     # Exponents such as `lr: 1e-3` in the shipped files must be numbers.
@@ -416,7 +416,7 @@ def test_shipped_config_loads(path: Path) -> None:
 
 
 def test_vgg_config_values() -> None:
-    config = load_config(REPO / "configs" / "vgg.yaml")
+    config = load_run_config(REPO / "configs" / "vgg.yaml")
     assert config.model.name == "vgg16_bn"
     assert config.optimizer.kwargs["weight_decay"] == pytest.approx(5e-4)
     assert config.scheduler is not None and config.scheduler.warmup_steps == 200
@@ -452,7 +452,7 @@ def test_problems_in_different_sections_are_reported_together_in_file_order(tmp_
     path = tmp_path / "both.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
+        load_run_config(path)
     problems = caught.value.problems
     assert len(problems) == 2
     assert "optimizer.momentun: unknown key (did you mean momentum?)" in problems[0]
@@ -474,7 +474,7 @@ def test_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
     # The alias reaches monitor.snapshot_every (an integer): located there.
     assert f":{line_of(text, 'snapshot_every')}:3: monitor.snapshot_every:" in problem
 
-    config = load_config(write(tmp_path, edit("  snapshot_every: *lr\n", "", text)))
+    config = load_run_config(write(tmp_path, edit("  snapshot_every: *lr\n", "", text)))
     assert config.scheduler is not None and config.scheduler.kwargs["eta_min"] == 0.1
     assert config.train.epochs == 1 and config.train.batch_size == 8
 
@@ -501,7 +501,7 @@ def test_optimizer_lr_within_the_monitor_lr_limits(
     text = edit("  lr: 0.1", f"  lr: {lr}")
     path = write(tmp_path, edit("monitor:\n", f"monitor:\n{limit}", text))
     if problem is None:
-        assert load_config(path).optimizer.lr == float(lr)
+        assert load_run_config(path).optimizer.lr == float(lr)
     else:
         assert problem in only_problem(path)
 

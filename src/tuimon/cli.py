@@ -99,9 +99,9 @@ def config_command(args: list[str]) -> int:
     if options.autofix:
         options.overrides.append("monitor.autofix=true")
 
-    from tuimon.config import load_config
+    from tuimon.training.build_checks import load_run_config
 
-    config = load_config(options.config, options.overrides)
+    config = load_run_config(options.config, options.overrides)
     if not options.headless and sys.stdout.isatty():
         from tuimon.launch import launch_config
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tuimon.config.shown_values import clipped, shown_value
-from tuimon.config.suggest import did_you_mean
+from tuimon.did_you_mean import did_you_mean
 
 
 class UnknownNameError(LookupError):

@@ -22,12 +22,11 @@ from pydantic import (
 )
 
 from tuimon.config.shown_values import shown_value
-from tuimon.config.suggest import did_you_mean
+from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.rule_ids import RULE_IDS
 from tuimon.run.run_dir import RUN_NAME_PATTERN
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
-ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu")
 # The run's LR limits, as monitor/lr_control.py's LrLimits defaults: below, float noise;
 # above, a typo (3e4 for 3e-4). optimizer.lr and every set-lr / scale-lr stay within them.
 DEFAULT_LR_MIN = 1e-12
@@ -75,55 +74,8 @@ class NamedCall(_NoBoolNumbers):
 
 
 class ModelConfig(NamedCall):
-    """`name`: mlp | vgg_small | a torchvision model (vgg16_bn, …) | pkg.module:callable."""
-
-
-class MLPOptions(StrictModel):
-    """Options of the built-in `mlp`: inputs are flattened."""
-
-    hidden: list[int] = Field([512, 256], max_length=1000, description="units of each hidden layer")
-    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
-    batchnorm: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)
-
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(units <= 0 for units in value):
-            raise ValueError("every hidden layer needs at least one unit")
-        return value
-
-
-class VGGSmallOptions(StrictModel):
-    """Options of the built-in `vgg_small`: conv blocks, each followed by a 2x2 max-pool."""
-
-    blocks: list[list[int]] = Field([[64], [128], [256, 256], [512, 512]], max_length=100)
-    width: float = Field(1.0, gt=0, le=4, description="multiplies every block's channels")
-    batchnorm: bool = True
-    activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
-    dropout: float = Field(0.5, ge=0, lt=1)
-    hidden: int = Field(512, ge=0, description="classifier hidden units; 0 = one linear layer")
-    head: Literal["avgpool", "flatten"] = Field(
-        "avgpool", description="global average pool, or flatten the last feature map"
-    )
-
-    @field_validator("blocks")
-    @classmethod
-    def _non_empty(cls, value: list[list[int]]) -> list[list[int]]:
-        if not value or any(not block for block in value):
-            raise ValueError("need at least one block, each with at least one conv layer")
-        if any(len(block) > 100 for block in value):
-            raise ValueError("a block may hold at most 100 conv layers")
-        if any(channels <= 0 for block in value for channels in block):
-            raise ValueError("every conv layer needs at least one channel")
-        return value
-
-
-class TorchvisionOptions(StrictModel):
-    """Options of a torchvision model; it is adapted to the data's shape and classes."""
-
-    pretrained: bool = False
-    dropout: float | None = Field(None, ge=0, lt=1, description="classifier dropout, if any")
+    """`name`: mlp | vgg_small | a torchvision model (vgg16_bn, …) | pkg.module:callable;
+    the options each takes are in config/model_options.py."""
 
 
 class OptimizerConfig(NamedCall):
@@ -253,6 +205,8 @@ class ProbeConfig(StrictModel):
     )
 
 
+# A Literal of the doctor's one list of rule ids, built at run time (pydantic reads it; to
+# mypy, whose Literal takes only written values, each id is a str).
 RuleId = Literal[RULE_IDS]  # type: ignore[valid-type]
 
 

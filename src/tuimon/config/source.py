@@ -44,7 +44,7 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._path: list[Any] = []
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         if len(self._path) >= MAX_DEPTH:
             mark = self.peek_event().start_mark
             raise _LocatedError(

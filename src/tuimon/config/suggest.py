@@ -1,22 +1,6 @@
-"""'Did you mean …?' hints for misspelt keys and names."""
+"""Moved to `tuimon.did_you_mean` (a stdlib-only leaf); this name stays only until the
+doctor's two imports of it move there too."""
 
-from __future__ import annotations
+from tuimon.did_you_mean import closest, did_you_mean
 
-import difflib
-from collections.abc import Iterable
-
-
-def closest(word: str, choices: Iterable[str]) -> str | None:
-    """The choice closest to `word`, if any is close enough to be a likely typo."""
-    pool = list(choices)
-    lowered = {c.lower(): c for c in pool}
-    if word.lower() in lowered:
-        return lowered[word.lower()]
-    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean X?)' or '' when nothing is close."""
-    match = closest(word, choices)
-    return f" (did you mean {match}?)" if match else ""
+__all__ = ["closest", "did_you_mean"]

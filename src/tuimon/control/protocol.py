@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuimon.config.suggest import did_you_mean
 from tuimon.control.commands import COMMANDS, check_arguments, show
 from tuimon.control.commands import CommandError as ProtocolError
+from tuimon.did_you_mean import did_you_mean
 from tuimon.run.event_codec import encode_event
 
 MAX_LINE_BYTES = 64 * 1024

@@ -6,19 +6,24 @@ Narrow the VGG (`width`), add or drop BatchNorm (`batchnorm`), swap sigmoid for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
-from tuimon.config.schema import MLPOptions, VGGSmallOptions
+from tuimon.config.model_options import Activation, MLPOptions, VGGSmallOptions
+
+ACTIVATION_LAYERS: dict[Activation, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+}
 
 
-def activation(name: str) -> nn.Module:
-    return {
-        "relu": nn.ReLU,
-        "leaky_relu": lambda: nn.LeakyReLU(0.01),
-        "sigmoid": nn.Sigmoid,
-        "tanh": nn.Tanh,
-        "gelu": nn.GELU,
-    }[name]()
+def activation(name: Activation) -> nn.Module:
+    return ACTIVATION_LAYERS[name]()
 
 
 class MLP(nn.Module):
@@ -37,7 +42,7 @@ class MLP(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
 
@@ -80,5 +85,5 @@ class VGGSmall(nn.Module):
             head.append(nn.Linear(channels, num_classes))
         self.classifier = nn.Sequential(*head)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))

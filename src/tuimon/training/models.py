@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from torch import nn
 
 from tuimon.config import callables
-from tuimon.config.loader import MODEL_CONTEXT_ARGS, model_options
-from tuimon.config.schema import Config, MLPOptions, TorchvisionOptions, VGGSmallOptions
+from tuimon.config.model_options import (
+    MODEL_CONTEXT_ARGS,
+    MLPOptions,
+    TorchvisionOptions,
+    VGGSmallOptions,
+    model_options,
+)
+from tuimon.config.schema import Config
 from tuimon.config.shown_values import clipped, shown_value
 from tuimon.errors import UsageError
 from tuimon.training.architectures import MLP, VGGSmall
@@ -27,14 +33,6 @@ class DataShape:
     channels: int
     image_size: int
     num_classes: int
-
-
-@cache
-def torchvision_model_names() -> list[str]:
-    """Classification models of torchvision (not detection/segmentation/video)."""
-    from torchvision import models
-
-    return sorted(models.list_models(module=models))
 
 
 def build_model(config: Config, shape: DataShape) -> nn.Module:
@@ -74,7 +72,7 @@ def _too_big(config: Config, reason: str) -> UsageError:
 
 def _build(config: Config, shape: DataShape) -> nn.Module:
     name = config.model.name
-    options = model_options(config)
+    options = model_options(config.model)
     if isinstance(options, MLPOptions):
         return MLP(shape.channels * shape.image_size**2, shape.num_classes, options)
     if isinstance(options, VGGSmallOptions):
@@ -86,6 +84,7 @@ def _build(config: Config, shape: DataShape) -> nn.Module:
 
 def _custom(spec: str, kwargs: dict[str, Any], shape: DataShape) -> nn.Module:
     builder = callables.resolve_callable(spec)
+    accepted: Mapping[str, inspect.Parameter]
     try:
         accepted = inspect.signature(builder).parameters
     except (TypeError, ValueError):
@@ -190,13 +189,14 @@ def _replace_last_linear(module: nn.Module, num_classes: int) -> None:
 
 
 def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    padding = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
     new = nn.Conv2d(
         in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        _pair(conv.kernel_size),
+        _pair(conv.stride),
+        padding,
+        _pair(conv.dilation),
         conv.groups if conv.groups == 1 else 1,
         bias=conv.bias is not None,
     )
@@ -204,6 +204,12 @@ def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         # Grey input to an RGB-trained stem: the mean of the colour filters.
         new.weight.data.copy_(conv.weight.data.mean(dim=1, keepdim=True))
     return new
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's kernel, stride, padding or dilation (typed as any tuple): always a pair."""
+    height, width = size
+    return height, width
 
 
 def _last_conv_channels(features: nn.Sequential) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from tuimon.config import callables
 from tuimon.config.schema import LossConfig, OptimizerConfig, SchedulerConfig
@@ -23,7 +24,7 @@ def build_scheduler(
     *,
     total_steps: int,
     steps_per_epoch: int,
-) -> Any:
+) -> LRScheduler:
     """The scheduler, with `T_max`/`total_steps`/`max_lr` filled in from the run's length
     when omitted, wrapped in a linear warmup when `warmup_steps` is set."""
     cls = callables.resolve_name("scheduler", config.name, callables.scheduler_names())
@@ -38,10 +39,10 @@ def build_scheduler(
         kwargs.setdefault("max_lr", [group["lr"] for group in optimizer.param_groups])
         if not {"total_steps", "epochs", "steps_per_epoch"} & kwargs.keys():
             kwargs["total_steps"] = max(1, total_steps - config.warmup_steps)
-    main = cls(optimizer, **kwargs)
+    main: LRScheduler = cls(optimizer, **kwargs)
     if not config.warmup_steps:
         return main
-    if cls is torch.optim.lr_scheduler.ReduceLROnPlateau:
+    if cls is ReduceLROnPlateau:
         raise ValueError("warmup_steps cannot be combined with ReduceLROnPlateau")
     warmup = torch.optim.lr_scheduler.LinearLR(
         optimizer,
@@ -54,8 +55,9 @@ def build_scheduler(
     )
 
 
-def is_plateau(scheduler: Any) -> bool:
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+def is_plateau(scheduler: object) -> TypeGuard[ReduceLROnPlateau]:
+    """ReduceLROnPlateau steps on a metric (the validation loss), not on a count."""
+    return isinstance(scheduler, ReduceLROnPlateau)
 
 
 def build_loss(config: LossConfig) -> torch.nn.Module:

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import CheckpointError, ResumeState, load_checkpoint, model_weights
+from tuimon.run.events import RunStatus
 from tuimon.run.private_files import remove_leftover_temp_files
 from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
@@ -92,7 +94,7 @@ class Trainer:
         if train.epochs:
             limits.append(train.epochs * self.steps_per_epoch)
         self.total_steps = min(limits)
-        self.scheduler = None
+        self.scheduler: LRScheduler | None = None
         if cfg.scheduler is not None:
             self.scheduler = build_scheduler(
                 cfg.scheduler,
@@ -141,7 +143,7 @@ class Trainer:
 
     def run(
         self, run_dir: str | Path | None = None, quiet: bool = False, take_signals: bool = False
-    ) -> str:
+    ) -> RunStatus:
         """Train to the end (or a stop); returns the run's final status.
 
         `take_signals`: SIGINT and SIGTERM stop the run (first: at the next step, with a
@@ -179,7 +181,7 @@ class Trainer:
         ) as mon:
             self.monitor = mon
             self._train(mon)
-        return mon.state
+        return mon.status
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -207,11 +209,13 @@ class Trainer:
     def _train_epoch(self, mon: Monitor, epoch: int, skip: int) -> None:
         """Train one epoch, starting at its step `skip` (non-zero when resuming)."""
         train, sched_cfg = self.config.train, self.config.scheduler
+        # The scheduler to step after every optimizer step, if any.
         step_scheduler = (
-            self.scheduler is not None
-            and sched_cfg is not None
+            self.scheduler
+            if sched_cfg is not None
             and sched_cfg.interval == "step"
             and not is_plateau(self.scheduler)
+            else None
         )
         batches = faults.slow_storage(
             iter(self._loader(epoch, skip_batches=skip * train.accumulate)), self.config.faults
@@ -234,8 +238,8 @@ class Trainer:
                 total += loss.detach()
             faults.corrupt_grads(self.model, mon.global_step + 1, bugs)
             faults.optimizer_step(self.optimizer, bugs)
-            if step_scheduler:
-                self.scheduler.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
             mean_loss = total / train.accumulate
             self._epoch_loss += mean_loss
             self._epoch_steps += 1
@@ -315,11 +319,11 @@ class Trainer:
         else:
             order = torch.arange(size)
         order = faults.epoch_order(order, self.data.train.labels, cfg.faults)
-        order = order[skip_batches * cfg.train.batch_size :].tolist()
+        sampler = order[skip_batches * cfg.train.batch_size :].tolist()
         return batch_loader(
             self.data.train,
             batch_size=cfg.train.batch_size,
-            sampler=order,
+            sampler=sampler,
             num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(seed),
