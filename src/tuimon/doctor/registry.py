@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuimon.config.suggest import did_you_mean
+from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.rule import Rule
 from tuimon.doctor.rule_ids import RULE_IDS
 from tuimon.doctor.rules.activations import DeadRelu, SaturatedActivations

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tuimon.config.suggest import did_you_mean
+from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.engine import Doctor, DoctorEvent
 from tuimon.doctor.registry import RULES, override_problems
 from tuimon.errors import UsageError
