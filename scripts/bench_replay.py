@@ -34,9 +34,9 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from tuimon.run.event_codec import encode_event
+from tuimon.run.replay_cache import load_cached_state, write_state_cache
 from tuimon.run.run_dir import STATE_FILE
 from tuimon.run.run_state import load_run_state
-from tuimon.run.state_cache import load_cached_state, write_state_cache
 
 LAYERS = ["net.1", "net.3", "net.5"]
 STEPS_PER_EPOCH = 390

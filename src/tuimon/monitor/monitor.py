@@ -74,6 +74,7 @@ from tuimon.run.events import (
     StartEvent,
     StepEvent,
 )
+from tuimon.run.replay_cache import write_state_cache
 from tuimon.run.run_dir import (
     AUTOFIX_ENV,
     CHECKPOINT_DIR,
@@ -86,7 +87,6 @@ from tuimon.run.run_dir import (
     flag_from_env,
 )
 from tuimon.run.run_state import RunState
-from tuimon.run.state_cache import write_state_cache
 from tuimon.system.sampler import SystemSampler
 
 # How a Monitor answers a stop: raise StopTraining from `step()` (default), or only set
@@ -262,11 +262,6 @@ class Monitor:
     @property
     def status(self) -> RunStatus:
         """running, paused or stopping; then completed, stopped or failed."""
-        return self._commands.status
-
-    @property
-    def state(self) -> RunStatus:
-        """The old name of `status` (training/trainer.py reads it)."""
         return self._commands.status
 
     @property

@@ -46,7 +46,6 @@ import orjson
 
 from tuimon.run.event_codec import encode_event
 from tuimon.run.events import ERROR, LOG_ERROR, MESSAGE, WARNING, LogErrorEvent, MessageEvent
-from tuimon.run.events import RESERVED_METRIC_KEYS as RESERVED_METRIC_KEYS  # its old home
 from tuimon.run.events import Event as VocabularyEvent
 from tuimon.run.private_files import open_private_append
 

@@ -254,6 +254,7 @@ class Action(TypedDict, total=False):
     factor: float
     lr_factor: float
     group: int
+    before_step: int  # recover: restore a snapshot from before this step
 
 
 class AlertEvent(_Event, total=False):
