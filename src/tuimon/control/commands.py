@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tuimon.number_text import short_number
 from tuimon.run.events import PAUSED, RUNNING, STOPPING, RunPhase
 
 # -- names ---------------------------------------------------------------------------------
@@ -259,11 +260,4 @@ def describe(action: Mapping[str, Any] | None) -> str:
         return f"{name} {extra}".strip()
     values = {a.name: a.default for a in command.arguments}
     values.update({k: v for k, v in action.items() if k != "cmd"})
-    return command.words.format_map({k: _short(v) for k, v in values.items()})
-
-
-def _short(value: Any) -> str:
-    """A number as `:g` writes it; anything else (a damaged log's) as it is."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
+    return command.words.format_map({k: short_number(v) for k, v in values.items()})
