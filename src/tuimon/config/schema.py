@@ -171,6 +171,9 @@ class TrainConfig(StrictModel):
     val_every: int = Field(0, ge=0, description="steps between validations; 0 = each epoch end")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = only at end")
     resume: str | None = None
+    nproc_per_node: int = Field(
+        1, gt=0, le=1024, description="processes (GPUs) per node: >1 runs under torchrun with DDP"
+    )
     init_from: str | None = Field(
         None, description="start from these model weights only (fine-tuning)"
     )
@@ -231,6 +234,16 @@ class MonitorConfig(StrictModel):
     autofix_max: int = Field(3, ge=1, description="autofix gives up after this many tries")
     snapshot_every: int = Field(
         0, ge=0, description="steps between in-memory snapshots; 0 = 20 with autofix, else off"
+    )
+    sync_every: int = Field(
+        4,
+        gt=0,
+        le=10_000,
+        description="distributed jobs: steps between the ranks' command exchanges (a "
+        "command applies on every rank within this many steps)",
+    )
+    rank_timeout: float = Field(
+        30.0, gt=0, description="distributed jobs: seconds a rank may go unheard before it is named"
     )
     stop_ignored_after: int = Field(
         50,

@@ -31,6 +31,7 @@ CHECKPOINT: Final = "checkpoint"
 MESSAGE: Final = "message"
 PROBE: Final = "probe"
 LOG_ERROR: Final = "log_error"  # a line the writer could not encode, in place of its event
+RANKS: Final = "ranks"  # a distributed job: every rank as rank 0 last heard of it
 
 EventType = Literal[
     "start",
@@ -45,6 +46,7 @@ EventType = Literal[
     "message",
     "probe",
     "log_error",
+    "ranks",
 ]
 EVENT_TYPES: Final[tuple[EventType, ...]] = (
     START,
@@ -59,6 +61,7 @@ EVENT_TYPES: Final[tuple[EventType, ...]] = (
     MESSAGE,
     PROBE,
     LOG_ERROR,
+    RANKS,
 )
 
 # -- probe names (a `probe` event's `probe` field) -----------------------------------------
@@ -127,6 +130,7 @@ RESERVED_METRIC_KEYS: Final = frozenset({"type", "step", "epoch", "time", "seq"}
 class _Event(TypedDict, total=False):
     seq: int
     time: float
+    rank: int  # in a distributed job: the rank that wrote it (run/events.py RANKS)
 
 
 class StartEvent(_Event, total=False):
@@ -156,6 +160,7 @@ class StartEvent(_Event, total=False):
     data: dict[str, Any] | None
     notes: list[str]
     settings: dict[str, Any]  # the monitor section, defaults filled in
+    distributed: DistributedInfo  # a torchrun job: its ranks (absent for one process)
 
 
 class EndEvent(_Event, total=False):
@@ -361,6 +366,51 @@ class OptimizerProbeEvent(_ProbeEvent, total=False):
     skipped_names: list[str]
 
 
+class RankSummary(TypedDict, total=False):
+    """One rank of a distributed job, as rank 0 last heard of it through torchrun's store.
+
+    The identity fields (rank … device) are known from the start; the rest come with the
+    rank's reports, every few steps (monitor/distributed/rank_reports.py)."""
+
+    rank: int
+    local_rank: int
+    node: int  # the node's rank (torchrun's GROUP_RANK)
+    host: str
+    pid: int
+    device: str  # "cuda:1", "cpu"
+    step: int  # its latest step
+    status: RunStatus  # running, paused…; then how it ended
+    step_time: float | None  # mean seconds per step since its previous report
+    data_time: float | None  # of which waiting for data (before the model's forward)
+    samples_per_s: float | None
+    memory: int | None  # bytes: CUDA memory allocated, or the process's RSS on a CPU
+    nonfinite_step: int | None  # the latest step whose loss was NaN or inf on that rank
+    age: float  # seconds since rank 0 last heard from it (rank 0's clock)
+    step_age: float  # seconds since its step last advanced (rank 0's clock)
+    alive: bool | None  # on rank 0's host: is its process running; None: cannot tell
+    error: str  # why it ended, when it failed
+
+
+class DistributedInfo(TypedDict, total=False):
+    """The start event's `distributed`: the job's shape (torchrun's environment)."""
+
+    world_size: int
+    nodes: int
+    backend: str | None  # the default process group's, when one is initialized
+    run_id: str  # torchrun's TORCHELASTIC_RUN_ID, or the one tuimon agreed
+    sync_every: int  # commands are exchanged every this many steps
+    ranks: list[RankSummary]  # identity fields only
+
+
+class RanksEvent(_Event, total=False):
+    """Every rank of a distributed job (only in rank 0's log, `events.jsonl`)."""
+
+    type: Literal["ranks"]
+    step: int  # rank 0's step
+    world_size: int
+    ranks: list[RankSummary]
+
+
 class LogErrorEvent(_Event, total=False):
     type: Literal["log_error"]
     error: str
@@ -386,4 +436,5 @@ Event = (
     | MessageEvent
     | ProbeEvent
     | LogErrorEvent
+    | RanksEvent
 )
