@@ -34,6 +34,7 @@ from tuimon.control.commands import (
 )
 from tuimon.control.protocol import ProtocolError, Request
 from tuimon.monitor import lr_control
+from tuimon.monitor.distributed.command_sync import RankCommands
 from tuimon.monitor.grad_probe import GradientProbe
 from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.run.events import (
@@ -53,6 +54,9 @@ from tuimon.run.events import (
     Severity,
 )
 
+# Seconds between looks for a resume (or any request) while paused.
+PAUSE_POLL = 0.25
+
 
 class CommandRunner:
     def __init__(
@@ -69,11 +73,16 @@ class CommandRunner:
         grads: GradientProbe,
         snapshots: SnapshotRing,
         on_recover: Callable[[], None],
+        ranks: RankCommands | None = None,
+        missing_ranks: tuple[int, ...] = (),
     ) -> None:
         """`emit`: the event log's. `current_step`: the run's global step. `drain_steps`:
         log every step recorded so far (a command's event comes after them). `checkpoint`:
         save one, with its reason; returns the file. `grads`: holds the gradient clip.
-        `snapshots`: what `recover` restores. `on_recover`: told when a recover is applied."""
+        `snapshots`: what `recover` restores. `on_recover`: told when a recover is applied.
+        `ranks`: in a distributed job, the exchange that makes every rank apply a request
+        at the same step (monitor/distributed/command_sync.py). `missing_ranks`: ranks
+        with no Monitor, on which nothing can be applied."""
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -85,6 +94,8 @@ class CommandRunner:
         self._grads = grads
         self._snapshots = snapshots
         self._on_recover = on_recover
+        self._ranks = ranks
+        self._missing_ranks = missing_ranks
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.status: RunStatus = RUNNING
         self.closed = False  # the run is ending: no command is accepted any more
@@ -101,6 +112,9 @@ class CommandRunner:
             raise ProtocolError(f"the run has ended ({self.status})")
         if self.stop_requested and not self.stop_ignored and request.cmd != STOP:
             raise ProtocolError("the run is stopping")
+        refusal = self._refusal(request)
+        if refusal:
+            raise ProtocolError(refusal)
         if request.cmd in LR_COMMANDS:
             # Refused now, in the reply, if it would be refused at the step boundary (the
             # boundary checks again: the schedule may move the LR in between).
@@ -118,26 +132,65 @@ class CommandRunner:
     # -- on the training thread ------------------------------------------------------------
 
     def apply_pending(self) -> bool:
-        """Apply what is queued, in order; while paused, wait here for more. True when the
-        run was paused (the time spent waiting is no step's)."""
+        """Apply what is due at this step boundary, in order; while paused, wait here for
+        more. True when the run was paused (the time spent waiting is no step's)."""
+        if self._ranks is not None:
+            return self._apply_agreed()
         # Most steps have no command: a cheap look first, not a raised queue.Empty.
         if self._inbox.empty() and self.status != PAUSED:
             return False
-        while True:
-            try:
-                request = self._inbox.get_nowait()
-            except queue.Empty:
-                break
+        for request in self._drain_inbox():
             self._apply(request)
         if self.status != PAUSED:
             return False
         while self.status == PAUSED:
             try:
-                request = self._inbox.get(timeout=0.25)
+                request = self._inbox.get(timeout=PAUSE_POLL)
             except queue.Empty:
                 continue
             self._apply(request)
         return True
+
+    def _apply_agreed(self) -> bool:
+        """A distributed job: requests go through the exchange and apply at the step every
+        rank agreed on; a pause waits here, at that step, on every rank."""
+        ranks = self._ranks
+        assert ranks is not None
+        step = self._current_step()
+        if self._inbox.empty() and not ranks.due_now(step) and self.status != PAUSED:
+            return False
+        for request in ranks.exchange(step, self._drain_inbox(), paused=False):
+            self._apply(request)
+        self._note_late(ranks)
+        if self.status != PAUSED:
+            return False
+        while self.status == PAUSED:
+            try:
+                local = [self._inbox.get(timeout=PAUSE_POLL)]
+            except queue.Empty:
+                local = []
+            for request in ranks.exchange(step, local, paused=True):
+                self._apply(request)
+        return True
+
+    def _drain_inbox(self) -> list[Request]:
+        requests = []
+        while True:
+            try:
+                requests.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return requests
+
+    def _note_late(self, ranks: RankCommands) -> None:
+        """Requests this rank saw after their agreed step (ranks not in lockstep)."""
+        for request, agreed in ranks.late:
+            self._note(
+                f"{request.cmd} was applied at step {self._current_step()} on this rank, "
+                f"after the agreed step {agreed}: the ranks do not move in lockstep "
+                "(no collective per step), so it came late",
+                WARNING,
+            )
+        ranks.late.clear()
 
     def check_stop_ignored(self) -> None:
         """After a stop in stop="flag" mode: once the loop has run `stop_ignored_after`
@@ -175,6 +228,10 @@ class CommandRunner:
         self._drain_steps()
         handler = HANDLERS.get(request.cmd)
         if handler is None:
+            return
+        refusal = self._refusal(request)
+        if refusal:  # autofix's or a signal's request, which bypass submit()
+            self._note(refusal, ERROR)
             return
         try:
             handler(self, request)
@@ -263,6 +320,20 @@ class CommandRunner:
             )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _refusal(self, request: Request) -> str | None:
+        """Why a request cannot apply in this job: some ranks have no Monitor, so a change
+        to training would reach rank 0 alone (diverging replicas, or ranks blocked in a
+        collective while rank 0 pauses). A stop or a checkpoint is still rank 0's."""
+        if not self._missing_ranks or request.cmd in (STOP, CHECKPOINT):
+            return None
+        shown = ", ".join(map(str, self._missing_ranks[:8]))
+        more = ", …" if len(self._missing_ranks) > 8 else ""
+        return (
+            f"{request.cmd} refused: rank(s) {shown}{more} of this job have no tuimon "
+            "Monitor, so it would apply on rank 0 alone (the replicas would diverge, or "
+            "the other ranks would wait in a collective). Create the Monitor on every rank"
+        )
 
     def _plan_lr(self, request: Request) -> lr_control.LrChange:
         """The set-lr / scale-lr change, checked against the run's LR limits."""

@@ -18,6 +18,7 @@ import platform
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
+import psutil
 import torch
 
 import tuimon
-from tuimon.config.schema import MonitorConfig
+from tuimon.config.schema import MonitorConfig, ProbeConfig
 from tuimon.control.commands import STOP
 from tuimon.control.protocol import Request
 from tuimon.control.server import ControlServer
@@ -39,6 +41,9 @@ from tuimon.monitor import lr_control
 from tuimon.monitor.autofix import Autofix
 from tuimon.monitor.command_runner import CommandRunner
 from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
+from tuimon.monitor.distributed.job import DistributedJob
+from tuimon.monitor.distributed.rank_info import rank_info
+from tuimon.monitor.distributed.rank_reports import RankCollector, RankReporter, identity
 from tuimon.monitor.loss_info import describe_loss
 from tuimon.monitor.optimizer_check import optimizer_check
 from tuimon.monitor.probes import StepProbes
@@ -62,6 +67,7 @@ from tuimon.run.events import (
     START,
     STEP,
     STOPPED,
+    WARNING,
     CheckpointEvent,
     CudaMemory,
     EndEvent,
@@ -69,6 +75,7 @@ from tuimon.run.events import (
     Event,
     MessageEvent,
     MetricsEvent,
+    RankSummary,
     RunStatus,
     Severity,
     StartEvent,
@@ -174,10 +181,25 @@ class Monitor:
         self.options = options
         self.settings = options.settings
         self.name = options.name or _default_name()
-        if run_dir is not None:
-            self.run_dir = create_run_dir(self.name, run_dir)
+        # One of several ranks (torchrun): one run per job, rank 0's; the others log
+        # under its ranks/<N>/ and take their commands from rank 0 at agreed steps.
+        info = rank_info()
+        self.rank: int | None = info.rank if info is not None else None
+        self._job = DistributedJob.join(info) if info is not None else None
+        self._rank_zero = info is None or info.is_zero
+
+        def own_run_dir() -> Path:
+            if run_dir is not None:
+                return create_run_dir(self.name, run_dir)
+            return claim_script_run_dir(self.name)
+
+        if self._job is None:
+            self.run_dir = own_run_dir()
         else:
-            self.run_dir = claim_script_run_dir(self.name)
+            requested = Path(run_dir) if run_dir is not None else None
+            self.run_dir = self._job.agree_run_dir(own_run_dir, requested, self.name)
+            if not self._rank_zero:  # DDP's gradients are rank 0's: probe them there
+                self.settings = self.settings.model_copy(update={"probes": _RANK_PROBES})
         self.global_step = options.start_step
         self._epoch = options.start_epoch
         self._epoch_given = False
@@ -187,11 +209,11 @@ class Monitor:
         self._started = time.time()
         self._last_loss: float | None = None
 
-        self._log = EventLog(self.run_dir / EVENTS_FILE)
+        self._log = EventLog(self.run_dir / EVENTS_FILE, rank=self.rank)
         # Kept up to date on the log's writer thread, served whole to clients that attach.
         self.history = RunState(smoothing=self.settings.smoothing)
         self._log.subscribe(self.history.apply_many, batches=True)
-        if not quiet:
+        if not quiet and self._rank_zero:  # one progress line per job, not per rank
             self._log.subscribe(
                 ConsoleReporter(
                     self.name, self.settings.print_every, smoothing=self.settings.smoothing
@@ -200,6 +222,12 @@ class Monitor:
         self._probes = StepProbes(model, optimizer, self.settings.probes, options.grad_clip)
         first = next(model.parameters(), None)
         self._device = first.device if first is not None else torch.device("cpu")
+        self._me: RankSummary | None = None
+        if self._job is not None and info is not None:
+            self._me = identity(info.rank, info.local_rank, info.node, str(self._device))
+            self._job.announce(self._me)
+            if self._rank_zero:
+                self._job.gather_members(self._me)
         self._timer = StepTimer(called)
         self._buffer = DeviceBuffer(self.settings.log_every)
         every = self.settings.snapshot_every or (20 if self.settings.autofix else 0)
@@ -217,26 +245,54 @@ class Monitor:
             grads=self._probes.grads,
             snapshots=self._snapshots,
             on_recover=self._autofix.recovery_applied,
+            ranks=self._job.commands(self.settings.sync_every) if self._job else None,
+            missing_ranks=tuple(self._job.missing) if self._job and self._rank_zero else (),
         )
         # The doctor reads every event on the log's writer thread, off the training loop.
         # Without snapshots a `recover` could only lower the LR: the doctor offers that.
         self.doctor = Doctor(
             {k: v.model_dump() for k, v in self.settings.rules.items()}, can_restore=every > 0
         )
-        self._log.subscribe(self._consult_doctor, batches=True)
+        if self._rank_zero:  # the job's verdicts come from the job's log
+            self._log.subscribe(self._consult_doctor, batches=True)
         self._log.emit(self._start_event())
         check = optimizer_check(model, optimizer)
         check["step"] = self.global_step
         self._log.emit(check)
-        self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
-        self._sampler.start()
-        self._server = ControlServer(
-            self.run_dir / CONTROL_SOCKET,
-            self._log,
-            on_command=self._commands.submit,
-            status=self._status,
-            history=self.history.snapshot,
-        )
+        self._missing_note()
+        # One sampler per machine: a node's local rank 0 reads its host and GPUs.
+        self._sampler: SystemSampler | None = None
+        if info is None or info.local_rank == 0:
+            self._sampler = SystemSampler(self._log.emit, self.settings.system_interval)
+            self._sampler.start()
+        self._reporter: RankReporter | None = None
+        self._collector: RankCollector | None = None
+        self._lost: list[RankSummary] = []
+        self._steps_at_loss = -1  # the step when a rank was found lost
+        if self._job is not None and self._me is not None:
+            self._reporter = RankReporter(
+                self._job.store, self._me, memory=self._memory_in_use, status=self._status_now
+            )
+            self._reporter.start()
+            if self._rank_zero:
+                self._collector = RankCollector(
+                    self._job.store,
+                    self._job.members,
+                    emit=self._log.emit,
+                    current_step=lambda: self.global_step,
+                    timeout=self.settings.rank_timeout,
+                    on_lost=self._rank_lost,
+                )
+                self._collector.start()
+        self._server: ControlServer | None = None
+        if self._rank_zero:  # one control socket per job: rank 0's
+            self._server = ControlServer(
+                self.run_dir / CONTROL_SOCKET,
+                self._log,
+                on_command=self._commands.submit,
+                status=self._status,
+                history=self.history.snapshot,
+            )
         self._previous_excepthook = sys.excepthook
         sys.excepthook = self._excepthook
         atexit.register(self._close_at_exit)
@@ -370,8 +426,13 @@ class Monitor:
         self._log.emit(cast(MetricsEvent, metrics))  # any scalar a script logs
 
     def checkpoint(self, reason: str = "manual") -> Path:
-        """Save model, optimizer, scheduler, step and RNG state now; returns the file."""
+        """Save model, optimizer, scheduler, step and RNG state now; returns the file.
+
+        In a distributed job rank 0 writes it (DDP's replicas are identical); another
+        rank writes nothing and returns the path of rank 0's file."""
         self._drain_steps()
+        if not self._rank_zero and self._job is not None and self._job.job_dir is not None:
+            return checkpoint_path(self._job.job_dir / CHECKPOINT_DIR, self.global_step)
         path = checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.global_step)
         save_checkpoint(
             path,
@@ -418,8 +479,19 @@ class Monitor:
             self.note(f"could not fetch the last steps: {exc!r}", level=ERROR)
         if status is None:
             status = STOPPED if self._commands.stop_requested else COMPLETED
+        if status == FAILED and self._collector is not None:
+            lost = self._collector.lost()  # a rank that died first is why this one failed
+            if lost:
+                error = f"{_lost_text(lost)}\n\n{error or ''}".rstrip()
         self._commands.end(status)
-        self._sampler.stop()
+        if self._sampler is not None:
+            self._sampler.stop()
+        if self._reporter is not None:
+            self._reporter.send(error)  # its last report: how this rank ended
+            self._reporter.close()
+        if self._collector is not None:
+            self._collector.close()
+            self._collector.emit_now()  # every rank as last heard, before `end`
         end: EndEvent = {
             "type": END,
             "status": status,
@@ -437,7 +509,8 @@ class Monitor:
         self._log.close()
         if not self._log.health()["dropped"]:  # the cache stands for the log: all of it
             write_state_cache(self.run_dir, self.history, self._log.path)
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
         self._probes.remove()
         self._timer.remove()
         self._signal_stop.uninstall()
@@ -470,7 +543,7 @@ class Monitor:
     def _start_event(self) -> StartEvent:
         params = list(self.model.parameters())
         options = self.options
-        return {
+        start: StartEvent = {
             "type": START,
             "name": self.name,
             "run_dir": str(self.run_dir),
@@ -504,6 +577,22 @@ class Monitor:
             "notes": list(options.notes),
             "settings": self.settings.model_dump(mode="json"),
         }
+        if self._job is not None:
+            start["distributed"] = self._job.describe(_backend(), self.settings.sync_every)
+        return start
+
+    def _missing_note(self) -> None:
+        if self._job is None or not self._rank_zero or not self._job.missing:
+            return
+        missing = self._job.missing
+        self.note(
+            f"{len(missing)} of {self._job.info.world_size} ranks made no tuimon Monitor "
+            f"(rank(s) {', '.join(map(str, missing[:8]))}{', …' if len(missing) > 8 else ''}):"
+            " only rank 0 is watched, and commands that change training (LR, pause, "
+            "gradient clip, recover) are refused, as they would reach rank 0 alone. "
+            "Create the Monitor on every rank.",
+            level=WARNING,
+        )
 
     # -- steps --------------------------------------------------------------------------
 
@@ -525,6 +614,14 @@ class Monitor:
             self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
             # Probes first: rules then know a step's inputs before they judge its loss.
             events += [*probes, event]
+            if self._reporter is not None:
+                self._reporter.record(
+                    meta["step"],
+                    meta["step_time"],
+                    meta.get("data_time"),
+                    meta.get("samples"),
+                    record.loss,
+                )
         memory = _cuda_memory(self._device)
         if memory:
             event["cuda_memory"] = memory  # on the last step event
@@ -547,6 +644,64 @@ class Monitor:
                     recover = self._autofix.consider(verdict)
                     if recover is not None:
                         self._commands.queue(recover)
+
+    def _status_now(self) -> RunStatus:
+        return self._commands.status
+
+    def _memory_in_use(self) -> int | None:
+        """For this rank's report: the CUDA allocator's count, or the process's RSS."""
+        if self._device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self._device))
+        try:
+            return int(psutil.Process().memory_info().rss)
+        except psutil.Error:
+            return None
+
+    def _rank_lost(self, summary: RankSummary) -> None:
+        """The collector found a rank dead or unheard (on its thread): say so now, and if
+        this rank makes no step for a while after (it waits for the lost one inside a
+        collective, where NCCL could hang until its timeout), end the run here."""
+        self._lost.append(summary)
+        self.note(_lost_text([summary]), level=ERROR)
+        self._steps_at_loss = self.global_step
+        timer = threading.Timer(self.settings.rank_timeout, self._end_if_stuck)
+        timer.daemon = True
+        timer.start()
+
+    def _end_if_stuck(self) -> None:
+        if self._closed or self.global_step != self._steps_at_loss:
+            return
+        self._abandon(
+            f"{_lost_text(self._lost)}\n\nThis rank made no step for "
+            f"{self.settings.rank_timeout:g} s after that (it waits for the lost rank inside "
+            "a collective): tuimon ended the run here; torchrun stops the process."
+        )
+
+    def _abandon(self, error: str) -> None:
+        """End the log from another thread while the training thread is stuck: only the
+        services that do not touch the model (its thread may never come back)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._commands.closed = True
+        self._commands.end(FAILED)
+        if self._collector is not None:
+            self._collector.emit_now()
+        end: EndEvent = {
+            "type": END,
+            "status": FAILED,
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "elapsed": time.time() - self._started,
+            "error": error,
+        }
+        self._log.flush()
+        self._log.emit(end)
+        self._log.close()
+        if self._server is not None:
+            self._server.close()
+        if self._sampler is not None:
+            self._sampler.stop()
 
     def _status(self) -> dict[str, Any]:
         commands = self._commands
@@ -643,9 +798,51 @@ def _run_length(
 
 
 def _eager_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The module behind `torch.compile(model)`, or `model` itself."""
-    inner = getattr(model, "_orig_mod", None)
-    return inner if isinstance(inner, torch.nn.Module) else model
+    """The module behind `torch.compile(model)` and DistributedDataParallel (in either
+    order), or `model` itself: its names, hooks and checkpoints are the user's model's."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+# What a rank other than 0 probes: its gradient norm (cheap, and its clip must be applied
+# on every replica), none of the layer-by-layer probes (DDP's gradients are rank 0's).
+_RANK_PROBES = ProbeConfig(
+    layer_norms_every=10**9,
+    update_ratio_every=0,
+    batch_every=0,
+    activations_every=0,
+    stale_grad_every=0,
+)
+
+
+def _lost_text(lost: list[RankSummary]) -> str:
+    """ "rank 1 (pid 812 on gpu-3) died at step 40" for each lost rank."""
+    parts = []
+    for summary in lost:
+        where = f"pid {summary.get('pid')} on {summary.get('host')}"
+        step = summary.get("step")
+        if summary.get("alive") is False:
+            parts.append(f"rank {summary.get('rank')} ({where}) died at step {step}")
+        else:
+            parts.append(
+                f"rank {summary.get('rank')} ({where}) has not been heard from for "
+                f"{summary.get('age', 0):.0f} s (last step {step}): hung or dead"
+            )
+    return "; ".join(parts)
+
+
+def _backend() -> str | None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return str(dist.get_backend())
+    return None
 
 
 # The device-buffer slot of the pre-clipping gradient norm a script hands to `step()`.

@@ -69,8 +69,12 @@ _STOP = object()
 class EventLog:
     """Writes events to a JSONL file from a background thread and fans them out."""
 
-    def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
+    def __init__(
+        self, path: str | Path, flush_interval: float = 0.2, rank: int | None = None
+    ) -> None:
+        """`rank`: in a distributed job, the rank every event is stamped with."""
         self.path = Path(path)
+        self.rank = rank
         # Unbuffered: one write() per batch, and a failed write leaves nothing behind in a
         # buffer to come out later in the middle of another line. Private, never through a
         # planted symlink (private_files.py).
@@ -102,6 +106,8 @@ class EventLog:
             self._seq += 1
             event["seq"] = seq = self._seq
             event.setdefault("time", time.time())
+            if self.rank is not None:
+                event["rank"] = self.rank
             self._queue.put(event)
         self._wake.set()
         return seq
@@ -114,6 +120,7 @@ class EventLog:
         if not events or (self._closed and threading.current_thread() is not self._thread):
             return 0
         now = time.time()
+        rank = self.rank
         with self._seq_lock:
             seq = self._seq
             for event in events:
@@ -121,6 +128,8 @@ class EventLog:
                 event["seq"] = seq
                 if "time" not in event:
                     event["time"] = now
+                if rank is not None:
+                    event["rank"] = rank
             self._seq = seq
             self._queue.put(list(events))  # the writer takes them as JSON objects
         if wake:

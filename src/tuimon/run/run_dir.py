@@ -32,6 +32,7 @@ OUTPUT_FILE = "output.log"
 CONTROL_SOCKET = "control.sock"
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"  # a finished run's state, for a fast replay (run/replay_cache.py)
+RANKS_DIR = "ranks"  # a distributed job: ranks/<N>/ is rank N's own run directory
 DEFAULT_BASE = Path("runs")
 # A run's name becomes part of its directory's name.
 RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -48,6 +49,7 @@ _RUN_ENTRIES = {
     CONTROL_SOCKET: stat.S_ISSOCK,
     CHECKPOINT_DIR: stat.S_ISDIR,
     STATE_FILE: stat.S_ISREG,
+    RANKS_DIR: stat.S_ISDIR,
 }
 _HOW_TO_PROCEED = (
     "use a new or empty directory of your own (or no --run-dir: runs/NAME-TIME/ is made)"
@@ -154,6 +156,18 @@ def claim_script_run_dir(name: str, base: Path = DEFAULT_BASE) -> Path:
             return _prepare(path)
         candidates = [given.with_name(f"{given.name}-{name}-{suffix}")]
         suffix += 1
+
+
+def rank_run_dir(job_dir: Path, rank: int, name: str) -> Path:
+    """Rank N's own run directory in a distributed job: `<job_dir>/ranks/<N>/`.
+
+    The job's directory and its `ranks/` are checked like any run directory (this user's,
+    no symlink where tuimon writes) before anything is created inside them."""
+    job = open_run_dir(job_dir)
+    ranks = job / RANKS_DIR
+    make_private_dir(ranks)
+    _check_entry(job_dir, job, RANKS_DIR, stat.S_ISDIR)
+    return create_run_dir(name, ranks / str(rank))
 
 
 def _prepare(path: Path) -> Path:
