@@ -491,7 +491,8 @@ class Monitor:
             self._reporter.close()
         if self._collector is not None:
             self._collector.close()
-            self._collector.emit_now()  # every rank as last heard, before `end`
+            # Every rank as last heard, before `end`; when all went well, after their ends.
+            self._collector.emit_now(settle=0.0 if status == FAILED else SETTLE_SECONDS)
         end: EndEvent = {
             "type": END,
             "status": status,
@@ -809,6 +810,9 @@ def _eager_module(model: torch.nn.Module) -> torch.nn.Module:
             return model
         model = inner
 
+
+# A job that ends well waits this long for its other ranks' ends, for the job's log.
+SETTLE_SECONDS = 5.0
 
 # What a rank other than 0 probes: its gradient norm (cheap, and its clip must be applied
 # on every replica), none of the layer-by-layer probes (DDP's gradients are rank 0's).

@@ -165,8 +165,10 @@ class RankCollector:
         current_step: Callable[[], int],
         timeout: float,
         on_lost: Callable[[RankSummary], None],
+        me: int = 0,
     ) -> None:
         self._store = store
+        self._me = me
         self.ranks: dict[int, dict[str, Any]] = {
             summary["rank"]: dict(summary) for summary in ranks
         }
@@ -260,10 +262,25 @@ class RankCollector:
         except psutil.Error:
             return None
 
-    def emit_now(self) -> None:
-        """One last `ranks` event, as every rank was last heard (the run is ending)."""
-        with contextlib.suppress(Exception):  # the store is gone: log what was known
-            self.collect()
+    def emit_now(self, settle: float = 0.0) -> None:
+        """One last `ranks` event, as every rank was last heard (the run is ending).
+
+        `settle`: wait up to this many seconds for every other rank's own end (ranks end
+        within moments of each other), so the job's log says how each one ended."""
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                self.collect()
+            except Exception:  # the store is gone: log what was known
+                break
+            if time.monotonic() >= deadline or all(
+                summary.get("status") not in (None, RUNNING, PAUSED, STOPPING)
+                or summary.get("alive") is False
+                for rank, summary in self.ranks.items()
+                if rank != self._me
+            ):
+                break
+            time.sleep(0.1)
         self._maybe_emit(force=True)
 
     def _maybe_emit(self, force: bool = False) -> None:
