@@ -133,7 +133,7 @@ def ctl(job: Job, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_one_run_commands_apply_on_every_rank_at_one_step(start_job: Callable[..., Job]) -> None:
-    job = start_job(PACE="0.01")
+    job = start_job(PACE="0.01", TUIMON_AUTOFIX="1")  # autofix keeps snapshots
     poll(lambda: both_ranks_step(job), "both ranks step")
     # One run directory for the job: rank 1 logs inside it, and serves no socket.
     start = job.log(0)[0]
@@ -167,6 +167,13 @@ def test_one_run_commands_apply_on_every_rank_at_one_step(start_job: Callable[..
 
     ctl(job, "resume")
     poll(lambda: max(job.steps(0)) > before[0] and max(job.steps(1)) > before[1], "both resume")
+
+    # Both replicas go back to the same snapshot (rank 0 chooses it), at the same step.
+    ctl(job, "recover", "0.5")
+    poll(lambda: job.control(0, "recover") and job.control(1, "recover"), "recover on both")
+    recovered = [job.control(rank, "recover")[0] for rank in (0, 1)]
+    assert recovered[0]["step"] == recovered[1]["step"]
+    assert recovered[0]["restored_step"] == recovered[1]["restored_step"] is not None
 
     ctl(job, "stop")
     assert job.wait_exit() == 0

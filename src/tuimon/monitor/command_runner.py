@@ -54,6 +54,8 @@ from tuimon.run.events import (
     Severity,
 )
 
+# A distributed recover's argument: the snapshot step rank 0 chose for every replica.
+SNAPSHOT_STEP = "snapshot_step"
 # Seconds between looks for a resume (or any request) while paused.
 PAUSE_POLL = 0.25
 
@@ -159,7 +161,9 @@ class CommandRunner:
         step = self._current_step()
         if self._inbox.empty() and not ranks.due_now(step) and self.status != PAUSED:
             return False
-        for request in ranks.exchange(step, self._drain_inbox(), paused=False):
+        for request in ranks.exchange(
+            step, self._choose_snapshots(self._drain_inbox()), paused=False
+        ):
             self._apply(request)
         self._note_late(ranks)
         if self.status != PAUSED:
@@ -169,9 +173,20 @@ class CommandRunner:
                 local = [self._inbox.get(timeout=PAUSE_POLL)]
             except queue.Empty:
                 local = []
-            for request in ranks.exchange(step, local, paused=True):
+            for request in ranks.exchange(step, self._choose_snapshots(local), paused=True):
                 self._apply(request)
         return True
+
+    def _choose_snapshots(self, requests: list[Request]) -> list[Request]:
+        """Rank 0 names the snapshot a `recover` restores, so every replica goes back to
+        the same step (each rank's own view of which snapshots are good may differ)."""
+        if self._ranks is None or self._ranks.rank != 0:
+            return requests
+        for request in requests:
+            if request.cmd == RECOVER and SNAPSHOT_STEP not in request.args:
+                chosen = self._snapshots.newest_good(request.args.get("before_step"))
+                request.args[SNAPSHOT_STEP] = chosen.step if chosen is not None else None
+        return requests
 
     def _drain_inbox(self) -> list[Request]:
         requests = []
@@ -300,9 +315,13 @@ class CommandRunner:
     def _recover(self, request: Request) -> None:
         """Go back to the last good snapshot (if one is kept) and scale the LR down."""
         self._on_recover()
-        restored = self._snapshots.restore(
-            self.model, self.optimizer, request.args.get("before_step")
-        )
+        exact = request.args.get(SNAPSHOT_STEP)
+        if SNAPSHOT_STEP in request.args and exact is None:
+            restored = None  # rank 0 had no good snapshot: no replica goes back
+        else:
+            restored = self._snapshots.restore(
+                self.model, self.optimizer, request.args.get("before_step"), exact
+            )
         limits = lr_control.LrLimits.of(self.settings)
         try:
             old, new = lr_control.scale_lr(

@@ -52,22 +52,35 @@ class SnapshotRing:
                     grad_norm is None or math.isfinite(grad_norm)
                 )
 
-    def restore(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, before_step: int | None
-    ) -> int | None:
-        """Load the newest good snapshot at or before `before_step`; its step, or None.
-
-        The optimizer's state (momentum, Adam moments) comes back too, but not its LRs:
-        those are the schedule's, and the caller scales them next.
-        """
+    def newest_good(self, before_step: int | None) -> Snapshot | None:
+        """The newest good snapshot at or before `before_step` (or any good one)."""
         candidates = [
             s for s in self._ring if s.good and (before_step is None or s.step <= before_step)
         ]
         if not candidates:
             candidates = [s for s in self._ring if s.good]
-        if not candidates:
+        return candidates[-1] if candidates else None
+
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        before_step: int | None,
+        exact_step: int | None = None,
+    ) -> int | None:
+        """Load the newest good snapshot at or before `before_step`; its step, or None.
+
+        `exact_step`: that snapshot, as another rank chose it (every replica of a DDP job
+        must go back to the same step, whatever its own losses said).
+        The optimizer's state (momentum, Adam moments) comes back too, but not its LRs:
+        those are the schedule's, and the caller scales them next.
+        """
+        if exact_step is not None:
+            snapshot = next((s for s in self._ring if s.step == exact_step), None)
+        else:
+            snapshot = self.newest_good(before_step)
+        if snapshot is None:
             return None
-        snapshot = candidates[-1]
         lrs = [{k: g[k] for k in LR_GROUP_KEYS if k in g} for g in optimizer.param_groups]
         model.load_state_dict(snapshot.model)
         optimizer.load_state_dict(copy.deepcopy(snapshot.optimizer))
