@@ -8,9 +8,9 @@ type becomes "not a number" or "no step" instead of an exception far from the lo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final, cast
 
-from tuimon.run.events import STEP
+from tuimon.run.events import RANKS, RUN_STATUSES, STEP, RankSummary
 
 MAX_STEP = 2**53  # steps (and seqs) beyond this are damage, not a run
 NAN = math.nan
@@ -65,7 +65,10 @@ NUMBER_FIELDS = frozenset(
         "val_loss",
     }
 )
-STEP_FIELDS = frozenset({"step", "seq", "total_steps", "steps_per_epoch", "epochs", "start_step"})
+# Counts: in [0, MAX_STEP]. `rank`: the process of a distributed job that wrote the event.
+STEP_FIELDS = frozenset(
+    {"step", "seq", "total_steps", "steps_per_epoch", "epochs", "start_step", "rank"}
+)
 DICT_FIELDS = frozenset(
     {
         "config",
@@ -124,6 +127,22 @@ def typed_event(event: Any) -> dict[str, Any] | None:
         event = {key: value for key, value in event.items() if key not in wrong}
     if kind == STEP and "step" not in event:
         return None
+    if kind == RANKS:
+        event = _typed_ranks_event(event)
+    return event
+
+
+def _typed_ranks_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A `ranks` event (a copy) with a world size that is a count and every summary
+    checked (typed_rank_summary); a `ranks` that is not a list is left out."""
+    event = dict(event)
+    if "world_size" in event and not as_step(event["world_size"]):
+        del event["world_size"]
+    if "ranks" in event:
+        if type(event["ranks"]) is list:
+            event["ranks"] = typed_ranks(event["ranks"])
+        else:
+            del event["ranks"]
     return event
 
 
@@ -132,3 +151,65 @@ def _int_ok(key: str, value: int) -> bool:
     if key in STEP_FIELDS:
         return 0 <= value <= MAX_STEP
     return math.isfinite(as_number(value))
+
+
+# -- a distributed job's ranks (a `ranks` event's `ranks`, the start's `distributed.ranks`) --
+
+MAX_RANKS: Final = 8192  # ranks read from one list: a world size of a few thousand, bounded
+RANK_TEXT_LIMIT: Final = 200  # a host or device name
+RANK_ERROR_LIMIT: Final = 4096  # a rank's error: its tail is kept
+# A RankSummary's fields by the type they must have; a field of another type is left out.
+_RANK_COUNTS: Final = ("rank", "local_rank", "node", "pid", "step", "memory", "nonfinite_step")
+_RANK_SECONDS: Final = ("step_time", "data_time", "samples_per_s", "age", "step_age")
+_RANK_TEXTS: Final = ("host", "device")
+# Fields whose value may be null ("not measured"), kept as None.
+_RANK_NULLABLE: Final = frozenset(
+    {"step_time", "data_time", "samples_per_s", "memory", "nonfinite_step", "alive"}
+)
+
+
+def typed_rank_summary(value: Any) -> RankSummary | None:
+    """One rank's summary with only the fields of the right type (a copy), or None when it
+    is not an object or has no usable `rank`. Numbers must be finite, counts in range,
+    texts are clipped, `status` must be a run status."""
+    if type(value) is not dict:
+        return None
+    rank = value.get("rank")
+    if as_step(rank) is None:
+        return None
+    summary: dict[str, Any] = {}
+    for key in _RANK_COUNTS:
+        if key in value:
+            field = value[key]
+            if as_step(field) is not None or (field is None and key in _RANK_NULLABLE):
+                summary[key] = field
+    for key in _RANK_SECONDS:
+        if key in value:
+            field = value[key]
+            number = as_number(field)
+            if (math.isfinite(number) and number >= 0) or (field is None and key in _RANK_NULLABLE):
+                summary[key] = None if field is None else number
+    for key in _RANK_TEXTS:
+        field = value.get(key)
+        if type(field) is str:
+            summary[key] = field[:RANK_TEXT_LIMIT]
+    if value.get("status") in RUN_STATUSES:
+        summary["status"] = value["status"]
+    alive = value.get("alive", 0)
+    if alive is None or type(alive) is bool:
+        summary["alive"] = alive
+    error = value.get("error")
+    if type(error) is str:
+        summary["error"] = error[-RANK_ERROR_LIMIT:]
+    return cast(RankSummary, summary)  # built field by field, each of its declared type
+
+
+def typed_ranks(value: Any) -> list[RankSummary]:
+    """A list of rank summaries, each checked (typed_rank_summary); what is not one is
+    left out, and at most MAX_RANKS are read."""
+    ranks: list[RankSummary] = []
+    for item in as_list(value)[:MAX_RANKS]:
+        summary = typed_rank_summary(item)
+        if summary is not None:
+            ranks.append(summary)
+    return ranks

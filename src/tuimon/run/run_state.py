@@ -30,9 +30,11 @@ from tuimon.run.events import (
     COMPLETED,
     CONTROL,
     END,
+    END_STATUSES,
     MESSAGE,
     METRICS,
     PAUSED,
+    RANKS,
     RESERVED_METRIC_KEYS,
     RUN_STATUSES,
     RUNNING,
@@ -49,12 +51,23 @@ from tuimon.run.events import (
     EndEvent,
     MessageEvent,
     MetricsEvent,
+    RanksEvent,
+    RankSummary,
     RunStatus,
     StartEvent,
     StepEvent,
     SystemEvent,
 )
-from tuimon.run.field_types import MAX_STEP, as_dict, as_list, as_number, as_step
+from tuimon.run.field_types import (
+    MAX_RANKS,
+    MAX_STEP,
+    RANK_ERROR_LIMIT,
+    as_dict,
+    as_list,
+    as_number,
+    as_step,
+    typed_ranks,
+)
 from tuimon.run.log_reader import KEPT_LINE_NUMBERS, count_lines, damage_note, read_events
 from tuimon.run.step_columns import MAX_LR_GROUPS, OPTIONAL_STEP_SERIES, StepRows
 from tuimon.series.bucketed import BucketSeries
@@ -120,6 +133,14 @@ class RunState:
         self.gpu_history: dict[int, dict[str, deque[float]]] = {}
         self._recent: deque[tuple[float, float, float, float]] = deque(maxlen=WINDOW)
         self._ema = DebiasedEMA(smoothing)
+        # A distributed job: every rank as last heard of (the start's identities, then the
+        # `ranks` events), at most MAX_RANKS; the world size the job declared.
+        self._ranks: dict[int, RankSummary] = {}
+        self._sorted_ranks: list[RankSummary] | None = None  # made when read
+        self._world_size: int | None = None
+        self.ranks_version = 0  # changes whenever what is known of the ranks does
+        # While a log is loaded: only the newest `ranks` event matters, applied at the end.
+        self._pending_ranks: tuple[Any, list[Any]] | None = None
 
     # -- building ------------------------------------------------------------------------
 
@@ -151,6 +172,9 @@ class RunState:
         if when > self.last_time:
             self.last_time = when
         if kind == STEP:
+            rank = event.get("rank")
+            if type(rank) is int and rank != 0:
+                return  # another rank's step (its own log): the job's curves are rank 0's
             self._on_step(cast(StepEvent, event))
             return
         if kind in self.counts or len(self.counts) < MAX_KINDS:
@@ -173,6 +197,9 @@ class RunState:
             start["notes"] = [_clip(note) for note in start["notes"]]
         self._remember_start()
         self.status = RUNNING
+        distributed = as_dict(event.get("distributed"))
+        if distributed:
+            self._on_distributed(distributed)
         smoothing = as_number(as_dict(start.get("settings")).get("smoothing"))
         if 0 <= smoothing < 1 and "loss" not in self.series and not self._rows:
             self.smoothing = smoothing
@@ -257,7 +284,103 @@ class RunState:
                 self.layer_update_ratios = _layer_values(layers)
         self._last_step_event = event
 
+    def _on_distributed(self, distributed: dict[str, Any]) -> None:
+        """A torchrun job's shape from its start event: the world size, and who each rank
+        is (rank, node, host, pid, device) before any of them reports."""
+        world_size = as_step(distributed.get("world_size"))
+        if world_size:
+            self._world_size = world_size
+        self._merge_ranks(typed_ranks(distributed.get("ranks")))
+
+    def _on_ranks(self, event: RanksEvent) -> None:
+        if self._rows is not None:  # loading a log: the newest one is applied at the end
+            self._pending_ranks = (event.get("world_size"), as_list(event.get("ranks")))
+            return
+        self._apply_ranks(event.get("world_size"), event.get("ranks"))
+
+    def _apply_ranks(self, world_size: Any, ranks: Any) -> None:
+        size = as_step(world_size)
+        if size:
+            self._world_size = size
+        self._merge_ranks(typed_ranks(ranks))
+
+    def _merge_ranks(self, summaries: list[RankSummary]) -> None:
+        """Each summary's fields over what was known of its rank (a report need not repeat
+        a rank's identity); a rank past MAX_RANKS known ones is left out."""
+        known = self._ranks
+        for summary in summaries:
+            rank = summary["rank"]
+            kept = known.get(rank)
+            if kept is not None:
+                kept.update(summary)
+            elif len(known) < MAX_RANKS:
+                known[rank] = summary
+        if summaries:
+            if self.end is not None:
+                self._end_rank_zero()  # a report read after the end (a log's, at its fold)
+            self._sorted_ranks = None
+            self.ranks_version += 1
+
+    def apply_rank_finals(self, finals: list[RankSummary]) -> None:
+        """What each rank's own log (`ranks/<N>/events.jsonl`, run/rank_logs.py) says of
+        how far it got and how it ended, over what rank 0 last reported of it (rank 0's
+        last report may predate a rank's end). For a replay, or a job that has ended.
+
+        A rank's log is the record of its steps and its end: its last step counts when
+        further, its end status and error when it has an `end` (a log that stops without
+        one, a killed rank, leaves rank 0's word), its latest non-finite step when it had
+        one. What rank 0 did not know of it (host, pid, device, timings) is filled in."""
+        with self.lock:
+            changed = False
+            for final in typed_ranks(finals):
+                rank = final["rank"]
+                known = self._ranks.get(rank)
+                if known is None:
+                    if len(self._ranks) >= MAX_RANKS:
+                        continue
+                    known = self._ranks[rank] = {"rank": rank}
+                update: dict[str, Any] = {
+                    k: v for k, v in final.items() if k not in known and k != "status"
+                }
+                step, before = final.get("step"), known.get("step")
+                if step is not None and (before is None or step > before):
+                    update["step"] = step
+                if final.get("status") in END_STATUSES:
+                    update["status"] = final["status"]
+                if final.get("error"):
+                    update["error"] = final["error"]
+                if final.get("nonfinite_step") is not None:
+                    update["nonfinite_step"] = final["nonfinite_step"]
+                known.update(cast(RankSummary, update))
+                changed = changed or bool(update)
+            changed = self._end_rank_zero() or changed
+            if changed:
+                self._sorted_ranks = None
+                self.ranks_version += 1
+                self.version += 1
+
+    def _end_rank_zero(self) -> bool:
+        """Rank 0's end is the job log's own `end`: its step, status and error. True if
+        that changed what is known of rank 0."""
+        zero = self._ranks.get(0)
+        if zero is None or self.end is None:
+            return False
+        update: dict[str, Any] = {}
+        step = self.step
+        if step > zero.get("step", -1):
+            update["step"] = step
+        if self.status in END_STATUSES and zero.get("status") != self.status:
+            update["status"] = self.status
+        error = self.end.get("error")
+        if isinstance(error, str) and error and "error" not in zero:
+            update["error"] = error[-RANK_ERROR_LIMIT:]
+        zero.update(cast(RankSummary, update))
+        return bool(update)
+
     def _on_metrics(self, event: MetricsEvent) -> None:
+        rank = event.get("rank")
+        if type(rank) is int and rank != 0:
+            return  # another rank's own scalars: the job's curves are rank 0's
         step = as_step(event.get("step"))
         x = float(step if step is not None else self.step)
         elapsed = self._elapsed(event.get("time"))
@@ -265,7 +388,7 @@ class RunState:
         epoch = epoch if math.isfinite(epoch) else 0.0
         scalars: Mapping[str, Any] = event  # any key beside the reserved ones is a metric
         for key, value in scalars.items():
-            if key in RESERVED_METRIC_KEYS or len(key) > 100:
+            if key in _NOT_METRICS or len(key) > 100:
                 continue
             if type(value) is not float and type(value) is not int:
                 continue
@@ -349,6 +472,9 @@ class RunState:
             del end["elapsed"]
         status = end.get("status", COMPLETED)
         self.status = status if status in RUN_STATUSES else STOPPED
+        if self._end_rank_zero():
+            self._sorted_ranks = None
+            self.ranks_version += 1
 
     def _add(self, name: str, step: float, elapsed: float, epoch: float, value: float) -> None:
         series = self.series.get(name)
@@ -357,11 +483,15 @@ class RunState:
         series.append(step, elapsed, epoch, value)
 
     def _fold(self) -> None:
-        """Step rows gathered while loading go into their series."""
+        """Step rows gathered while loading go into their series; the newest `ranks`
+        event into the ranks."""
         if self._rows is not None:
             self._rows.fold_into(self.series, self.capacity)
             self._recent.extend(_recent_row(event) for event in self._recent_events)
             self._recent_events.clear()
+        if self._pending_ranks is not None:
+            pending, self._pending_ranks = self._pending_ranks, None
+            self._apply_ranks(*pending)
 
     def _elapsed(self, when: Any) -> float:
         if self._t0 is None:
@@ -431,6 +561,20 @@ class RunState:
         return total if total else None
 
     @property
+    def ranks(self) -> list[RankSummary]:
+        """Every rank of a distributed job as last heard of, by rank (empty for one
+        process). The list is shared until the ranks change: do not modify it."""
+        with self.lock:
+            if self._sorted_ranks is None:
+                self._sorted_ranks = [self._ranks[rank] for rank in sorted(self._ranks)]
+            return self._sorted_ranks
+
+    @property
+    def world_size(self) -> int:
+        """How many processes the job has: 1 for a single-process run."""
+        return self._world_size or len(self._ranks) or 1
+
+    @property
     def lr_groups(self) -> int:
         return sum(1 for name in self.series if name.startswith("lr/"))
 
@@ -498,6 +642,8 @@ class RunState:
                 "skipped_lines": self.skipped_lines,
                 "skipped_line_numbers": self.skipped_line_numbers,
                 "rejected": self.rejected,
+                "world_size": self._world_size,
+                "ranks": [dict(summary) for summary in self.ranks],
             }
 
     @classmethod
@@ -534,6 +680,8 @@ class RunState:
         state.skipped_lines = int(data.get("skipped_lines", 0))
         state.skipped_line_numbers = list(data.get("skipped_line_numbers", []))
         state.rejected = int(data.get("rejected", 0))
+        # A snapshot from before distributed jobs has neither; a cache's are checked here.
+        state._apply_ranks(data.get("world_size"), data.get("ranks"))
         state.version = 1
         return state
 
@@ -550,6 +698,7 @@ _HANDLERS: Final[dict[str, Callable[[RunState, Any], None]]] = {
     CONTROL: RunState._on_control,
     CHECKPOINT: RunState._on_checkpoint,
     MESSAGE: RunState._on_message,
+    RANKS: RunState._on_ranks,
 }
 
 
@@ -590,6 +739,9 @@ def load_run_state(
 
 
 _PER_LAYER = ("layer_grad_norms", "layer_update_ratios")
+# Keys of a `metrics` event that are not metrics: the log's own, and the rank that wrote
+# it in a distributed job.
+_NOT_METRICS: Final = RESERVED_METRIC_KEYS | {"rank"}
 
 
 def _recent_row(event: StepEvent) -> tuple[float, float, float, float]:

@@ -48,6 +48,7 @@ from tuimon.run.events import (
     AlertEvent,
     ControlEvent,
 )
+from tuimon.run.rank_logs import read_rank_logs
 from tuimon.run.run_dir import OUTPUT_FILE
 from tuimon.run.run_state import RunState
 from tuimon.terminal_text import printable
@@ -58,6 +59,7 @@ from tuimon.ui.plotting import ViewOptions, metric_names
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.help_screen import HelpScreen
 from tuimon.ui.screens.lr_screen import LRScreen
+from tuimon.ui.screens.rank_screen import RankScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.doctor_panel import DoctorPanel
 from tuimon.ui.widgets.gpu_panel import GpuPanel
@@ -67,6 +69,7 @@ from tuimon.ui.widgets.loss_panel import LossPanel
 from tuimon.ui.widgets.lr_panel import LRPanel
 from tuimon.ui.widgets.metrics_panel import MetricsPanel
 from tuimon.ui.widgets.panel import Panel
+from tuimon.ui.widgets.rank_strip import RankStrip
 from tuimon.ui.widgets.status_bar import DISCONNECTED, REPLAY, WORKER_GONE, StatusBar
 
 NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
@@ -119,6 +122,7 @@ class TuimonApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status")
+        yield RankStrip(id="ranks")
         with Horizontal(id="top"):
             yield LossPanel(id="loss")
             with Container(id="side"):
@@ -174,6 +178,7 @@ class TuimonApp(App[None]):
         if not self._panels:
             return  # not mounted yet
         self._fit_status_bar()
+        self._fit_rank_strip()
         self.query_one_main(DoctorPanel).no_commands = self.no_commands
         self._fit_metrics()
         plots = []
@@ -187,7 +192,16 @@ class TuimonApp(App[None]):
             oldest = min(stale, key=lambda p: self._plot_drawn_at.get(p.id, 0.0))
             oldest.refresh_view(self.state, self.options)
             self._plot_drawn_at[oldest.id] = time.monotonic()
+        if isinstance(self.screen, RankScreen):
+            self.screen.refresh_view(self.state)
         self._announce_news()
+
+    def _fit_rank_strip(self) -> None:
+        """The rank strip is shown for a distributed job only."""
+        strip = self.query_one_main(RankStrip)
+        wanted = self.state.world_size > 1
+        if strip.display != wanted:
+            strip.display = wanted
 
     def _fit_status_bar(self) -> None:
         """The status bar's status, and a second line when there is a notice."""
@@ -295,7 +309,21 @@ class TuimonApp(App[None]):
         # History is not news: only what happens from now on gets a toast.
         self._announced_controls = self.state.counts[CONTROL]
         self._announced_alerts = self.state.counts[ALERT]
+        if self.replay or self.state.end is not None:
+            self._read_rank_logs(self.state)
         self.refresh_panels(everything=True)
+
+    @work(thread=True, group="rank-logs", exit_on_error=False)
+    def _read_rank_logs(self, state: RunState) -> None:
+        """A finished (or replayed) job's other ranks: how far each got and how it ended,
+        from their own logs (ranks/<N>/events.jsonl), off the UI thread; the next tick
+        draws it. Nothing to read for a single-process run."""
+        try:
+            finals = read_rank_logs(self.run_dir)
+        except (OSError, ValueError):
+            return  # rank 0's view of them stays: the job's log holds its reports
+        if finals:
+            state.apply_rank_finals(finals)
 
     @on(ConnectionChanged)
     def connection_changed(self, message: ConnectionChanged) -> None:
@@ -477,6 +505,13 @@ class TuimonApp(App[None]):
         self.push_screen(
             TextScreen(f"Output of the run ({self.run_dir / OUTPUT_FILE})", self.output_tail())
         )
+
+    def action_show_ranks(self) -> None:
+        if self.state.world_size <= 1:
+            self.toast("one process: ranks are for a distributed (torchrun) job")
+            return
+        if not isinstance(self.screen, RankScreen):
+            self.push_screen(RankScreen(self.state))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -45,6 +45,14 @@ KEYS: tuple[Key, ...] = (
     Key("t", "cycle_x", "X axis", "x-axis", "t", "x axis: step → epoch → elapsed time"),
     Key("e", "show_error", "Error", "error", "e", "show the traceback of a failed run"),
     Key("o", "show_output", "Output", "output", "o", "show the run's stdout/stderr"),
+    Key(
+        "R",
+        "show_ranks",
+        "Ranks",
+        "ranks",
+        "R",
+        "a distributed job's ranks: step, rates, memory, laggards",
+    ),
     Key("question_mark", "help", "Help", "help", "?", "this help"),
     Key(
         "q", "quit_ui", "Quit", "quit", "q", "quit the UI (asks whether to stop a run it launched)"

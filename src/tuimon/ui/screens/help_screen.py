@@ -21,8 +21,9 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()
         for key in KEYS:
             table.add_row(key.display, key.help)
-        table.add_row("↑ ↓", "select an alert in the Doctor panel")
         with Vertical(id="dialog"):
-            # The hint shares the title's line: at 80x24 every row of the table fits.
-            yield Static("tuimon keys · Esc closes", classes="dialog-title")
+            # The hints share the title's line: at 80x24 every row of the table fits.
+            yield Static(
+                "tuimon keys · Esc closes · ↑ ↓ select a Doctor alert", classes="dialog-title"
+            )
             yield Static(table)
