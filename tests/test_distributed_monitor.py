@@ -203,6 +203,26 @@ def test_a_killed_rank_is_named_and_the_job_ends(start_job: Callable[..., Job]) 
     assert f"rank 1 (pid {victim}" in end["error"]
 
 
+def test_a_frozen_rank_is_named_and_the_stuck_job_ends_its_log(
+    start_job: Callable[..., Job],
+) -> None:
+    """A rank that hangs (here: SIGSTOP) leaves rank 0 waiting inside the all-reduce, where
+    NCCL would wait for its 10-minute timeout: tuimon names the rank once it has been
+    unheard for rank_timeout, and ends the job's log when rank 0 stays stuck after that."""
+    job = start_job(PACE="0.02", RANK_TIMEOUT="3")
+    poll(lambda: len(job.steps(1)) > 5, "rank 1 steps")
+    victim = job.log(1)[0]["pid"]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        end = poll(lambda: job.end(0), "the job's log ends")
+    finally:
+        os.kill(victim, signal.SIGKILL)
+    assert end["status"] == "failed"
+    assert f"rank 1 (pid {victim}" in end["error"] and "hung or dead" in end["error"]
+    said = [e["text"] for e in job.log(0) if e.get("type") == "message" and e["level"] == "error"]
+    assert any(f"rank 1 (pid {victim}" in text for text in said)
+
+
 @pytest.fixture
 def store() -> Iterator[JobStore]:
     with socket.socket() as probe:
@@ -301,3 +321,21 @@ def test_two_nodes_without_a_shared_filesystem(tmp_path: Path) -> None:
     remote = next(r for r in last["ranks"] if r["rank"] == 1)
     assert remote["node"] == 1
     assert remote["step"] == 40 and remote["status"] == "completed"
+
+
+def test_a_rank_with_no_store_to_share_is_told_how_to_launch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORLD_SIZE says this is one rank of several, but neither torchrun's store nor a
+    process group is there: the Monitor says what to do instead of hanging."""
+    from tuimon import Monitor
+    from tuimon.monitor.distributed.job_store import StoreUnavailable
+
+    for name in ("TORCHELASTIC_USE_AGENT_STORE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(StoreUnavailable, match="launch with torchrun"):
+        Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tuimon.run.event_codec import encode_event
-from tuimon.run.rank_logs import RANKS_DIR, rank_log_paths, read_rank_log_details, read_rank_logs
+from tuimon.run.rank_logs import rank_log_paths, read_rank_log_details, read_rank_logs
+from tuimon.run.run_dir import RANKS_DIR
 
 
 def write_log(path: Path, events: list[dict[str, Any]], damaged: bytes | None = None) -> Path:

@@ -354,7 +354,7 @@ def test_each_kind_of_laggard_is_named_with_its_reason():
     assert laggards[2].words == "failed: ValueError: bad batch"
     assert laggards[4].words == "silent 45s" and laggards[4].severity == "error"
     assert laggards[6].words == "10 steps behind" and laggards[6].severity == "warning"
-    assert laggards[8].words == "data 0.09s, 9.0× the others"
+    assert laggards[8].words == "data 90 ms, 9.0× the others"
     assert slowest(ranks) is not None
 
 
@@ -374,6 +374,9 @@ def test_what_is_not_a_laggard():
     # Ranks that ended well are not dead, however old their news.
     done = [summary(r, status="completed", alive=False, age=500.0, step=1000) for r in range(2)]
     assert find_laggards(done) == {}
+    # A finished job's straggler still was one; its news and steps are not compared.
+    done[1] = summary(1, status="completed", alive=False, age=500.0, step=990, data_time=0.05)
+    assert {r: g.reasons for r, g in find_laggards(done).items()} == {1: (SLOW_DATA,)}
     # The job's own rank_timeout sets how long a silence is allowed.
     slow_news = [summary(0), summary(1, age=45.0)]
     assert find_laggards(slow_news, limits_for({"rank_timeout": 60})) == {}

@@ -107,14 +107,14 @@ async def test_sixty_four_ranks_stay_two_lines_and_name_the_slowest(tmp_path):
         lines = strip.plain_lines()
         assert len(lines) == 2 and strip.region.height == 2
         assert lines[0].startswith("64 ranks · step 500 · slowest r17 200 samples/s")
-        assert "r17 (node2) data 0.08s, 8.0× the others" in lines[0]
+        assert "r17 (node2) data 80 ms, 8.0× the others" in lines[0]
         assert lines[1].startswith("r17! 200/s @500  r0 320/s @500")  # the laggard first
         assert lines[1].endswith("more") and all(cell_len(line) <= 98 for line in lines)
         await pilot.press("R")
         await until(pilot, lambda: isinstance(app.screen, RankScreen))
         rows = table_rows(app.screen)
         assert sorted(rows, key=int) == [str(r) for r in range(64)]
-        assert rows["17"][6] == "running" and rows["17"][-1].startswith("data 0.08s, 8.0×")
+        assert rows["17"][6] == "running" and rows["17"][-1].startswith("data 80 ms, 8.0×")
 
 
 async def test_a_single_process_run_has_no_strip_and_no_rank_table(tmp_path):

@@ -4,7 +4,8 @@ Run under torchrun. Settings come from the environment so tests can steer it:
 STEPS (default 100000), PACE (seconds to sleep after each step, so a test can act while
 it runs), SLOW_RANK and SLOW_SECONDS (that rank sleeps before each forward, as a slow data
 loader would), NAN_RANK and NAN_AT (that rank's loss becomes NaN at that step),
-OUT (a directory: each rank saves its final weights there as rank<N>.pt).
+OUT (a directory: each rank saves its final weights there as rank<N>.pt),
+RANK_TIMEOUT (monitor.rank_timeout, seconds).
 """
 
 import os
@@ -32,7 +33,10 @@ def main() -> None:
     nan_rank = int(os.environ.get("NAN_RANK", "-1"))
     nan_at = int(os.environ.get("NAN_AT", "0"))
     data = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
-    with tuimon.Monitor(ddp_model, optimizer, total_steps=steps, log_every=2) as mon:
+    settings = (
+        {"rank_timeout": float(os.environ["RANK_TIMEOUT"])} if "RANK_TIMEOUT" in os.environ else {}
+    )
+    with tuimon.Monitor(ddp_model, optimizer, total_steps=steps, log_every=2, **settings) as mon:
         for step in range(1, steps + 1):
             inputs = torch.randn(16, 8, generator=data)
             targets = inputs.sum(dim=1, keepdim=True)
