@@ -56,6 +56,10 @@ class RunContext:
         self.num_workers: int | None = None
         self.last_input_nan_step: int | None = None
         self.causes: dict[str, int] = {}  # root-cause rules that have alerted, and when
+        # A distributed job (the start's `settings` and `distributed`): seconds a rank may
+        # go unheard (monitor.rank_timeout), and how many ranks it has.
+        self.rank_timeout: float | None = None
+        self.world_size: int | None = None
 
     # -- updating ----------------------------------------------------------------------------
 
@@ -89,6 +93,9 @@ class RunContext:
         optimizer = as_dict(event.get("optimizer")).get("class")
         self.optimizer = optimizer if isinstance(optimizer, str) and optimizer else self.optimizer
         self.num_workers = as_step(as_dict(config.get("data")).get("num_workers"))
+        timeout = as_number(as_dict(event.get("settings")).get("rank_timeout"))
+        self.rank_timeout = timeout if math.isfinite(timeout) and timeout > 0 else None
+        self.world_size = as_step(as_dict(event.get("distributed")).get("world_size"))
 
     def _on_step(self, event: StepEvent) -> None:
         step = as_step(event.get("step"))

@@ -26,13 +26,16 @@ from tuimon.doctor.rules.model import (
     OptimizerNotStepping,
     SoftmaxBeforeLoss,
 )
+from tuimon.doctor.rules.ranks import RankNan, StalledRank, Straggler
 from tuimon.doctor.rules.system import GpuMemoryPressure
 
 # The specific before the general: a rule can suppress only rules evaluated after it
 # would otherwise alert in the same event.
 ALL_RULES: tuple[type[Rule[Any]], ...] = (
+    StalledRank,
     InputNan,
     NanLoss,
+    RankNan,
     NanGrad,
     OptimizerMismatch,
     OptimizerNotStepping,
@@ -53,6 +56,7 @@ ALL_RULES: tuple[type[Rule[Any]], ...] = (
     UnshuffledData,
     ClassImbalance,
     Overfitting,
+    Straggler,
     DataloaderBottleneck,
     GpuMemoryPressure,
 )

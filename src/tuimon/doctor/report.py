@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.engine import Doctor, DoctorEvent
@@ -21,16 +21,20 @@ from tuimon.run.events import (
     ALERT_CLEARED,
     COMPLETED,
     END,
+    END_STATUSES,
     ERROR,
     INFO,
+    RANKS,
     START,
     STEP,
     WARNING,
+    RankSummary,
     Severity,
 )
-from tuimon.run.field_types import as_dict, typed_event
+from tuimon.run.field_types import as_dict, as_list, as_step, typed_event
 from tuimon.run.log_reader import read_events
-from tuimon.run.run_dir import EVENTS_FILE
+from tuimon.run.rank_logs import RankLog, read_rank_log_details
+from tuimon.run.run_dir import EVENTS_FILE, RANKS_DIR
 from tuimon.terminal_text import printable
 
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -89,6 +93,9 @@ def review(
         raise UsageError(f"{run_dir}: no {EVENTS_FILE} here")
     reader = read_events(path)
     doctor: Doctor | None = None
+    rank0 = RankLog(0)  # the job's log is rank 0's own, in a distributed job
+    reported: list[RankSummary] = []  # every rank in rank 0's last `ranks` event
+    world_size: int | None = None
     said: list[DoctorEvent] = []
     summary: dict[str, Any] = {
         "name": run_dir.name,
@@ -111,8 +118,15 @@ def review(
             # The start is the first line a run writes: its configured thresholds apply.
             start = event if kind == START else {}
             doctor = Doctor(_overrides(start, extra))
-        if kind == START and "name" in event:
-            summary["name"] = _clip(event["name"], 200)
+        rank0.add(raw)  # raw: typed_event drops a start's `host` (a system event's is a dict)
+        if kind == START:
+            if "name" in event:
+                summary["name"] = _clip(event["name"], 200)
+            world_size = as_step(as_dict(event.get("distributed")).get("world_size"))
+        elif kind == RANKS:
+            # typed_event has checked each summary's fields (field_types.typed_ranks).
+            reported = cast(list[RankSummary], as_list(event.get("ranks")))
+            world_size = as_step(event.get("world_size")) or world_size
         elif kind == STEP:
             summary["steps"] += 1
         elif kind == ALERT:
@@ -131,7 +145,89 @@ def review(
                 summary["unreported"] += 1
     summary["skipped"] = reader.skipped
     summary["damage"] = reader.damage_note()
+    logs = read_rank_log_details(run_dir)
+    if logs or reported or world_size:
+        summary["world_size"] = world_size
+        summary["ranks"] = rank_rows(rank0, logs, reported)
+        summary["rank_damage"] = [
+            f"rank {log.rank}'s log ({RANKS_DIR}/{log.rank}/{EVENTS_FILE}): {log.damage}"
+            for log in logs
+            if log.damage
+        ]
     return said, summary
+
+
+def rank_rows(
+    rank0: RankLog, logs: list[RankLog], reported: list[RankSummary]
+) -> list[dict[str, Any]]:
+    """What the report says of each rank: its own log's account (rank 0's is the job's
+    log), else what rank 0 last heard of it (a rank on another node, whose log is there)."""
+    heard = {item["rank"]: item for item in reported if as_step(item.get("rank")) is not None}
+    rows: dict[int, dict[str, Any]] = {}
+    for log in [rank0, *logs]:
+        row: dict[str, Any] = {
+            **log.summary,
+            "source": "log",
+            "nonfinite_steps": log.nonfinite_steps,
+            "first_nonfinite_step": log.first_nonfinite_step,
+        }
+        last = heard.get(log.rank, {})
+        if row["status"] not in END_STATUSES and last.get("status") in END_STATUSES:
+            # Its log has no end (killed mid-write, or its node's copy): rank 0 heard it end.
+            row["status"], row["error"] = last["status"], last.get("error", row.get("error"))
+        elif row["status"] not in END_STATUSES and last.get("alive") is False:
+            row["died"] = True
+        rows[log.rank] = row
+    for rank, item in heard.items():
+        if rank not in rows:
+            rows[rank] = {**item, "source": "report", "died": item.get("alive") is False}
+    return [rows[rank] for rank in sorted(rows)]
+
+
+def rank_lines(summary: dict[str, Any]) -> list[str]:
+    """The per-rank section of the report: each rank's last step, how it ended (its error's
+    last line), and its NaN/inf losses. Empty for a run of one process."""
+    rows = summary.get("ranks")
+    if not rows:
+        return []
+    size = summary.get("world_size")
+    lines = [
+        f"  ranks: {len(rows)}" + (f" of world size {size}" if size and size != len(rows) else "")
+    ]
+    for row in rows:
+        where = [f"host {_clip(row['host'], 80)}" if isinstance(row.get("host"), str) else ""]
+        where.append(f"pid {row['pid']}" if as_step(row.get("pid")) is not None else "")
+        step = as_step(row.get("step"))
+        status = row.get("status")
+        if status not in END_STATUSES:
+            status = "died (no end)" if row.get("died") else "no end: still running, or killed"
+        error = _last_line(row.get("error"))
+        text = (
+            f"    rank {row['rank']}: "
+            + ", ".join(part for part in where if part)
+            + (", " if any(where) else "")
+            + (f"step {step}, " if step is not None else "no step, ")
+            + str(status)
+            + (f": {error}" if error else "")
+            + (" (as rank 0 last heard; its log is not here)" if row["source"] == "report" else "")
+        )
+        lines.append(printable(text, keep_newlines=False))
+        count, first = row.get("nonfinite_steps"), row.get("first_nonfinite_step")
+        last = as_step(row.get("nonfinite_step"))
+        if count:
+            span = f"step {last}" if count == 1 else f"steps {first} to {last}"
+            lines.append(f"      NaN/inf loss at {_count(count, 'step')} ({span})")
+        elif last is not None:
+            lines.append(f"      NaN/inf loss, last at step {last}")
+    return lines
+
+
+def _last_line(text: Any) -> str:
+    """An error's last line (a traceback's: the exception itself), clipped."""
+    if not isinstance(text, str):
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _clip(lines[-1], 300) if lines else ""
 
 
 NO_END = "no end: still running, or killed"
@@ -165,6 +261,7 @@ def damage_lines(summary: dict[str, Any]) -> list[str]:
         )
     if summary.get("unreported"):
         lines.append(f"{summary['unreported']} more alerts and clears not listed")
+    lines += summary.get("rank_damage") or []
     return lines
 
 
@@ -180,7 +277,8 @@ def format_report(run_dir: Path, said: list[DoctorEvent], summary: dict[str, Any
             keep_newlines=False,
         )
     ]
-    lines += [f"  note: {line}" for line in damage_lines(summary)]
+    lines += [printable(f"  note: {line}") for line in damage_lines(summary)]
+    lines += rank_lines(summary)
     if not alerts:
         lines.append("  no alerts: nothing wrong found")
     for alert in alerts:

@@ -28,4 +28,8 @@ RULE_IDS: tuple[str, ...] = (
     "overfitting",
     "dataloader_bottleneck",
     "gpu_memory_pressure",
+    # A distributed job's ranks (rank 0's `ranks` events).
+    "straggler",
+    "stalled_rank",
+    "rank_nan",
 )

@@ -32,9 +32,8 @@ from tuimon.run.events import (
 )
 from tuimon.run.field_types import as_dict, as_list, as_number, as_step
 from tuimon.run.log_reader import read_events
-from tuimon.run.run_dir import EVENTS_FILE
+from tuimon.run.run_dir import EVENTS_FILE, RANKS_DIR
 
-RANKS_DIR = "ranks"  # in a job's run directory: ranks/<N>/events.jsonl for rank N >= 1
 MAX_ERROR_CHARS = 20_000  # of an end's traceback kept in a summary (its tail: the error)
 
 
