@@ -337,7 +337,7 @@ def test_each_kind_of_laggard_is_named_with_its_reason():
     ranks[3] = summary(3, nonfinite_step=480)
     ranks[4] = summary(4, age=45.0, step=450)
     ranks[5] = summary(5, step_age=40.0, step=300)
-    ranks[6] = summary(6, step=490)
+    ranks[6] = summary(6, step=460)  # 40 steps of 0.1 s: 4 s behind
     ranks[7] = summary(7, step_time=0.3)
     ranks[8] = summary(8, data_time=0.09)
     laggards = find_laggards(ranks)
@@ -353,7 +353,7 @@ def test_each_kind_of_laggard_is_named_with_its_reason():
     }
     assert laggards[2].words == "failed: ValueError: bad batch"
     assert laggards[4].words == "silent 45s" and laggards[4].severity == "error"
-    assert laggards[6].words == "10 steps behind" and laggards[6].severity == "warning"
+    assert laggards[6].words == "40 steps behind" and laggards[6].severity == "warning"
     assert laggards[8].words == "data 90 ms, 9.0× the others"
     assert slowest(ranks) is not None
 
@@ -366,8 +366,11 @@ def test_two_ranks_a_slow_loader_on_one_is_named_and_the_other_not():
 def test_what_is_not_a_laggard():
     # Tiny absolute differences are noise, however large the ratio.
     assert find_laggards([summary(0, data_time=0.0001), summary(1, data_time=0.002)]) == {}
-    # A report older than the newest by 2 s, at 10 steps/s, may lag 20 steps.
-    assert find_laggards([summary(0, step=520, age=0.1), summary(1, step=500, age=2.1)]) == {}
+    # Reports lag the steps: ranks in lockstep at 40 steps/s show steps 20 apart.
+    fast = [summary(0, step=184, step_time=0.025), summary(1, step=164, step_time=0.025)]
+    assert find_laggards(fast) == {}
+    # A report older than the newest by 3 s lags 3 s of steps more (here 60 in all).
+    assert find_laggards([summary(0, step=560, age=0.1), summary(1, step=500, age=3.1)]) == {}
     # A paused job: nobody's step moves, so nobody is stuck.
     paused = [summary(r, status="paused", step_age=300.0) for r in range(4)]
     assert find_laggards(paused) == {}

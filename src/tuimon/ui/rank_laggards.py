@@ -55,7 +55,7 @@ REASONS: Final[tuple[Reason, ...]] = (
 # The job cannot go on past these (a collective waits on the rank forever); the others
 # only slow it down.
 BLOCKING: Final[frozenset[Reason]] = frozenset({DEAD, FAILED_RANK, NONFINITE, SILENT, STUCK})
-ENDED: Final = (COMPLETED, STOPPED)  # a rank that ended well is no laggard, alive or not
+ENDED: Final = (COMPLETED, STOPPED)  # ended well: not dead when its process is gone
 DEFAULT_RANK_TIMEOUT: Final = 30.0  # seconds: monitor.rank_timeout's default
 ERROR_WORDS: Final = 120  # characters of a failed rank's error shown
 
@@ -64,7 +64,12 @@ ERROR_WORDS: Final = 120  # characters of a failed rank's error shown
 class LaggardLimits:
     """How far from the others a rank must be to be named."""
 
-    steps_behind: int = 2  # steps behind the newest, beyond what its report's age explains
+    steps_behind: int = 2  # steps behind the newest…
+    # …and more than this many seconds' worth of steps (beyond what its report's age
+    # explains): reports lag the steps (a rank reports every 0.5 s, rank 0 reads them every
+    # 0.5 s, a rank's steps reach its report about once a second), so ranks in lockstep
+    # show steps this far apart at any rate.
+    behind_seconds: float = 3.0
     slow_factor: float = 1.5  # step or data time this many times the others' median…
     slow_seconds: float = 0.005  # …and at least this many seconds above it
     silent_after: float = DEFAULT_RANK_TIMEOUT  # seconds without news, or without a step
@@ -88,15 +93,17 @@ def find_laggards(
     ranks: Sequence[RankSummary], limits: LaggardLimits = DEFAULT_LIMITS
 ) -> dict[int, Laggard]:
     """The laggards among `ranks` (one summary per rank), by rank."""
-    running = [r for r in ranks if r.get("status") not in END_STATUSES]  # still going
+    # Who can be silent, stuck or behind: the ranks still going.
+    running = [r for r in ranks if r.get("status") not in END_STATUSES]
     steps = [r["step"] for r in running if r.get("step") is not None]
     newest = max(steps, default=None)
     ages = [r["age"] for r in running if r.get("age") is not None]
     freshest = min(ages, default=0.0)
     moving = any(r.get("step_age", math.inf) < limits.silent_after for r in running)
-    step_times = _medians_of_others(running, "step_time")
-    data_times = _medians_of_others(running, "data_time")
-    typical_step = _median([t for r in running if (t := r.get("step_time")) is not None])
+    # Timings are compared across every rank: an ended job's straggler still was one.
+    step_times = _medians_of_others(ranks, "step_time")
+    data_times = _medians_of_others(ranks, "data_time")
+    typical_step = _median([t for r in ranks if (t := r.get("step_time")) is not None])
     laggards: dict[int, Laggard] = {}
     for summary in ranks:
         rank = summary["rank"]
@@ -112,32 +119,45 @@ def find_laggards(
         nonfinite = summary.get("nonfinite_step")
         if nonfinite is not None:
             found[NONFINITE] = f"NaN/inf at step {nonfinite}"
-        if status in ENDED or FAILED_RANK in found or DEAD in found:
-            if found:
-                laggards[rank] = _laggard(rank, found)
+        if FAILED_RANK in found or DEAD in found:
+            laggards[rank] = _laggard(rank, found)
             continue
-        age = summary.get("age")
-        if age is not None and age > limits.silent_after:
-            found[SILENT] = f"silent {format_duration(age)}"
-        step_age = summary.get("step_age")
-        stuck = step_age is not None and step_age > limits.silent_after
-        if stuck and moving and SILENT not in found:
-            found[STUCK] = f"stuck {format_duration(step_age)}"
-        step = summary.get("step")
-        if step is not None and newest is not None and SILENT not in found:
-            # A report `age - freshest` seconds older than the newest may lag that many
-            # seconds' worth of steps without the rank being behind.
-            slack = 0.0
-            if age is not None and typical_step:
-                slack = (age - freshest) / typical_step
-            gap = newest - step
-            if gap > limits.steps_behind + slack:
-                found[BEHIND] = f"{gap} steps behind"
+        if status not in END_STATUSES:
+            _lagging(found, summary, newest, freshest, moving, typical_step, limits)
         _slow(found, SLOW_STEP, "step", summary.get("step_time"), step_times.get(rank), limits)
         _slow(found, SLOW_DATA, "data", summary.get("data_time"), data_times.get(rank), limits)
         if found:
             laggards[rank] = _laggard(rank, found)
     return laggards
+
+
+def _lagging(
+    found: dict[Reason, str],
+    summary: RankSummary,
+    newest: int | None,
+    freshest: float,
+    moving: bool,
+    typical_step: float | None,
+    limits: LaggardLimits,
+) -> None:
+    """Names a rank still going that is silent, stuck or behind the newest step."""
+    age = summary.get("age")
+    if age is not None and age > limits.silent_after:
+        found[SILENT] = f"silent {format_duration(age)}"
+        return  # its step is as old as its news
+    step_age = summary.get("step_age")
+    if step_age is not None and step_age > limits.silent_after and moving:
+        found[STUCK] = f"stuck {format_duration(step_age)}"
+    step = summary.get("step")
+    if step is not None and newest is not None:
+        gap = newest - step
+        allowed = float(limits.steps_behind)
+        if typical_step:
+            # A report `age - freshest` seconds older than the newest lags that much more.
+            lag = limits.behind_seconds + (age - freshest if age is not None else 0.0)
+            allowed = max(allowed, lag / typical_step)
+        if gap > allowed:
+            found[BEHIND] = f"{gap} steps behind"
 
 
 def limits_for(settings: object) -> LaggardLimits:
@@ -184,8 +204,15 @@ def _slow(
     if value is None or others is None:
         return
     if value > limits.slow_factor * others and value - others > limits.slow_seconds:
-        times = f", {value / others:.1f}× the others" if others > 0 else ""
-        found[reason] = f"{what} {value:.3g}s{times}"
+        ratio = value / others if others > 0 else math.inf
+        times = f", {ratio:.0f}×" if ratio >= 10 else f", {ratio:.1f}×"
+        times = f"{times} the others" if ratio < math.inf else ""
+        found[reason] = f"{what} {seconds_text(value)}{times}"
+
+
+def seconds_text(value: float) -> str:
+    """A step's or a data wait's time: "61.5 ms", "1.2 s"."""
+    return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
 
 
 def _medians_of_others(

@@ -30,6 +30,7 @@ from tuimon.ui.rank_laggards import (
     LaggardLimits,
     find_laggards,
     limits_for,
+    seconds_text,
 )
 from tuimon.ui.widgets.rank_strip import BLOCKING_STYLE, TAGS, WARNING_STYLE
 
@@ -149,7 +150,7 @@ def _text(value: object, style: str = "") -> Text:
 
 
 def _seconds(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3g}s"
+    return None if value is None else seconds_text(value)
 
 
 def _rate(value: float | None) -> str | None:

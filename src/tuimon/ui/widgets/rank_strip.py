@@ -24,6 +24,7 @@ from tuimon.ui.rank_laggards import (
     DEFAULT_LIMITS,
     FAILED_RANK,
     NONFINITE,
+    REASONS,
     SILENT,
     STUCK,
     Laggard,
@@ -155,7 +156,12 @@ def _cell(summary: RankSummary, laggard: Laggard | None) -> Text:
 
 
 def _worst_first(laggards: dict[int, Laggard]) -> list[Laggard]:
-    return sorted(laggards.values(), key=lambda g: (g.severity != ERROR, g.rank))
+    """Blocking ones first, by their worst reason (a dead rank before the ranks that
+    failed waiting for it), then by rank."""
+    return sorted(
+        laggards.values(),
+        key=lambda g: (g.severity != ERROR, REASONS.index(g.reasons[0]), g.rank),
+    )
 
 
 def _number(value: float | None) -> str:
