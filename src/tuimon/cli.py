@@ -14,11 +14,13 @@ from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Us
 if TYPE_CHECKING:  # imported where used: `tuimon --help` loads no more than it needs
     from tuimon.control.client import ControlClient
     from tuimon.run.events import ControlEvent
+    from tuimon.torchrun_args import DistributedLaunch
 
 DESCRIPTION = """\
 Run a training job from a config, or talk to a run:
 
   tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
+                     [--nproc-per-node N] [--nnodes N --node-rank R --master-addr HOST]
   tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor (--autofix)
   tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
   tuimon replay RUN_DIR                  a run's whole history, read-only
@@ -66,6 +68,60 @@ def _add_lr_factor(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed(parser: argparse.ArgumentParser, *, config: bool) -> None:
+    """torchrun's flags, passed through to it (tuimon/torchrun_args.py builds its call)."""
+    group = parser.add_argument_group(
+        "a job of several processes",
+        "Run the job as N processes per node through torchrun (torch.distributed.run), "
+        "with DistributedDataParallel: gloo on the CPU, NCCL with one GPU per process. "
+        "It is one run: rank 0 logs into the run directory and the UI attaches to it. "
+        "Several machines: start the same command on each, with --nnodes, its own "
+        "--node-rank and node 0's --master-addr (and --master-port).",
+    )
+    default = " (default: the config's train.nproc_per_node, else 1)" if config else ""
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help=f"processes on this machine, one per GPU{default}",
+    )
+    group.add_argument(
+        "--nnodes", type=int, default=1, metavar="N", help="machines in the job (default 1)"
+    )
+    group.add_argument(
+        "--node-rank",
+        type=int,
+        default=0,
+        metavar="R",
+        help="this machine's place, 0 to nnodes-1 (default 0; node 0 holds the run)",
+    )
+    group.add_argument(
+        "--master-addr",
+        metavar="HOST",
+        help="node 0's address, where the nodes meet (needed with --nnodes above 1)",
+    )
+    group.add_argument(
+        "--master-port",
+        type=int,
+        metavar="PORT",
+        help="node 0's port for the meeting (torchrun's default 29500; one machine "
+        "alone needs none: a free port is chosen)",
+    )
+
+
+def _distributed_launch(options: argparse.Namespace, nproc_per_node: int) -> DistributedLaunch:
+    """The launch the flags ask for, checked (a UsageError, exit 2, names the bad flag)."""
+    from tuimon.torchrun_args import DistributedLaunch
+
+    return DistributedLaunch(
+        nproc_per_node=nproc_per_node,
+        nnodes=options.nnodes,
+        node_rank=options.node_rank,
+        master_addr=options.master_addr,
+        master_port=options.master_port,
+    ).check()
+
+
 def config_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tuimon", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
@@ -95,19 +151,47 @@ def config_command(args: list[str]) -> int:
     # Set by the UI for the worker it starts: output already goes to the run's log.
     parser.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=_version())
+    _add_distributed(parser, config=True)
     options = parser.parse_args(args)
     if options.autofix:
         options.overrides.append("monitor.autofix=true")
+    if options.nproc_per_node is not None and options.nproc_per_node < 1:
+        _distributed_launch(options, options.nproc_per_node)  # says why, before the config
 
+    from tuimon.torchrun_args import check_gpu_count, inside_torchrun
     from tuimon.training.build_checks import load_run_config
 
     config = load_run_config(options.config, options.overrides)
-    if not options.headless and sys.stdout.isatty():
+    assert config.name is not None
+    # The flag wins over the config. Inside a torchrun job already: this process is a rank.
+    nproc = options.nproc_per_node or config.train.nproc_per_node  # never 0: checked above
+    launch = _distributed_launch(options, 1 if inside_torchrun() else nproc)
+    if launch.distributed:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check_gpu_count(config.train.device, launch.nproc_per_node, gpus)
+    if not options.headless and sys.stdout.isatty() and launch.node_rank == 0:
         from tuimon.launch import launch_config
 
-        assert config.name is not None
         return launch_config(
-            options.config, options.overrides, config.name, options.run_dir, options.lr_factor
+            options.config,
+            options.overrides,
+            config.name,
+            options.run_dir,
+            options.lr_factor,
+            launch,
+        )
+    if launch.distributed:
+        from tuimon.launch import run_distributed_headless
+
+        return run_distributed_headless(
+            options.config,
+            options.overrides,
+            config.name,
+            options.run_dir,
+            launch,
+            quiet=options.quiet,
         )
 
     from tuimon.worker import run_config
@@ -133,9 +217,12 @@ def run_command(args: list[str]) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress lines in the run's output; still log"
     )
-    parser.add_argument("script", help="the Python script")
+    _add_distributed(parser, config=False)
+    parser.add_argument("script", help="the Python script (tuimon's options go before it)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(args)
+    nproc = 1 if options.nproc_per_node is None else options.nproc_per_node
+    launch = _distributed_launch(options, nproc)
     from tuimon.launch import launch_script
 
     return launch_script(
@@ -144,6 +231,7 @@ def run_command(args: list[str]) -> int:
         options.lr_factor,
         autofix=options.autofix,
         quiet=options.quiet,
+        launch=launch,
     )
 
 

@@ -2,19 +2,26 @@
 
 The worker runs in its own process session with its output going to the run directory,
 so closing the terminal (an SSH drop, SIGHUP) ends only the UI; `tuimon attach` comes back.
+
+A job of several processes (`--nproc-per-node N`, `--nnodes`) is started the same way,
+through torchrun (`python -P -m torch.distributed.run ...`, tuimon/torchrun_args.py): the
+detached process is torchrun's agent, its ranks inherit its session and output file, and
+rank 0 logs into the run directory prepared here, which the UI attaches to as to any run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from tuimon.control.client import is_alive
-from tuimon.errors import EXIT_FAILED, EXIT_OK, UsageError
+from tuimon.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError
 from tuimon.run.event_codec import decode_line
 from tuimon.run.events import COMPLETED, END, FAILED
 from tuimon.run.private_files import open_private_append
@@ -27,13 +34,26 @@ from tuimon.run.run_dir import (
     RUN_DIR_ENV,
     create_run_dir,
 )
+from tuimon.torchrun_args import (
+    DistributedLaunch,
+    config_rank_program,
+    script_rank_program,
+    torchrun_command,
+)
+
+ONE_PROCESS = DistributedLaunch()
 
 
 def launch_config(
-    config_path: str, overrides: Sequence[str], name: str, run_dir: str | None, lr_factor: float
+    config_path: str,
+    overrides: Sequence[str],
+    name: str,
+    run_dir: str | None,
+    lr_factor: float,
+    launch: DistributedLaunch = ONE_PROCESS,
 ) -> int:
     """`tuimon CONFIG` in a terminal: the job in a detached worker, the UI attached to it."""
-    path, worker = start_config_worker(config_path, overrides, name, run_dir)
+    path, worker = start_config_worker(config_path, overrides, name, run_dir, launch)
     return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
@@ -44,27 +64,106 @@ def launch_script(
     *,
     autofix: bool = False,
     quiet: bool = False,
+    launch: DistributedLaunch = ONE_PROCESS,
 ) -> int:
     """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
-    path, worker = start_script_worker(script, args, autofix=autofix, quiet=quiet)
+    path, worker = start_script_worker(script, args, autofix=autofix, quiet=quiet, launch=launch)
     return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
 def start_config_worker(
-    config_path: str, overrides: Sequence[str], name: str, run_dir: str | None
+    config_path: str,
+    overrides: Sequence[str],
+    name: str,
+    run_dir: str | None,
+    launch: DistributedLaunch = ONE_PROCESS,
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     path = create_run_dir(name, run_dir)
-    command = [
-        *worker_python(),
-        config_path,
-        "--headless",
-        "--detached",
-        "--run-dir",
-        str(path),
-    ]
+    return path, _spawn(
+        config_worker_command(config_path, overrides, path, launch), path, dict(os.environ)
+    )
+
+
+def config_worker_command(
+    config_path: str, overrides: Sequence[str], run_dir: Path, launch: DistributedLaunch
+) -> list[str]:
+    """The detached worker of a config job: `python -P -m tuimon CONFIG --headless ...`,
+    or torchrun starting `python -P -m tuimon.worker CONFIG ...` in each process."""
+    if launch.distributed:
+        program = config_rank_program(config_path, overrides, str(run_dir), detached=True)
+        return torchrun_command(launch, program)
+    command = [*worker_python(), config_path, "--headless", "--detached", "--run-dir", str(run_dir)]
     for override in overrides:
         command += ["--set", override]
-    return path, _spawn(command, path, dict(os.environ))
+    return command
+
+
+def run_distributed_headless(
+    config_path: str,
+    overrides: Sequence[str],
+    name: str,
+    run_dir: str | None,
+    launch: DistributedLaunch,
+    *,
+    quiet: bool = False,
+) -> int:
+    """`tuimon CONFIG --headless --nproc-per-node N`: torchrun in the foreground, its ranks'
+    output on this terminal (rank 0's copied to the run's output.log).
+
+    torchrun runs in a session of its own, so a dropped terminal (SIGHUP) does not end the
+    job, and this process hands it SIGINT and SIGTERM once: torchrun passes the signal to
+    every rank, whose Monitor stops at the next step with a checkpoint. On a node without
+    rank 0 (`--node-rank` above 0) no run directory is made here: rank 0's is the job's.
+    """
+    path: Path | None = None
+    if launch.node_rank == 0:
+        path = create_run_dir(name, run_dir)
+        print(f"tuimon: {launch.world_size} processes; the run is {path}", flush=True)
+    else:
+        print(
+            f"tuimon: node {launch.node_rank} of {launch.nnodes}: its {launch.nproc_per_node} "
+            f"process(es) join the job at {launch.master_addr}; node 0 holds the run",
+            flush=True,
+        )
+    program = config_rank_program(config_path, overrides, str(path) if path else None, quiet=quiet)
+    process = subprocess.Popen(
+        torchrun_command(launch, program), stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    with _signals_passed_to(process) as passed:
+        returncode = process.wait()
+    if passed:
+        return EXIT_INTERRUPTED
+    if returncode != 0:
+        where = f": see {path / OUTPUT_FILE}" if path else ""
+        print(f"tuimon: the job failed (torchrun exit code {returncode}){where}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _signals_passed_to(process: subprocess.Popen[bytes]) -> Iterator[list[int]]:
+    """While inside: SIGINT and SIGTERM go to `process` (the list gets each), SIGHUP is
+    ignored. Handlers are restored on leaving."""
+    passed: list[int] = []
+
+    def pass_on(signum: int, _frame: FrameType | None) -> None:
+        passed.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum, handler in (
+            (signal.SIGINT, pass_on),
+            (signal.SIGTERM, pass_on),
+            (signal.SIGHUP, signal.SIG_IGN),
+        )
+    }
+    try:
+        yield passed
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def worker_python() -> list[str]:
@@ -86,15 +185,20 @@ def start_script_worker(
     *,
     autofix: bool = False,
     quiet: bool = False,
+    launch: DistributedLaunch = ONE_PROCESS,
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     """The script runs with TUIMON_RUN_DIR set, so its Monitor logs into this run; the
-    switches reach its Monitor the same way (run_dir.py names the variables)."""
+    switches reach its Monitor the same way (run_dir.py names the variables). With
+    `--nproc-per-node N` torchrun starts it N times; rank 0's Monitor takes the run."""
     source = Path(script)
     if not source.is_file():
         raise UsageError(f"{script}: no such script")
     path = create_run_dir(source.stem or "run", base=base)
     env = script_env(path, autofix=autofix, quiet=quiet)
-    return path, _spawn([sys.executable, str(source), *args], path, env)
+    command = script_rank_program(str(source), args)
+    if launch.distributed:
+        command = torchrun_command(launch, command)
+    return path, _spawn(command, path, env)
 
 
 def script_env(run_dir: Path, *, autofix: bool = False, quiet: bool = False) -> dict[str, str]:

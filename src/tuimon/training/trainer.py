@@ -4,6 +4,11 @@ There is no second code path: everything tuimon records and every command it obe
 through the same `Monitor` a custom loop would use. The loop is ordered so that
 `mon.step()` is the last thing an iteration does (after the scheduler), which makes the
 step boundary — where commands and checkpoints happen — a clean place to resume from.
+
+Under torchrun (WORLD_SIZE > 1: `tuimon CONFIG --nproc-per-node N`) the same loop runs in
+every process, as DistributedDataParallel (training/distributed_setup.py): each process
+trains on its share of the data with `train.batch_size` samples per step — per process,
+so the job's batch is batch_size × world size; nothing is divided for you.
 """
 
 from __future__ import annotations
@@ -21,11 +26,25 @@ from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import CheckpointError, ResumeState, load_checkpoint, model_weights
-from tuimon.run.events import RunStatus
+from tuimon.run.events import ERROR, INFO, RunStatus
 from tuimon.run.private_files import remove_leftover_temp_files
 from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
+from tuimon.training.distributed_setup import (
+    ProcessPlace,
+    digests_of_all_ranks,
+    join_process_group,
+    leave_process_group,
+    place_from_env,
+    process_device,
+    sum_across_ranks,
+    train_sampler,
+    unwrapped,
+    val_share,
+    weights_digest,
+    wrap_model,
+)
 from tuimon.training.models import build_model, is_allocation_failure
 from tuimon.training.optimization import (
     build_loss,
@@ -33,6 +52,9 @@ from tuimon.training.optimization import (
     build_scheduler,
     is_plateau,
 )
+
+# The start of the note every rank of a job logs when the replicas ended identical.
+REPLICAS_IDENTICAL = "weights identical"
 
 
 def seed_everything(seed: int) -> None:
@@ -47,21 +69,59 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Build everything a config names (`setup`), then train it under a Monitor (`run`)."""
+    """Build everything a config names (`setup`), then train it under a Monitor (`run`).
+
+    In a torchrun job, `setup` joins the job's process group (gloo on the CPU, NCCL on
+    GPUs; `auto` and `cuda` take cuda:LOCAL_RANK), seeds every rank alike, and wraps the
+    model in DistributedDataParallel after any resume, which loads the same checkpoint
+    on every rank; `run` leaves the group at its end, failed or not. `train.batch_size`
+    is per process. Validation is sharded: each rank evaluates its share and the sums are
+    all-reduced, so every rank (and a ReduceLROnPlateau on it) sees the same val_loss,
+    which rank 0 alone logs.
+    """
+
+    model: torch.nn.Module  # DistributedDataParallel around the model in a torchrun job
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.monitor: Monitor | None = None
         self.resume: ResumeState | None = None
+        self.place: ProcessPlace | None = None
+        self._sampler: torch.utils.data.DistributedSampler[int] | None = None
         self._validated_at = -1
         self._epoch_loss = torch.zeros(())
         self._epoch_steps = 0
 
     def setup(self) -> None:
-        """Build data, model, optimizer, scheduler, loss; load the checkpoint to resume."""
+        """Build data, model, optimizer, scheduler, loss; load the checkpoint to resume.
+
+        Under torchrun, joins the job's process group first (left again if this fails).
+        """
+        self.place = place_from_env()
+        if self.place is None:
+            self.device = select_device(self.config.train.device)
+            self._build()
+            return
+        self.device = process_device(self.config.train.device, self.place)
+        join_process_group(self.device)
+        try:
+            self._build()
+            # After the resume, so that every rank loaded it; DDP then checks that every
+            # rank holds the same weights (rank 0's are broadcast).
+            self.model = wrap_model(self.model, self.device)
+        except BaseException:
+            leave_process_group()
+            raise
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model itself (not its DistributedDataParallel wrapper)."""
+        return unwrapped(self.model)
+
+    def _build(self) -> None:
         cfg, train = self.config, self.config.train
+        # The same seed on every rank: the replicas start identical (and DDP checks it).
         seed_everything(train.seed)
-        self.device = select_device(train.device)
         self.data: DataBundle = build_data(cfg.data, train.seed, cfg.faults)
         self.notes = list(self.data.notes)
         self.model = build_model(cfg, self.data.shape)
@@ -83,11 +143,18 @@ class Trainer:
                 f"model: does not fit on {self.device} ({first[:200]}); make it smaller "
                 "(model.name and its arguments) or choose another train.device"
             ) from None
-        batches = math.ceil(len(self.data.train) / train.batch_size)
+        samples = len(self.data.train)
+        if self.place is not None:
+            self._sampler = train_sampler(
+                self.data.train, self.place, shuffle=cfg.data.shuffle, seed=train.seed
+            )
+            samples = len(self._sampler)
+        batches = math.ceil(samples / train.batch_size)
         self.steps_per_epoch = batches // train.accumulate
         if self.steps_per_epoch == 0:
+            share = f" (this process's share of {self.place.world_size})" if self.place else ""
             raise UsageError(
-                f"data: {len(self.data.train)} training samples make no full step of "
+                f"data: {samples} training samples{share} make no full step of "
                 f"train.batch_size × train.accumulate = {train.batch_size * train.accumulate}"
             )
         limits = [train.max_steps] if train.max_steps else []
@@ -148,7 +215,16 @@ class Trainer:
 
         `take_signals`: SIGINT and SIGTERM stop the run (first: at the next step, with a
         checkpoint; second: abort), whoever handled them before (the worker process).
+        In a torchrun job every rank runs this with its DDP model, and the process group
+        is destroyed at the end however the run ends.
         """
+        try:
+            return self._run(run_dir, quiet, take_signals)
+        finally:
+            if self.place is not None:
+                leave_process_group()
+
+    def _run(self, run_dir: str | Path | None, quiet: bool, take_signals: bool) -> RunStatus:
         cfg = self.config
         start = self.resume.step if self.resume else 0
         options = RunOptions(
@@ -181,7 +257,28 @@ class Trainer:
         ) as mon:
             self.monitor = mon
             self._train(mon)
+            if self.place is not None:
+                self._compare_replicas(mon)
         return mon.status
+
+    def _compare_replicas(self, mon: Monitor) -> None:
+        """Say in every rank's log whether the replicas ended with identical weights (the
+        digest of each rank's parameters, gathered): DDP's promise, checked once."""
+        assert self.place is not None
+        digests = digests_of_all_ranks(weights_digest(self.module.named_parameters()))
+        mine = digests[self.place.rank]
+        differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if differ:
+            mon.note(
+                f"the replicas' weights differ at the end: rank(s) {differ} differ from "
+                f"rank 0 (this rank: sha256 {mine[:16]}, rank 0: {digests[0][:16]})",
+                ERROR,
+            )
+        else:
+            mon.note(
+                f"{REPLICAS_IDENTICAL} on all {len(digests)} ranks at the end (sha256 {mine[:16]})",
+                INFO,
+            )
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -264,7 +361,10 @@ class Trainer:
                 return  # `_validate` feeds it after every validation
             if val_loss is None:
                 # No validation set: the plateau is judged on the epoch's training loss.
-                val_loss = float(self._epoch_loss / max(self._epoch_steps, 1))
+                loss_sum, steps = self._epoch_loss, torch.tensor(float(self._epoch_steps))
+                if self.place is not None:  # every rank steps the schedule on the same loss
+                    loss_sum, steps = sum_across_ranks(loss_sum, steps.to(self.device))
+                val_loss = float(loss_sum / max(float(steps), 1.0))
             self.scheduler.step(val_loss)
         elif sched_cfg.interval == "epoch":
             self.scheduler.step()
@@ -277,16 +377,20 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
         classify = True
+        share = val_share(len(self.data.val), self.place) if self.place is not None else None
         loader = batch_loader(
             self.data.val,
             batch_size=self.config.train.batch_size,
+            sampler=share,
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
         )
+        # The module itself: DDP's forward may sync buffers, a collective of all ranks.
+        model = self.module
         for inputs, targets in loader:
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            outputs = self.model(inputs)
+            outputs = model(inputs)
             loss_sum += self.loss_fn(outputs, targets) * len(targets)
             if classify and outputs.dim() == 2 and targets.dim() == 1:
                 correct += (outputs.argmax(dim=1) == targets).sum()
@@ -294,11 +398,20 @@ class Trainer:
                 classify = False
             count += len(targets)
         self.model.train()
-        val_loss = float(loss_sum / max(count, 1))
+        total = torch.tensor(float(count), device=self.device)
+        if self.place is not None:
+            # Every rank evaluated its share; the whole set's sums, known on every rank.
+            not_classified = torch.tensor(float(not classify), device=self.device)
+            loss_sum, correct, total, not_classified = sum_across_ranks(
+                loss_sum, correct, total, not_classified
+            )
+            classify = float(not_classified) == 0
+        val_loss = float(loss_sum / max(float(total), 1.0))
         metrics: dict[str, Any] = {"val_loss": val_loss}
         if classify:
-            metrics["val_acc"] = float(correct) / max(count, 1)
-        mon.log(**metrics)
+            metrics["val_acc"] = float(correct) / max(float(total), 1.0)
+        if self.place is None or self.place.is_main:
+            mon.log(**metrics)
         self._validated_at = mon.global_step
         if is_plateau(self.scheduler) and self.config.train.val_every:
             self.scheduler.step(val_loss)
@@ -314,7 +427,11 @@ class Trainer:
         cfg = self.config
         seed = cfg.train.seed * 100_003 + epoch
         size = len(self.data.train)
-        if cfg.data.shuffle:
+        if self._sampler is not None:
+            # This rank's share, in an order fixed by (seed, epoch) like the whole set's.
+            self._sampler.set_epoch(epoch)
+            order = torch.tensor(list(self._sampler), dtype=torch.long)
+        elif cfg.data.shuffle:
             order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(size)
