@@ -9,10 +9,9 @@ import math
 
 from rich.cells import cell_len
 from test_run_state_ranks import job_events, summary, write_rank_log
-from textual.widgets import DataTable
 
 from tuimon.ui.app import TuimonApp
-from tuimon.ui.screens.rank_screen import RankScreen
+from tuimon.ui.screens.rank_screen import RankScreen, RankTable
 from tuimon.ui.widgets.rank_strip import RankStrip, strip_lines
 
 from conftest import until
@@ -36,9 +35,8 @@ def strip_text(app) -> str:
     return "\n".join(app.query_one(RankStrip).plain_lines())
 
 
-def table_rows(screen) -> dict[str, list[str]]:
-    table = screen.query_one(DataTable)
-    return {key.value: [cell.plain for cell in table.get_row(key)] for key in table.rows}
+def table_rows(screen) -> dict[int, list[str]]:
+    return screen.query_one(RankTable).row_texts()
 
 
 def screen_text(app) -> str:
@@ -70,10 +68,10 @@ async def test_two_ranks_the_strip_names_the_silent_rank_and_r_lists_both(tmp_pa
         await until(pilot, lambda: isinstance(app.screen, RankScreen))
         screen = app.screen
         rows = table_rows(screen)
-        assert sorted(rows) == ["0", "1"]
-        assert rows["1"][:6] == ["1", "0", "node0", "1001", "cuda:1", "31"]
-        assert rows["1"][6] == "SILENT" and rows["1"][-2:] == ["45s ago", "silent 45s"]
-        assert rows["0"][6] == "running" and rows["0"][10] == "1.0 GiB" and rows["0"][-1] == ""
+        assert sorted(rows) == [0, 1]
+        assert rows[1][:6] == ["1", "0", "node0", "1001", "cuda:1", "31"]
+        assert rows[1][6] == "SILENT" and rows[1][-2:] == ["45s ago", "silent 45s"]
+        assert rows[0][6] == "running" and rows[0][10] == "1.0 GiB" and rows[0][-1] == ""
         # Redrawn on the timer only when the ranks change.
         draws = screen.draws
         for _ in range(5):
@@ -89,7 +87,7 @@ async def test_two_ranks_the_strip_names_the_silent_rank_and_r_lists_both(tmp_pa
                 }
             )
         await until(pilot, lambda: screen.draws > draws)
-        assert table_rows(screen)["1"][5] == "50" and table_rows(screen)["1"][6] == "running"
+        assert table_rows(screen)[1][5] == "50" and table_rows(screen)[1][6] == "running"
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, RankScreen))
         await until(pilot, lambda: "all ranks keep up" in strip_text(app))
@@ -113,8 +111,13 @@ async def test_sixty_four_ranks_stay_two_lines_and_name_the_slowest(tmp_path):
         await pilot.press("R")
         await until(pilot, lambda: isinstance(app.screen, RankScreen))
         rows = table_rows(app.screen)
-        assert sorted(rows, key=int) == [str(r) for r in range(64)]
-        assert rows["17"][6] == "running" and rows["17"][-1].startswith("data 80 ms, 8.0×")
+        assert sorted(rows) == list(range(64))
+        await pilot.pause()
+        assert "node0" in screen_text(app) and "1063" not in screen_text(app)  # rank 63's pid
+        await pilot.press("end")  # only the rows on screen are drawn: these, now
+        await until(pilot, lambda: "1063" in screen_text(app))
+        assert "rank  node  host" in screen_text(app)  # the header stays on top
+        assert rows[17][6] == "running" and rows[17][-1].startswith("data 80 ms, 8.0×")
 
 
 async def test_a_single_process_run_has_no_strip_and_no_rank_table(tmp_path):
@@ -167,8 +170,8 @@ async def test_a_replay_reads_how_each_rank_ended_from_its_own_log(tmp_path):
         await pilot.press("R")
         await until(pilot, lambda: isinstance(app.screen, RankScreen))
         rows = table_rows(app.screen)
-        assert rows["1"][6] == "FAILED" and rows["1"][-1].startswith("failed: RuntimeError: boom")
-        assert rows["1"][11] == "34" and rows["2"][6] == "completed"
+        assert rows[1][6] == "FAILED" and rows[1][-1].startswith("failed: RuntimeError: boom")
+        assert rows[1][11] == "34" and rows[2][6] == "completed"
 
 
 async def test_text_from_the_log_reaches_the_terminal_as_plain_text(tmp_path):
