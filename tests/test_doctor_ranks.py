@@ -315,6 +315,26 @@ def test_ranks_that_ended_well_are_not_stalled_but_a_failed_one_is():
     )
 
 
+def test_the_rank_that_died_is_named_before_the_ones_that_failed_because_of_it():
+    # A SIGKILLed rank: rank 0's all-reduce fails at once (connection reset by peer).
+    reset = "Traceback (most recent call last):\nRuntimeError: Connection reset by peer"
+    events = [
+        start(),
+        ranks_event(
+            112,
+            [
+                rank(0, 112, status="failed", error=reset),
+                rank(1, 100, alive=False, age=0.1),
+            ],
+        ),
+    ]
+    alert = the_alert(run(events), "stalled_rank")
+    assert alert["message"] == (
+        "rank 1 (host node0, pid 1001) died at step 100: its process is gone; also rank 0 (failed)"
+    )
+    assert alert["evidence"]["rank"] == 1 and alert["evidence"]["stalled"] == [1, 0]
+
+
 def test_a_rank_whose_step_stopped_while_the_others_train_is_stuck():
     stuck = [
         start(),

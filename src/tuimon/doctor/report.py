@@ -14,6 +14,7 @@ from typing import Any, cast
 from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.engine import Doctor, DoctorEvent
 from tuimon.doctor.registry import RULES, override_problems
+from tuimon.doctor.rules.ranks import last_line
 from tuimon.errors import UsageError
 from tuimon.headless.alert_text import without_key_hint
 from tuimon.run.events import (
@@ -201,7 +202,7 @@ def rank_lines(summary: dict[str, Any]) -> list[str]:
         status = row.get("status")
         if status not in END_STATUSES:
             status = "died (no end)" if row.get("died") else "no end: still running, or killed"
-        error = _last_line(row.get("error"))
+        error = last_line(row.get("error"))
         text = (
             f"    rank {row['rank']}: "
             + ", ".join(part for part in where if part)
@@ -220,14 +221,6 @@ def rank_lines(summary: dict[str, Any]) -> list[str]:
         elif last is not None:
             lines.append(f"      NaN/inf loss, last at step {last}")
     return lines
-
-
-def _last_line(text: Any) -> str:
-    """An error's last line (a traceback's: the exception itself), clipped."""
-    if not isinstance(text, str):
-        return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _clip(lines[-1], 300) if lines else ""
 
 
 NO_END = "no end: still running, or killed"

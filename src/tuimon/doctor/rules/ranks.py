@@ -69,13 +69,18 @@ def ended(rank: RankSummary) -> bool:
     return rank.get("status") in END_STATUSES
 
 
+def ms(value: float) -> str:
+    """Seconds as milliseconds, three digits: "120 ms", "0.0826 ms"."""
+    return f"{1000 * value:.3g} ms"
+
+
 def ranks_text(numbers: list[int]) -> str:
     """ "rank 3", "ranks 3, 5" """
     return ("rank " if len(numbers) == 1 else "ranks ") + ", ".join(map(str, numbers))
 
 
 def last_line(text: Any) -> str:
-    """The last line of a traceback: the error itself."""
+    """The last line of a traceback (the error itself), clipped; "" for no text."""
     if not isinstance(text, str):
         return ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -203,15 +208,15 @@ class Straggler(Rule[RanksEvent]):
 
     def _verdict(self, worst: Lag, found: list[Lag], judged: int) -> Verdict:
         rank, value, median = worst.rank, worst.value, worst.median
-        ratio = f"{value / median:.1f}x" if median > 0 else "far above"
-        times = f"{1000 * value:.0f} ms, {ratio}"
+        ratio = value / median if median > 0 else math.inf
+        times = f"{ms(value)}, " + (f"{ratio:.1f}x" if ratio < 100 else "over 100x")
         others = [lag.rank["rank"] for lag in found if lag is not worst]
         also = f"; also slow: {ranks_text(others)}" if others else ""
         reports = f"medians of its last {self.p['window']:.0f} reports"
         if worst.metric == "data_time":
             message = (
                 f"{who(rank)} is a straggler: it waits {times} the other ranks' median of "
-                f"{1000 * median:.0f} ms for its data each step ({reports}){also}"
+                f"{ms(median)} for its data each step ({reports}){also}"
             )
             suggestion = (
                 f"its data loading is slow {on_host(rank)}: raise DataLoader num_workers and "
@@ -222,7 +227,7 @@ class Straggler(Rule[RanksEvent]):
         else:
             message = (
                 f"{who(rank)} is a straggler: its steps take {times} the other ranks' median "
-                f"of {1000 * median:.0f} ms ({reports}){also}"
+                f"of {ms(median)} ({reports}){also}"
             )
             suggestion = (
                 f"its device is slow {on_host(rank)}: check that GPU's clocks and temperature "
@@ -241,6 +246,17 @@ class Straggler(Rule[RanksEvent]):
             "ranks": judged,
         }
         return Verdict(True, message, suggestion, evidence)
+
+
+# How a rank can be lost, the likeliest cause of the others' troubles first.
+STALLS = ("died", "silent", "stuck", "failed")
+
+
+@dataclass
+class Stall:
+    kind: str  # one of STALLS
+    message: str
+    suggestion: str
 
 
 class StalledRank(Rule[RanksEvent]):
@@ -272,19 +288,23 @@ class StalledRank(Rule[RanksEvent]):
         timeout = self.p["timeout"]
         if not self.own_timeout and ctx.rank_timeout is not None:
             timeout = ctx.rank_timeout
-        found: list[tuple[RankSummary, str, str]] = []  # (rank, what, suggestion)
+        found: list[tuple[RankSummary, Stall]] = []
         for rank in ranks:
             if ended(rank) and rank.get("status") != FAILED:
                 continue
             others = [other for other in ranks if other is not rank]
-            said = self._stalled(rank, others, timeout)
-            if said is not None:
-                found.append((rank, *said))
+            stall = self._stalled(rank, others, timeout)
+            if stall is not None:
+                found.append((rank, stall))
         if not found:
             return clear()
-        rank, message, suggestion = found[0]
+        # The cause first: a rank that died or went silent, before those that failed
+        # because of it (a collective's connection reset) or wait on it.
+        found.sort(key=lambda item: STALLS.index(item[1].kind))
+        rank, stall = found[0]
+        message = stall.message
         if len(found) > 1:
-            message += f"; also {ranks_text([r['rank'] for r, _, _ in found[1:]])}"
+            message += "; also " + ", ".join(f"rank {r['rank']} ({s.kind})" for r, s in found[1:])
         evidence = {
             "rank": rank["rank"],
             "host": rank.get("host"),
@@ -294,14 +314,14 @@ class StalledRank(Rule[RanksEvent]):
             "step_age": seconds(rank, "step_age"),
             "alive": rank.get("alive"),
             "timeout": timeout,
-            "stalled": [r["rank"] for r, _, _ in found],
+            "stalled": [r["rank"] for r, _ in found],
         }
-        return Verdict(True, message, suggestion, evidence)
+        return Verdict(True, message, stall.suggestion, evidence)
 
     def _stalled(
         self, rank: RankSummary, others: list[RankSummary], timeout: float
-    ) -> tuple[str, str] | None:
-        """(what happened, what to do) for a rank that died or stalled, else None."""
+    ) -> Stall | None:
+        """What happened to a rank that died or stalled, and what to do; else None."""
         step = as_step(rank.get("step"))
         at = f" at step {step}" if step is not None else ""
         last = f"last step {step}" if step is not None else "no step yet"
@@ -312,13 +332,15 @@ class StalledRank(Rule[RanksEvent]):
         )
         if rank.get("status") == FAILED:
             error = last_line(rank.get("error"))
-            return (
+            return Stall(
+                "failed",
                 f"{who(rank)} failed{at}" + (f": {error}" if error else ""),
                 f"{output}; the other ranks cannot go on without it: fix it and resume the "
                 "job from its last checkpoint",
             )
         if rank.get("alive") is False:
-            return (
+            return Stall(
+                "died",
                 f"{who(rank)} died{at}: its process is gone",
                 f"{output}; the other ranks will wait for it in their next collective: stop "
                 "the job and resume it from its last checkpoint",
@@ -326,7 +348,8 @@ class StalledRank(Rule[RanksEvent]):
         age = seconds(rank, "age")
         heard = [a for other in others if (a := seconds(other, "age")) is not None and a <= timeout]
         if age is not None and age > timeout and heard:
-            return (
+            return Stall(
+                "silent",
                 f"{who(rank)} has not reported for {age:.0f} s ({last}): hung or dead",
                 f"see where it waits with `py-spy dump --pid {rank.get('pid', 'PID')}` "
                 f"{on_host(rank)} (a deadlock in its data loader, a collective the others "
@@ -342,7 +365,8 @@ class StalledRank(Rule[RanksEvent]):
             and a <= timeout
         ]
         if step_age is not None and step_age > timeout and rank.get("status") != PAUSED and moving:
-            return (
+            return Stall(
+                "stuck",
                 f"{who(rank)} is stuck{at}: no step for {step_age:.0f} s while rank "
                 f"{moving[0]['rank']} trains on",
                 f"see where it waits with `py-spy dump --pid {rank.get('pid', 'PID')}` "
