@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import subprocess
+import time
 
+import pytest
 from rich.cells import cell_len
 from test_run_state_ranks import job_events, summary, write_rank_log
 
@@ -205,3 +209,47 @@ def test_the_strip_fits_any_width_and_any_number_of_ranks():
             assert len(lines) == 2
             assert lines[1].cell_len <= width
             assert f"r{count - 1} DEAD" in lines[1].plain or width < 20
+
+
+async def test_a_killed_jobs_attach_reads_its_ranks_logs(tmp_path):
+    """`tuimon attach` on a job whose worker is gone shows the log, and each rank's own log
+    says how far it got."""
+    gone = subprocess.Popen(["true"])  # a pid that is not running any more
+    gone.wait()
+    run_dir = write_job(tmp_path / "job", 2, [[summary(0, step=20), summary(1, step=20)]] * 2)
+    lines = (run_dir / "events.jsonl").read_text().splitlines()[:-1]  # killed: no end
+    start = json.loads(lines[0]) | {"pid": gone.pid, "host": socket.gethostname()}
+    lines[0] = json.dumps(start | {"time": time.time()})
+    (run_dir / "events.jsonl").write_text("\n".join(lines) + "\n")
+    steps = [{"type": "step", "step": s, "loss": 1.0} for s in range(1, 26)]
+    write_rank_log(run_dir, 1, [{"type": "start"}, *steps])
+    app = TuimonApp(run_dir, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.connection_status == "worker-gone")
+        await until(pilot, lambda: "r1 320/s @25" in strip_text(app))
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (200, 60)])
+async def test_with_the_strip_every_panel_still_fits_with_its_title(tmp_path, width, height):
+    from tuimon.ui.widgets.panel import Panel
+
+    report = [summary(0), summary(1, age=45.0, alive=None)]
+    run_dir = write_job(tmp_path / "job", 2, [report] * 3, end=False)
+    app = TuimonApp(run_dir, replay=True, fps=20)
+    async with app.run_test(size=(width, height)) as pilot:
+        await replayed(app, pilot)
+        await until(pilot, lambda: "SILENT" in strip_text(app))
+        app.refresh_panels(everything=True)
+        await pilot.pause()
+        screen = app.screen.region
+        for panel in app.query(Panel):
+            if panel.id in ("status", "ranks"):
+                continue
+            title = str(panel.border_title)
+            assert screen.contains_region(panel.region), panel.id
+            assert panel.region.width >= len(title) + 4 and panel.region.height >= 3, panel.id
+            lines = panel.plain_lines()
+            assert len(lines) <= panel.content_size.height, panel.id
+            assert max(cell_len(line) for line in lines) <= panel.content_size.width, panel.id
+        strip = app.query_one(RankStrip)
+        assert strip.region.height == 2 and screen.contains_region(strip.region)

@@ -74,6 +74,9 @@ from tuimon.ui.widgets.status_bar import DISCONNECTED, REPLAY, WORKER_GONE, Stat
 
 NARROW_WIDTH = 110  # below this the bottom row wraps: LR | Gradients over GPU | Host
 SHORT_HEIGHT = 32  # below this GPU | Host shrink to two lines each
+# Connection statuses after which the state is the log's, not a live worker's: a job's
+# other ranks' own logs then say how each one ended (rank 0's last report may not).
+RANK_LOGS_READ_WHEN = ("replay", "ended", "worker-gone")
 OUTPUT_TAIL_LINES = 2000
 _Panel = TypeVar("_Panel", bound=Panel)
 
@@ -309,15 +312,13 @@ class TuimonApp(App[None]):
         # History is not news: only what happens from now on gets a toast.
         self._announced_controls = self.state.counts[CONTROL]
         self._announced_alerts = self.state.counts[ALERT]
-        if self.replay or self.state.end is not None:
-            self._read_rank_logs(self.state)
         self.refresh_panels(everything=True)
 
     @work(thread=True, group="rank-logs", exit_on_error=False)
     def _read_rank_logs(self, state: RunState) -> None:
-        """A finished (or replayed) job's other ranks: how far each got and how it ended,
-        from their own logs (ranks/<N>/events.jsonl), off the UI thread; the next tick
-        draws it. Nothing to read for a single-process run."""
+        """A replayed, ended or killed job's other ranks: how far each got and how it
+        ended, from their own logs (ranks/<N>/events.jsonl), off the UI thread; the next
+        tick draws it. Nothing to read for a single-process run."""
         try:
             finals = read_rank_logs(self.run_dir)
         except (OSError, ValueError):
@@ -329,6 +330,8 @@ class TuimonApp(App[None]):
     def connection_changed(self, message: ConnectionChanged) -> None:
         before, self.connection_status = self.connection_status, message.status
         self.connection_detail = message.detail
+        if message.status in RANK_LOGS_READ_WHEN:
+            self._read_rank_logs(self.state)
         if message.status == "disconnected" and before == "connected":
             self.toast("lost the run's socket; reconnecting…", severity="warning")
         elif message.status == "connected" and before == "disconnected":
