@@ -38,11 +38,12 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- |")
     for rule in ALL_RULES:
         config = REPO / "configs" / "faults" / f"{rule.id}.yaml"
-        zoo = (
-            f"{detected_at(config)} (`{config.relative_to(REPO)}`)"
-            if config.exists()
-            else ("needs a GPU: unit-tested on samples")
-        )
+        if config.exists():
+            zoo = f"{detected_at(config)} (`{config.relative_to(REPO)}`)"
+        elif rule.id in JOB_RULES:
+            zoo = "needs a torchrun job: `tests/test_distributed_monitor.py`"
+        else:
+            zoo = "needs a GPU: unit-tested on samples"
         defaults = ", ".join(f"{k}={v:g}" for k, v in rule.defaults.items()) or "—"
         action = " (**a** applies it)" if rule.id in ACTIONS else ""
         print(
@@ -61,7 +62,10 @@ ACTIONS = {
     "exploding_gradients",
     "lr_too_high",
     "lr_too_low",
+    "rank_nan",
 }
+# Rules of a distributed job's ranks: no single-process fault config can show them.
+JOB_RULES = {"straggler", "stalled_rank", "rank_nan"}
 
 if __name__ == "__main__":
     sys.exit(main())

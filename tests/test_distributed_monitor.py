@@ -186,9 +186,11 @@ def test_one_run_commands_apply_on_every_rank_at_one_step(start_job: Callable[..
     weights = [torch.load(job.out / f"rank{rank}.pt") for rank in (0, 1)]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
-    # Rank 0's job log holds every rank's reports.
+    # Rank 0's job log holds every rank's reports; a healthy job gets no rank alert.
     ranks = [e for e in job.log(0) if e.get("type") == "ranks"]
     assert ranks and {r["rank"] for r in ranks[-1]["ranks"]} == {0, 1}
+    rank_rules = {"straggler", "stalled_rank", "rank_nan"}
+    assert not [e for e in job.log(0) if e.get("type") == "alert" and e["rule"] in rank_rules]
 
 
 def test_a_killed_rank_is_named_and_the_job_ends(start_job: Callable[..., Job]) -> None:
@@ -201,6 +203,20 @@ def test_a_killed_rank_is_named_and_the_job_ends(start_job: Callable[..., Job]) 
     end = job.end(0)
     assert end is not None and end["status"] == "failed"
     assert f"rank 1 (pid {victim}" in end["error"]
+
+
+def test_a_slow_rank_and_a_nan_on_another_rank_are_named(start_job: Callable[..., Job]) -> None:
+    """Rank 1 waits 30 ms for each batch (a slow loader on one node): under DDP rank 0
+    waits as long inside the all-reduce, so only the data time tells them apart. Later its
+    loss turns NaN: the job's doctor names rank 1, where rank 0's own loss is finite."""
+    job = start_job(SLOW_RANK="1", SLOW_SECONDS="0.03", NAN_RANK="1", NAN_AT="400", STEPS="420")
+    assert job.wait_exit() == 0
+    alerts = {e["rule"]: e for e in job.log(0) if e.get("type") == "alert"}
+    assert "straggler" in alerts, sorted(alerts)
+    assert "rank 1" in alerts["straggler"]["message"]
+    assert "rank 0" not in alerts["straggler"]["message"]
+    assert "rank_nan" in alerts and "rank 1" in alerts["rank_nan"]["message"]
+    assert alerts["rank_nan"]["step"] >= 400
 
 
 def test_a_frozen_rank_is_named_and_the_stuck_job_ends_its_log(
