@@ -205,6 +205,21 @@ def test_a_killed_rank_is_named_and_the_job_ends(start_job: Callable[..., Job]) 
     assert f"rank 1 (pid {victim}" in end["error"]
 
 
+def test_a_rank_whose_code_raises_is_named_in_the_jobs_end(start_job: Callable[..., Job]) -> None:
+    """Rank 1's training code raises: its own log has the traceback, and rank 0, whose
+    all-reduce then fails, ends the job's log naming rank 1 and its error first."""
+    job = start_job(RAISE_RANK="1", RAISE_AT="30", STEPS="100000", PACE="0.01")
+    assert job.wait_exit() != 0
+    own = job.end(1)
+    assert own is not None and own["status"] == "failed"
+    assert "RuntimeError: CUDA out of memory" in own["error"]
+    end = job.end(0)
+    assert end is not None and end["status"] == "failed"
+    first = end["error"].splitlines()[0]
+    assert first.startswith("rank 1 (pid ") and "failed at step" in first
+    assert first.endswith("RuntimeError: CUDA out of memory (a stand-in raised by the test)")
+
+
 def test_a_slow_rank_and_a_nan_on_another_rank_are_named(start_job: Callable[..., Job]) -> None:
     """Rank 1 waits 30 ms for each batch (a slow loader on one node): under DDP rank 0
     waits as long inside the all-reduce, so only the data time tells them apart. Later its

@@ -5,7 +5,8 @@ STEPS (default 100000), PACE (seconds to sleep after each step, so a test can ac
 it runs), SLOW_RANK and SLOW_SECONDS (that rank sleeps before each forward, as a slow data
 loader would), NAN_RANK and NAN_AT (that rank's loss becomes NaN at that step),
 OUT (a directory: each rank saves its final weights there as rank<N>.pt),
-RANK_TIMEOUT (monitor.rank_timeout, seconds).
+RANK_TIMEOUT (monitor.rank_timeout, seconds), RAISE_RANK and RAISE_AT (that rank's
+training code raises at that step).
 """
 
 import os
@@ -32,6 +33,8 @@ def main() -> None:
     slow = float(os.environ.get("SLOW_SECONDS", "0"))
     nan_rank = int(os.environ.get("NAN_RANK", "-1"))
     nan_at = int(os.environ.get("NAN_AT", "0"))
+    raise_rank = int(os.environ.get("RAISE_RANK", "-1"))
+    raise_at = int(os.environ.get("RAISE_AT", "0"))
     data = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
     settings = (
         {"rank_timeout": float(os.environ["RANK_TIMEOUT"])} if "RANK_TIMEOUT" in os.environ else {}
@@ -43,6 +46,8 @@ def main() -> None:
             if rank == slow_rank:
                 time.sleep(slow)
             loss = F.mse_loss(ddp_model(inputs), targets)
+            if rank == raise_rank and step == raise_at:
+                raise RuntimeError("CUDA out of memory (a stand-in raised by the test)")
             if rank == nan_rank and step >= nan_at > 0:
                 loss = loss * float("nan")
             optimizer.zero_grad()

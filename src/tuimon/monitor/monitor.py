@@ -831,7 +831,11 @@ def _lost_text(lost: list[RankSummary]) -> str:
     for summary in lost:
         where = f"pid {summary.get('pid')} on {summary.get('host')}"
         step = summary.get("step")
-        if summary.get("alive") is False:
+        if summary.get("status") == FAILED:
+            error = str(summary.get("error") or "").strip().splitlines()
+            why = f": {error[-1]}" if error else ""
+            parts.append(f"rank {summary.get('rank')} ({where}) failed at step {step}{why}")
+        elif summary.get("alive") is False:
             parts.append(f"rank {summary.get('rank')} ({where}) died at step {step}")
         else:
             parts.append(

@@ -24,6 +24,7 @@ import psutil
 
 from tuimon.monitor.distributed.job_store import JobStore
 from tuimon.run.events import (
+    FAILED,
     PAUSED,
     RANKS,
     RUNNING,
@@ -198,9 +199,15 @@ class RankCollector:
         return [cast(RankSummary, dict(self.ranks[rank])) for rank in sorted(self.ranks)]
 
     def lost(self) -> list[RankSummary]:
-        """Ranks whose process is gone or that went unheard past the timeout."""
-        self.collect()
-        return [cast(RankSummary, dict(self.ranks[rank])) for rank in sorted(self._lost)]
+        """Other ranks that failed, whose process is gone, or that went unheard past the
+        timeout: why this rank's collective failed, when it did."""
+        with contextlib.suppress(Exception):  # the store may be gone with the job
+            self.collect()
+        return [
+            cast(RankSummary, dict(summary))
+            for rank, summary in sorted(self.ranks.items())
+            if rank != self._me and (rank in self._lost or summary.get("status") == FAILED)
+        ]
 
     def _run(self) -> None:
         while not self._stop.wait(COLLECT_INTERVAL):
