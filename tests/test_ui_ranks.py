@@ -253,3 +253,9 @@ async def test_with_the_strip_every_panel_still_fits_with_its_title(tmp_path, wi
             assert max(cell_len(line) for line in lines) <= panel.content_size.width, panel.id
         strip = app.query_one(RankStrip)
         assert strip.region.height == 2 and screen.contains_region(strip.region)
+
+
+def test_the_strip_says_when_fewer_ranks_are_known_than_the_job_has():
+    first, cells = strip_lines([summary(0), summary(1, step=499)], 4, 80)
+    assert first.plain.startswith("4 ranks (2 known) · steps 499–500 · 320 samples/s each")
+    assert cells.plain == "r0 320/s @500  r1 320/s @499"

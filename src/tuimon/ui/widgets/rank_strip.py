@@ -85,7 +85,7 @@ def _summary(ranks: Sequence[RankSummary], world_size: int, laggards: dict[int, 
     line = Text(no_wrap=True)
     line.append(f"{world_size} ranks", style="bold")
     if len(ranks) < world_size:
-        line.append(f" ({len(ranks)} heard from)", style="yellow")
+        line.append(f" ({len(ranks)} known)", style="yellow")
     steps = [r["step"] for r in ranks if r.get("step") is not None]
     if steps:
         low, high = min(steps), max(steps)
