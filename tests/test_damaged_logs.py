@@ -360,3 +360,14 @@ async def test_replay_app_draws_a_damaged_log(case, tmp_path):
         app.refresh_panels(everything=True)
         await pilot.pause()
     assert app.return_code in (None, 0)
+
+
+def test_host_is_a_name_in_a_start_and_readings_in_a_system_sample():
+    from tuimon.run.field_types import typed_event
+
+    start = {"type": "start", "host": "gpu-3"}
+    system = {"type": "system", "host": {"cpu_percent": 12.0}}
+    assert typed_event(start) == start
+    assert typed_event(system) == system
+    assert "host" not in typed_event({"type": "start", "host": {"cpu_percent": 1}})
+    assert "host" not in typed_event({"type": "system", "host": "gpu-3"})

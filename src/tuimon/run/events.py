@@ -120,7 +120,7 @@ SEVERITIES: Final[tuple[Severity, ...]] = (INFO, WARNING, ERROR)
 NOT_IN_MODEL: Final = "(not in model)"
 
 # Keys every event may carry, added by the event log: not a metric's name.
-RESERVED_METRIC_KEYS: Final = frozenset({"type", "step", "epoch", "time", "seq"})
+RESERVED_METRIC_KEYS: Final = frozenset({"type", "step", "epoch", "time", "seq", "rank"})
 
 
 # -- the events ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Final, cast
 
-from tuimon.run.events import RANKS, RUN_STATUSES, STEP, RankSummary
+from tuimon.run.events import RANKS, RUN_STATUSES, STEP, SYSTEM, RankSummary
 
 MAX_STEP = 2**53  # steps (and seqs) beyond this are damage, not a run
 NAN = math.nan
@@ -76,7 +76,6 @@ DICT_FIELDS = frozenset(
         "optimizer",
         "model",
         "settings",
-        "host",
         "inputs",
         "outputs",
         "targets",
@@ -123,6 +122,9 @@ def typed_event(event: Any) -> dict[str, Any] | None:
         kind_of_value = type(value)
         if kind_of_value not in allowed or (kind_of_value is int and not _int_ok(key, value)):
             wrong.append(key)
+    # `host`: a system sample's readings (an object); elsewhere the machine's name.
+    if "host" in event and type(event["host"]) is not (dict if kind == SYSTEM else str):
+        wrong.append("host")
     if wrong:
         event = {key: value for key, value in event.items() if key not in wrong}
     if kind == STEP and "step" not in event:
