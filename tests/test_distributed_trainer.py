@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,3 +234,45 @@ def test_the_worker_entry_point_refuses_a_bad_config_with_exit_2(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "batch_size" in done.stderr and not (tmp_path / "r").exists()
+
+
+def test_two_nodes_on_one_machine_make_one_job_with_the_run_on_node_zero(tmp_path):
+    """`--nnodes 2`: each "node" a `tuimon CONFIG --headless` of its own, in its own
+    directory (no shared filesystem); node 0 holds the run, node 1 makes none."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    nodes = []
+    for rank in (0, 1):
+        where = tmp_path / f"node{rank}"
+        where.mkdir()
+        flags = ["--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(rank)]
+        flags += ["--master-addr", "127.0.0.1", "--master-port", port]
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tuimon", str(config), "--headless", *flags],
+                cwd=where,
+                env=worker_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        outputs = [node.communicate(timeout=DEADLINE)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=30)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    (run,) = (tmp_path / "node0" / "runs").iterdir()
+    assert of_type(job_log(run, 0), "end")[-1]["status"] == "completed"
+    assert [p.name for p in (tmp_path / "node1").iterdir()] == ["runs"]
+    rank1 = tmp_path / "node1" / "runs" / run.name
+    assert of_type(job_log(rank1, 1), "end")[-1]["status"] == "completed"
+    assert replicas_note(job_log(rank1, 1)) == replicas_note(job_log(run, 0))
+    assert "node 0 holds the run" in outputs[1]

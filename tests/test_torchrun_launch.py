@@ -214,3 +214,15 @@ def test_tuimon_run_checks_its_flags_before_starting_anything(
     assert cli.main(["run", "--nproc-per-node", "0", str(script)]) == EXIT_USAGE
     assert "--nproc-per-node must be 1 or more" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--nproc-per-node", "--nproc_per_node=2", "--nnodes"])
+def test_tuimon_run_says_where_its_flags_go(tmp_path, capsys, monkeypatch, flag) -> None:
+    """After SCRIPT a flag is the script's: a torchrun flag there is refused, not ignored."""
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "s.py"
+    script.write_text("raise SystemExit('must not run')\n")
+    assert cli.main(["run", str(script), flag, "2"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "options go before it" in err and f"tuimon run {flag.split('=')[0]} N" in err
+    assert not (tmp_path / "runs").exists()

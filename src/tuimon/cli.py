@@ -22,6 +22,7 @@ Run a training job from a config, or talk to a run:
   tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
                      [--nproc-per-node N] [--nnodes N --node-rank R --master-addr HOST]
   tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor (--autofix)
+  tuimon run --nproc-per-node N SCRIPT.py [args ...]   the same, through torchrun
   tuimon attach [RUN_DIR]                the UI on a running job (default: the newest)
   tuimon replay RUN_DIR                  a run's whole history, read-only
   tuimon doctor RUN_DIR [--rule R.T=V]   the training doctor over a recorded run
@@ -70,12 +71,18 @@ def _add_lr_factor(parser: argparse.ArgumentParser) -> None:
 
 def _add_distributed(parser: argparse.ArgumentParser, *, config: bool) -> None:
     """torchrun's flags, passed through to it (tuimon/torchrun_args.py builds its call)."""
+    how = (
+        "The trainer uses DistributedDataParallel: gloo on the CPU, NCCL with one GPU\n"
+        "per process (train.batch_size is per process)."
+        if config
+        else "Your script makes its process group and DDP model, as under torchrun."
+    )
     group = parser.add_argument_group(
         "a job of several processes",
-        "Run the job as N processes per node through torchrun (torch.distributed.run), "
-        "with DistributedDataParallel: gloo on the CPU, NCCL with one GPU per process. "
-        "It is one run: rank 0 logs into the run directory and the UI attaches to it. "
-        "Several machines: start the same command on each, with --nnodes, its own "
+        "N processes per node, started by torchrun (torch.distributed.run).\n"
+        f"{how}\n"
+        "It is one run: rank 0 logs into the run directory, the UI attaches to it.\n"
+        "Several machines: the same command on each, with --nnodes, its own\n"
         "--node-rank and node 0's --master-addr (and --master-port).",
     )
     default = " (default: the config's train.nproc_per_node, else 1)" if config else ""
@@ -107,6 +114,14 @@ def _add_distributed(parser: argparse.ArgumentParser, *, config: bool) -> None:
         help="node 0's port for the meeting (torchrun's default 29500; one machine "
         "alone needs none: a free port is chosen)",
     )
+
+
+# torchrun's flags, in both spellings it accepts: consumed by the launcher, never a script's.
+_TORCHRUN_FLAGS = {
+    spelling
+    for flag in ("nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port")
+    for spelling in (f"--{flag}", f"--{flag.replace('-', '_')}")
+}
 
 
 def _distributed_launch(options: argparse.Namespace, nproc_per_node: int) -> DistributedLaunch:
@@ -221,6 +236,14 @@ def run_command(args: list[str]) -> int:
     parser.add_argument("script", help="the Python script (tuimon's options go before it)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(args)
+    misplaced = [arg for arg in options.args if arg.split("=")[0] in _TORCHRUN_FLAGS]
+    if misplaced:
+        # After SCRIPT it would be the script's own argument, and the job one process.
+        raise UsageError(
+            f"{misplaced[0]} after the script would be the script's own argument; tuimon's "
+            f"options go before it, as torchrun's do: tuimon run {misplaced[0].split('=')[0]} "
+            f"N {options.script} ..."
+        )
     nproc = 1 if options.nproc_per_node is None else options.nproc_per_node
     launch = _distributed_launch(options, nproc)
     from tuimon.launch import launch_script

@@ -132,6 +132,8 @@ def run_distributed_headless(
     with _signals_passed_to(process) as passed:
         returncode = process.wait()
     if passed:
+        where = f" in {path}" if path else ""
+        print(f"tuimon: interrupted; the job stopped{where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if returncode != 0:
         where = f": see {path / OUTPUT_FILE}" if path else ""
