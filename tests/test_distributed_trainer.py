@@ -276,3 +276,18 @@ def test_two_nodes_on_one_machine_make_one_job_with_the_run_on_node_zero(tmp_pat
     assert of_type(job_log(rank1, 1), "end")[-1]["status"] == "completed"
     assert replicas_note(job_log(rank1, 1)) == replicas_note(job_log(run, 0))
     assert "node 0 holds the run" in outputs[1]
+
+
+def test_a_job_whose_training_raises_ends_failed_on_every_rank_and_exits_1(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        CONFIG.replace("model: {name: mlp, hidden: [16]}", "model: {name: faulty_models:raises_at}")
+    )
+    done = run_tuimon(
+        config, "--headless", "--nproc-per-node", "2", "--run-dir", "run", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "the job failed" in done.stderr
+    for rank in (0, 1):
+        end = of_type(job_log(tmp_path / "run", rank), "end")[-1]
+        assert end["status"] == "failed" and "boom at step 5" in end["error"]
