@@ -219,3 +219,55 @@ def test_replay_of_a_crafted_log_leaves_the_terminal_title_alone(tmux, tmp_path)
     tmux.wait_for("evil", lambda s: "RuntimeError: boom" in s)
     title = tmux.run("display", "-p", "-t", "evil", "#{pane_title}").stdout.strip()
     assert title == "title-before-replay"
+
+
+def test_a_two_rank_job_in_the_ui_steers_both_ranks(tmux, tmp_path):
+    """`tuimon CONFIG --nproc-per-node 2` in a real terminal: the UI shows the rank strip,
+    `-` changes the LR on both ranks at one step, `R` lists both ranks, `x` stops the job."""
+    command = (
+        f"{sys.executable} -m tuimon {MLP} --nproc-per-node 2 "
+        "--set train.epochs=100000 --set scheduler=null"
+    )
+    tmux.start("ui", command)
+    tmux.wait_for("ui", lambda s: "2 ranks" in s and "Loss" in s and "running" in s, timeout=120)
+    [run] = list((tmp_path / "runs").iterdir())
+
+    tmux.run("send-keys", "-t", "ui", "-")
+    tmux.wait_for("ui", lambda s: "scale-lr at step" in s)
+
+    def scale_steps() -> list[int]:
+        logs = (run / "events.jsonl", run / "ranks" / "1" / "events.jsonl")
+        return [
+            e["step"]
+            for log in logs
+            for e in read_events(log)
+            if e["type"] == "control" and e["command"] == "scale-lr"
+        ]
+
+    deadline = time.monotonic() + 60
+    while len(scale_steps()) < 2:
+        assert time.monotonic() < deadline, "rank 1 never applied the scale-lr"
+        time.sleep(0.2)
+    first, second = scale_steps()
+    assert first == second
+
+    tmux.run("send-keys", "-t", "ui", "R")
+    table = tmux.wait_for("ui", lambda s: "Ranks of mlp" in s and "world size 2" in s)
+    assert "rank  node  host" in table
+    tmux.run("send-keys", "-t", "ui", "Escape")
+    tmux.wait_for("ui", lambda s: "Ranks of mlp" not in s)
+
+    tmux.run("send-keys", "-t", "ui", "x")
+    tmux.wait_for("ui", lambda s: "Stop the run?" in s)
+    # The safe choice has the focus: Tab moves it round to "Stop the run".
+    tmux.run("send-keys", "-t", "ui", "Tab")
+    time.sleep(0.5)  # keys sent together could read as one escape sequence
+    tmux.run("send-keys", "-t", "ui", "Enter")
+    tmux.wait_for("ui", lambda s: "stopped" in s, timeout=120)
+    logs = (run / "events.jsonl", run / "ranks" / "1" / "events.jsonl")
+    deadline = time.monotonic() + 60  # rank 1 writes its own end a moment later
+    while (ends := [list(read_events(log))[-1] for log in logs])[1]["type"] != "end":
+        assert time.monotonic() < deadline, "rank 1's log has no end"
+        time.sleep(0.2)
+    assert [e["status"] for e in ends] == ["stopped", "stopped"]
+    assert ends[0]["step"] == ends[1]["step"]
