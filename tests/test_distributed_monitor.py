@@ -306,54 +306,6 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step(start_job: Callable[..
     assert len(list((job.run_dir / "checkpoints").iterdir())) == 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_two_nodes_without_a_shared_filesystem(tmp_path: Path) -> None:
-    """Two "machines" on this one: separate working directories (so separate runs/
-    roots), one rank each, joined by torchrun's static rendezvous on loopback."""
-    port = str(free_port())
-    nodes = [tmp_path / "node0", tmp_path / "node1"]
-    processes = []
-    for node, cwd in enumerate(nodes):
-        cwd.mkdir()
-        args = ["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1"]
-        args += ["--master-addr", "127.0.0.1", "--master-port", port]
-        processes.append(
-            subprocess.Popen(
-                torchrun(*args, str(SCRIPT)),
-                env=worker_env() | {"STEPS": "40"},
-                cwd=cwd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        )
-    try:
-        outputs = [process.communicate(timeout=DEADLINE)[0] for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-    assert [process.returncode for process in processes] == [0, 0], outputs
-    (job_dir,) = (nodes[0] / "runs").iterdir()
-    # Node 1 keeps its rank's log under its own root, in a directory of the job's name.
-    rank_log = nodes[1] / "runs" / job_dir.name / "ranks" / "1" / "events.jsonl"
-    assert read_events(rank_log)[-1]["type"] == "end"
-    assert not (job_dir / "ranks").exists() or not any((job_dir / "ranks").iterdir())
-    # Node 0's job log is complete anyway: rank 1's reports came through the store.
-    job = read_events(job_dir / "events.jsonl")
-    assert job[0]["distributed"]["nodes"] == 2
-    last = [e for e in job if e.get("type") == "ranks"][-1]
-    remote = next(r for r in last["ranks"] if r["rank"] == 1)
-    assert remote["node"] == 1
-    assert remote["step"] == 40 and remote["status"] == "completed"
-
-
 def test_a_rank_with_no_store_to_share_is_told_how_to_launch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -276,6 +276,12 @@ def test_two_nodes_on_one_machine_make_one_job_with_the_run_on_node_zero(tmp_pat
     assert of_type(job_log(rank1, 1), "end")[-1]["status"] == "completed"
     assert replicas_note(job_log(rank1, 1)) == replicas_note(job_log(run, 0))
     assert "node 0 holds the run" in outputs[1]
+    # Node 0's job log is complete anyway: rank 1's reports came through torchrun's store.
+    job = job_log(run, 0)
+    assert job[0]["distributed"]["nodes"] == 2
+    remote = next(r for r in of_type(job, "ranks")[-1]["ranks"] if r["rank"] == 1)
+    assert remote["node"] == 1 and remote["status"] == "completed"
+    assert remote["step"] == of_type(job_log(rank1, 1), "end")[-1]["step"]
 
 
 def test_a_job_whose_training_raises_ends_failed_on_every_rank_and_exits_1(tmp_path):
