@@ -322,3 +322,20 @@ def test_a_rank_with_no_store_to_share_is_told_how_to_launch(
     with pytest.raises(StoreUnavailable, match="launch with torchrun"):
         Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_torchruns_environment_read_as_this_processs_rank() -> None:
+    from tuimon.errors import UsageError
+    from tuimon.monitor.distributed.rank_info import rank_info
+
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    env |= {"GROUP_RANK": "1", "GROUP_WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "2"}
+    info = rank_info(env)
+    assert info is not None and not info.is_zero
+    assert (info.rank, info.local_rank, info.node, info.nodes, info.restart) == (3, 1, 1, 2, 2)
+    assert info.local_world_size == 2
+    assert rank_info({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    with pytest.raises(UsageError, match="torchrun"):
+        rank_info({"WORLD_SIZE": "2", "RANK": "x"})
+    with pytest.raises(UsageError, match="RANK is '5'"):
+        rank_info({"WORLD_SIZE": "2", "RANK": "5"})

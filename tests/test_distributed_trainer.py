@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from tuimon.launch import start_config_worker, start_script_worker
+from tuimon.monitor.distributed.rank_info import RankInfo
 from tuimon.run.log_reader import read_events
 from tuimon.torchrun_args import DistributedLaunch
 from tuimon.training.build_checks import load_run_config
 from tuimon.training.distributed_setup import (
-    ProcessPlace,
     process_device,
     train_sampler,
     val_share,
@@ -195,9 +195,7 @@ def test_tuimon_run_starts_a_script_through_torchrun(tmp_path, spawned, monkeypa
 
 
 def test_each_rank_trains_on_its_own_share_of_the_data():
-    places = [
-        ProcessPlace(rank=r, local_rank=r, world_size=3, local_world_size=3) for r in range(3)
-    ]
+    places = [RankInfo(rank=r, local_rank=r, world_size=3, local_world_size=3) for r in range(3)]
     dataset = list(range(100))
     shares = [train_sampler(dataset, p, shuffle=True, seed=5) for p in places]
     epoch0 = [list(s) for s in shares]
@@ -211,7 +209,7 @@ def test_each_rank_trains_on_its_own_share_of_the_data():
 
 
 def test_a_process_takes_the_device_of_its_local_rank():
-    place = ProcessPlace(rank=3, local_rank=1, world_size=4, local_world_size=2)
+    place = RankInfo(rank=3, local_rank=1, world_size=4, local_world_size=2)
     assert process_device("cpu", place) == torch.device("cpu")
     if not torch.cuda.is_available():
         assert process_device("auto", place) == torch.device("cpu")

@@ -47,7 +47,7 @@ def run_config(
     trainer = Trainer(config)
     trainer.setup()
     assert config.name is not None
-    if trainer.place is not None and not trainer.place.is_main:
+    if trainer.place is not None and not trainer.place.is_zero:
         ignore_hangup()
         return _finish(trainer, None, quiet=True, handle_signals=handle_signals)
     path = create_run_dir(config.name, run_dir)

@@ -9,9 +9,7 @@ MASTER_ADDR/PORT); a job of one process (WORLD_SIZE unset or 1) uses none of thi
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -20,46 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from tuimon.errors import UsageError
+from tuimon.monitor.distributed.rank_info import RankInfo
 from tuimon.training.device import select_device
 
 GLOO = "gloo"
 NCCL = "nccl"
 
 
-@dataclass(frozen=True)
-class ProcessPlace:
-    """Where this process stands in its torchrun job."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    local_world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def place_from_env(env: Mapping[str, str] = os.environ) -> ProcessPlace | None:
-    """This process's place when torchrun started it in a job of several, else None."""
-    try:
-        world_size = int(env.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return None
-        return ProcessPlace(
-            rank=int(env["RANK"]),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
-            world_size=world_size,
-            local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")),
-        )
-    except (KeyError, ValueError):
-        raise UsageError(
-            "WORLD_SIZE is set but RANK/LOCAL_RANK are missing or not numbers: start "
-            "a job of several processes with torchrun (tuimon CONFIG --nproc-per-node N)"
-        ) from None
-
-
-def process_device(name: str, place: ProcessPlace) -> torch.device:
+def process_device(name: str, place: RankInfo) -> torch.device:
     """`train.device` for one process of a job: `auto` and `cuda` take cuda:LOCAL_RANK."""
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
@@ -107,7 +73,7 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def train_sampler(
-    dataset: Dataset[Any], place: ProcessPlace, *, shuffle: bool, seed: int
+    dataset: Dataset[Any], place: RankInfo, *, shuffle: bool, seed: int
 ) -> DistributedSampler[int]:
     """This rank's share of the training set: the same number of samples on every rank
     (the remainder is dropped), a different order each epoch after `set_epoch`."""
@@ -121,7 +87,7 @@ def train_sampler(
     )
 
 
-def val_share(size: int, place: ProcessPlace) -> list[int]:
+def val_share(size: int, place: RankInfo) -> list[int]:
     """This rank's share of the validation set, every sample exactly once across ranks
     (so the reduced sums are exact: no padding, unlike DistributedSampler)."""
     return list(range(place.rank, size, place.world_size))

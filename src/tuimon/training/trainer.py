@@ -24,6 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from tuimon.config.schema import Config
 from tuimon.errors import UsageError
+from tuimon.monitor.distributed.rank_info import RankInfo, rank_info
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import CheckpointError, ResumeState, load_checkpoint, model_weights
 from tuimon.run.events import ERROR, INFO, RunStatus
@@ -32,11 +33,9 @@ from tuimon.training import faults
 from tuimon.training.datasets import DataBundle, batch_loader, build_data
 from tuimon.training.device import select_device
 from tuimon.training.distributed_setup import (
-    ProcessPlace,
     digests_of_all_ranks,
     join_process_group,
     leave_process_group,
-    place_from_env,
     process_device,
     sum_across_ranks,
     train_sampler,
@@ -86,7 +85,7 @@ class Trainer:
         self.config = config
         self.monitor: Monitor | None = None
         self.resume: ResumeState | None = None
-        self.place: ProcessPlace | None = None
+        self.place: RankInfo | None = None
         self._sampler: torch.utils.data.DistributedSampler[int] | None = None
         self._validated_at = -1
         self._epoch_loss = torch.zeros(())
@@ -97,7 +96,7 @@ class Trainer:
 
         Under torchrun, joins the job's process group first (left again if this fails).
         """
-        self.place = place_from_env()
+        self.place = rank_info()
         if self.place is None:
             self.device = select_device(self.config.train.device)
             self._build()
@@ -410,7 +409,7 @@ class Trainer:
         metrics: dict[str, Any] = {"val_loss": val_loss}
         if classify:
             metrics["val_acc"] = float(correct) / max(float(total), 1.0)
-        if self.place is None or self.place.is_main:
+        if self.place is None or self.place.is_zero:
             mon.log(**metrics)
         self._validated_at = mon.global_step
         if is_plateau(self.scheduler) and self.config.train.val_every:

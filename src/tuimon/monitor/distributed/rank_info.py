@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from tuimon.errors import UsageError
+
 
 @dataclass(frozen=True)
 class RankInfo:
@@ -14,10 +16,11 @@ class RankInfo:
     rank: int
     world_size: int
     local_rank: int
-    node: int  # the node's rank: torchrun's GROUP_RANK
-    nodes: int  # torchrun's GROUP_WORLD_SIZE
-    run_id: str  # torchrun's TORCHELASTIC_RUN_ID
-    restart: int  # torchrun's TORCHELASTIC_RESTART_COUNT: a restarted job is a new run
+    local_world_size: int = 1  # processes on this node
+    node: int = 0  # the node's rank: torchrun's GROUP_RANK
+    nodes: int = 1  # torchrun's GROUP_WORLD_SIZE
+    run_id: str = "none"  # torchrun's TORCHELASTIC_RUN_ID
+    restart: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: a restarted job is a new run
 
     @property
     def is_zero(self) -> bool:
@@ -32,16 +35,22 @@ def rank_info(environ: Mapping[str, str] | None = None) -> RankInfo | None:
     initialized is read from the process group instead."""
     env = os.environ if environ is None else environ
     world = _int(env.get("WORLD_SIZE"))
-    rank = _int(env.get("RANK"))
-    if world is None or rank is None:
+    if world is None:
         return _from_process_group()
     if world <= 1:
         return None
+    rank = _int(env.get("RANK"))
+    if rank is None or not 0 <= rank < world:
+        raise UsageError(
+            f"WORLD_SIZE is {world} but RANK is {env.get('RANK')!r}: start a job of several "
+            "processes with torchrun (tuimon CONFIG --nproc-per-node N)"
+        )
     local = _int(env.get("LOCAL_RANK"))
     return RankInfo(
         rank=rank,
         world_size=world,
         local_rank=local if local is not None else rank,
+        local_world_size=_int(env.get("LOCAL_WORLD_SIZE")) or 1,
         node=_int(env.get("GROUP_RANK")) or 0,
         nodes=_int(env.get("GROUP_WORLD_SIZE")) or 1,
         run_id=env.get("TORCHELASTIC_RUN_ID") or "none",
@@ -57,7 +66,7 @@ def _from_process_group() -> RankInfo | None:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return None
     rank = dist.get_rank()
-    return RankInfo(rank, dist.get_world_size(), rank, 0, 1, "none", 0)
+    return RankInfo(rank=rank, world_size=dist.get_world_size(), local_rank=rank)
 
 
 def _int(text: str | None) -> int | None:
