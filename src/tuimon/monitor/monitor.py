@@ -44,6 +44,7 @@ from tuimon.monitor.device_buffer import DeviceBuffer, StepRecord
 from tuimon.monitor.distributed.job import DistributedJob
 from tuimon.monitor.distributed.rank_info import rank_info
 from tuimon.monitor.distributed.rank_reports import RankCollector, RankReporter, identity
+from tuimon.monitor.inner_module import inner_module
 from tuimon.monitor.loss_info import describe_loss
 from tuimon.monitor.optimizer_check import optimizer_check
 from tuimon.monitor.probes import StepProbes
@@ -174,7 +175,7 @@ class Monitor:
         # torch.compile's wrapper: names, hooks and checkpoints are those of the module it
         # wraps (no "_orig_mod." prefixes); only the step timer watches the wrapper's calls.
         called = model
-        model = _eager_module(model)
+        model = inner_module(model)
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -206,6 +207,7 @@ class Monitor:
         self.total_steps = options.total_steps
         self.stop_mode = options.stop
         self._closed = False
+        self._end_lock = threading.Lock()  # close() and _abandon() may race: one ends the run
         self._started = time.time()
         self._last_loss: float | None = None
 
@@ -469,10 +471,8 @@ class Monitor:
         self, status: EndStatus | None = None, error: str | None = None, reason: str | None = None
     ) -> None:
         """End the run: write what is pending, the `end` event, and stop the services."""
-        if self._closed:
+        if not self._begin_end():
             return
-        self._closed = True
-        self._commands.closed = True
         try:
             self._drain_steps()
         except Exception as exc:  # a dead CUDA context must not lose the end event
@@ -493,6 +493,30 @@ class Monitor:
             self._collector.close()
             # Every rank as last heard, before `end`; when all went well, after their ends.
             self._collector.emit_now(settle=0.0 if status == FAILED else SETTLE_SECONDS)
+        self._write_end(status, error, reason)
+        if not self._log.health()["dropped"]:  # the cache stands for the log: all of it
+            write_state_cache(self.run_dir, self.history, self._log.path)
+        if self._server is not None:
+            self._server.close()
+        self._probes.remove()
+        self._timer.remove()
+        self._signal_stop.uninstall()
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._previous_excepthook
+        atexit.unregister(self._close_at_exit)
+
+    def _begin_end(self) -> bool:
+        """True for the one caller that ends the run: close() on the training thread, or
+        _abandon() on the collector's timer, whichever comes first."""
+        with self._end_lock:
+            if self._closed:
+                return False
+            self._closed = True
+        self._commands.closed = True
+        return True
+
+    def _write_end(self, status: EndStatus, error: str | None, reason: str | None) -> None:
+        """The `end` event, last in the log, and the log closed."""
         end: EndEvent = {
             "type": END,
             "status": status,
@@ -508,16 +532,6 @@ class Monitor:
         self._log.flush()
         self._log.emit(end)
         self._log.close()
-        if not self._log.health()["dropped"]:  # the cache stands for the log: all of it
-            write_state_cache(self.run_dir, self.history, self._log.path)
-        if self._server is not None:
-            self._server.close()
-        self._probes.remove()
-        self._timer.remove()
-        self._signal_stop.uninstall()
-        if sys.excepthook == self._excepthook:
-            sys.excepthook = self._previous_excepthook
-        atexit.unregister(self._close_at_exit)
 
     def __enter__(self) -> Monitor:
         return self
@@ -681,24 +695,12 @@ class Monitor:
     def _abandon(self, error: str) -> None:
         """End the log from another thread while the training thread is stuck: only the
         services that do not touch the model (its thread may never come back)."""
-        if self._closed:
+        if not self._begin_end():
             return
-        self._closed = True
-        self._commands.closed = True
         self._commands.end(FAILED)
         if self._collector is not None:
             self._collector.emit_now()
-        end: EndEvent = {
-            "type": END,
-            "status": FAILED,
-            "step": self.global_step,
-            "epoch": self.epoch,
-            "elapsed": time.time() - self._started,
-            "error": error,
-        }
-        self._log.flush()
-        self._log.emit(end)
-        self._log.close()
+        self._write_end(FAILED, error, None)
         if self._server is not None:
             self._server.close()
         if self._sampler is not None:
@@ -796,19 +798,6 @@ def _run_length(
     if epochs is None and total_steps and steps_per_epoch:
         epochs = math.ceil(total_steps / steps_per_epoch)
     return total_steps, epochs, steps_per_epoch
-
-
-def _eager_module(model: torch.nn.Module) -> torch.nn.Module:
-    """The module behind `torch.compile(model)` and DistributedDataParallel (in either
-    order), or `model` itself: its names, hooks and checkpoints are the user's model's."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
-            model = model.module
-            continue
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
 
 
 # A job that ends well waits this long for its other ranks' ends, for the job's log.

@@ -67,11 +67,6 @@ def wrap_model(model: torch.nn.Module, device: torch.device) -> DistributedDataP
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    """The module DDP wraps, or `model` itself."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def train_sampler(
     dataset: Dataset[Any], place: RankInfo, *, shuffle: bool, seed: int
 ) -> DistributedSampler[int]:

@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tuimon.config.schema import Config
 from tuimon.errors import UsageError
 from tuimon.monitor.distributed.rank_info import RankInfo, rank_info
+from tuimon.monitor.inner_module import inner_module
 from tuimon.monitor.monitor import Monitor, RunOptions
 from tuimon.run.checkpoint import CheckpointError, ResumeState, load_checkpoint, model_weights
 from tuimon.run.events import ERROR, INFO, RunStatus
@@ -39,7 +40,6 @@ from tuimon.training.distributed_setup import (
     process_device,
     sum_across_ranks,
     train_sampler,
-    unwrapped,
     val_share,
     weights_digest,
     wrap_model,
@@ -115,7 +115,7 @@ class Trainer:
     @property
     def module(self) -> torch.nn.Module:
         """The model itself (not its DistributedDataParallel wrapper)."""
-        return unwrapped(self.model)
+        return inner_module(self.model)
 
     def _build(self) -> None:
         cfg, train = self.config, self.config.train
