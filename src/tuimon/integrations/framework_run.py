@@ -1,0 +1,174 @@
+"""What every framework adapter does with its Monitor, whatever the framework.
+
+A framework calls its hooks per micro-batch and per optimizer step, logs metrics under its
+own names, and owns the loop, so the Monitor cannot raise out of it. This keeps one run
+for an adapter: micro-batch losses summed on the device until the optimizer steps (no
+sync), a step recorded once per optimizer step, the framework's scalars logged as
+metrics under tuimon's names, a stop as a flag the adapter hands to the framework, and an
+exception as a `failed` end with its traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuimon.monitor.monitor import Monitor, RunOptions, script_options
+from tuimon.run.events import FAILED, RESERVED_METRIC_KEYS
+
+# Names frameworks log that are not metrics of their own: the step event has them already.
+STEP_FIELD_NAMES = frozenset({"loss", "lr", "learning_rate", "grad_norm", "epoch", "step"})
+
+
+class FrameworkRun:
+    """One run of a framework's training, built when the framework's training begins.
+
+    `settings`: what the user gave the adapter, as `Monitor(...)` keywords (name,
+    run_dir, quiet, doctor settings…), checked here, before training starts.
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+        self.monitor: Monitor | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._micro_batches = 0
+
+    @property
+    def started(self) -> bool:
+        return self.monitor is not None
+
+    def start(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        scaler: Any = None,
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        start_step: int = 0,
+        checkpoint_writer: Callable[[Path], Path] | None = None,
+        notes: Iterable[str] = (),
+    ) -> Monitor:
+        """The run's Monitor (stop="flag": the framework ends its own loop)."""
+        settings = dict(self.settings)
+        run_dir = settings.pop("run_dir", None)
+        quiet = bool(settings.pop("quiet", False))
+        name = settings.pop("name", None)
+        loss_fn = settings.pop("loss_fn", None)
+        doctor = settings.pop("doctor", None)
+        # The length the user gave wins over the framework's estimate.
+        total_steps = settings.pop("total_steps", None) or total_steps
+        epochs = settings.pop("epochs", None) or epochs
+        steps_per_epoch = settings.pop("steps_per_epoch", None) or steps_per_epoch
+        options: RunOptions = script_options(
+            name,
+            _positive(total_steps),
+            _positive(epochs),
+            _positive(steps_per_epoch),
+            loss_fn,
+            "flag",
+            doctor,
+            settings,
+        )
+        options.start_step = start_step
+        options.checkpoint_writer = checkpoint_writer
+        options.notes = list(notes)
+        self.monitor = Monitor.configured(
+            model,
+            optimizer,
+            scheduler,
+            scaler=scaler,
+            run_dir=run_dir,
+            quiet=quiet,
+            options=options,
+        )
+        return self.monitor
+
+    def add_loss(self, loss: Any) -> None:
+        """A micro-batch's loss, kept on its device (reading it would sync the GPU)."""
+        if isinstance(loss, torch.Tensor):
+            value = loss.detach().float().reshape(())
+        elif isinstance(loss, int | float):
+            value = torch.tensor(float(loss))
+        else:
+            return
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._micro_batches += 1
+
+    def step(self, *, epoch: int | None = None, samples: int | None = None) -> None:
+        """One optimizer step, with the mean of the micro-batch losses since the last one;
+        applies pending commands (a pause blocks here)."""
+        mon = self.monitor
+        if mon is None:
+            return
+        if self._loss_sum is None:
+            loss: Any = math.nan
+            micro_batches = 1
+        else:
+            loss = self._loss_sum / self._micro_batches
+            micro_batches = self._micro_batches
+        self._loss_sum, self._micro_batches = None, 0
+        mon.step(loss, epoch=epoch, samples=samples, micro_batches=micro_batches)
+
+    def log(self, scalars: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> None:
+        """The framework's scalars as a `metrics` event: numbers only (a tensor is read:
+        logging happens where the framework syncs anyway), renamed by `renames` (HF's
+        `eval_loss` is tuimon's `val_loss`), the step's own fields left out."""
+        mon = self.monitor
+        if mon is None:
+            return
+        renames = renames or {}
+        values: dict[str, float] = {}
+        for key, value in scalars.items():
+            name = renames.get(key, key)
+            if name in STEP_FIELD_NAMES or name in RESERVED_METRIC_KEYS:
+                continue
+            number = _number(value)
+            if number is not None:
+                values[name] = number
+        if values:
+            mon.log(**values)
+
+    @property
+    def should_stop(self) -> bool:
+        """A stop was applied (its checkpoint saved): end the framework's loop."""
+        return self.monitor is not None and self.monitor.should_stop
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run `failed`, with the exception's traceback."""
+        mon = self.monitor
+        if mon is None:
+            return
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        mon.close(status=FAILED, error=text)
+
+    def finish(self) -> None:
+        """End the run: `stopped` if a stop was applied, else `completed`."""
+        if self.monitor is not None:
+            self.monitor.close()
+
+
+def _positive(value: Any) -> int | None:
+    """A length the framework reports, or None where it has none (-1, inf, 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return int(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach().float().item())
+    return None
