@@ -76,6 +76,18 @@ BOUNDARIES = {
         ("tuimon.doctor.engine", "tuimon.doctor.registry"), ("torch", "textual", "tuimon.monitor")
     ),
     "control-protocol": Boundary(("tuimon.control.protocol",), ("pydantic", "yaml", "torch")),
+    # A framework is imported by its adapter only: `pip install tuimon` needs none of them.
+    "frameworks": Boundary(
+        (
+            "tuimon",
+            "tuimon.cli",
+            "tuimon.worker",
+            "tuimon.training.trainer",
+            "tuimon.integrations",
+            "tuimon.integrations.framework_run",
+        ),
+        ("lightning", "pytorch_lightning", "transformers", "accelerate"),
+    ),
 }
 
 
