@@ -5,6 +5,13 @@ An optimizer step pre-hook takes every gradient's norm with one fused kernel
 here reads a value back to the CPU, and global and per-layer sums happen later on the host
 (`ParamLayout.reduce`), so the hot path is two kernel launches. Optional clipping (also
 fused) happens here too, so it works the same for the built-in trainer and for any loop.
+
+Where `optimizer.step(closure)` itself runs the forward and backward (Lightning's
+automatic optimization), the pre-hook fires before the gradients exist: the framework's
+adapter then calls `measure()` where they are final (Lightning's
+`on_before_optimizer_step`), and the pre-hook only counts steps and reads the LRs. A
+measurement is kept only if the optimizer then stepped: a GradScaler that skipped the step
+(inf/NaN gradients) leaves no gradient norm, as in the pre-hook case.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ class GradientProbe:
         self.clip: float | None = None
         self._pending: GradSample | None = None
         self._steps = 0  # optimizer.step() calls since take_step_count()
+        self._external = False  # measure() is called where gradients are final
+        self._measured: torch.Tensor | None = None  # measure()'s norms, not yet stepped on
+        self._optimizer = optimizer
         self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._handle = optimizer.register_step_pre_hook(self._before_step)
 
@@ -40,7 +50,17 @@ class GradientProbe:
     def take(self) -> GradSample | None:
         """The sample of the optimizer step since the last call, if there was one."""
         sample, self._pending = self._pending, None
+        self._measured = None  # measured for a step the optimizer skipped: not a sample
         return sample
+
+    def measure(self) -> None:
+        """Take the gradient norms now (they are final: after backward and any unscale),
+        instead of in the optimizer's pre-hook. From the first call on, the pre-hook only
+        counts steps; the norms become the step's sample when the optimizer steps."""
+        self._external = True
+        self._measured = self._norms()
+        if self._pending is not None:  # the pre-hook ran first (a closure step): complete it
+            self._pending = GradSample(norms=self._measured, lrs=self._pending.lrs)
 
     def take_step_count(self) -> int:
         """How many times the optimizer stepped since the last call: 0 when something (a
@@ -51,6 +71,15 @@ class GradientProbe:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
         lrs = [_lr(group["lr"]) for group in optimizer.param_groups]
+        if self._external:
+            # measure() came first (a GradScaler's step), or comes inside this step (a
+            # closure's backward) and completes the sample then.
+            self._pending = GradSample(norms=self._measured, lrs=lrs)
+            return
+        self._pending = GradSample(norms=self._norms(), lrs=lrs)
+
+    def _norms(self) -> torch.Tensor | None:
+        """Every parameter's gradient norm as one device vector (clipping first if set)."""
         if self.layout.changed():
             self.layout.refresh()
         params = self.layout.params
@@ -60,8 +89,7 @@ class GradientProbe:
         else:
             present = [i for i, g in enumerate(grads) if g is not None and not g.is_sparse]
             if not present:
-                self._pending = GradSample(norms=None, lrs=lrs)
-                return
+                return None
             grads = [grads[i] for i in present]
             device = grads[0].device
             found = per_param_norms(grads, device)
@@ -69,12 +97,11 @@ class GradientProbe:
             row = torch.zeros(len(params), device=device, dtype=found.dtype)
             norms = row.index_copy_(0, self._index(tuple(present), device), found)
         if norms is None:
-            self._pending = GradSample(norms=None, lrs=lrs)
-            return
+            return None
         if self.clip is not None:
             total = norms.float().square().sum().sqrt()
             _scale_(grads, (self.clip / (total + 1e-6)).clamp(max=1.0))
-        self._pending = GradSample(norms=norms, lrs=lrs)
+        return norms
 
     def _index(self, present: tuple[int, ...], device: torch.device) -> torch.Tensor:
         if present not in self._index_cache:

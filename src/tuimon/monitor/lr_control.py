@@ -286,9 +286,12 @@ def _assign(param_group: dict[str, Any], key: str, value: float) -> None:
 
 
 def _schedulers(scheduler: Any) -> list[Any]:
-    """The scheduler and, for SequentialLR / ChainedScheduler, everything inside it."""
+    """The scheduler and, for SequentialLR / ChainedScheduler, everything inside it; a
+    list or tuple (a framework's several schedulers on one optimizer) is each of them."""
     if scheduler is None:
         return []
+    if isinstance(scheduler, list | tuple):
+        return [found for one in scheduler for found in _schedulers(one)]
     found = [scheduler]
     for child in getattr(scheduler, "_schedulers", []) or []:
         found += _schedulers(child)

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -124,6 +125,9 @@ class RunOptions:
     # take them from a handler someone else installed (the built-in worker does).
     stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)
     replace_signal_handlers: bool = False
+    # A framework's own checkpointing (Lightning's `trainer.save_checkpoint`): given the
+    # path tuimon would use, it saves (or arranges the save) and returns the file's path.
+    checkpoint_writer: Callable[[Path], Path] | None = None
 
 
 class Monitor:
@@ -135,6 +139,8 @@ class Monitor:
     StopTraining, which the `with` block turns into a `stopped` run) or "flag" (only
     `should_stop` is set). `doctor` (a dict) and any other keyword: the settings of a
     config's `monitor:` section (autofix, snapshot_every, rules, probes, log_every…).
+    `scaler`: the run's `torch.amp.GradScaler`, whose loss scale each step records (no
+    sync: the scale stays on the device until the step's other values are fetched).
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class Monitor:
         optimizer: torch.optim.Optimizer,
         scheduler: Any = None,
         *,
+        scaler: Any = None,
         run_dir: str | Path | None = None,
         quiet: bool = False,
         name: str | None = None,
@@ -156,7 +163,7 @@ class Monitor:
         **doctor_settings: Any,
     ) -> None:
         if _options is None:  # a script's Monitor: its options from the keywords
-            _options = _script_options(
+            _options = script_options(
                 name, total_steps, epochs, steps_per_epoch, loss_fn, stop, doctor, doctor_settings
             )
             quiet = quiet or flag_from_env(QUIET_ENV)
@@ -179,6 +186,7 @@ class Monitor:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self.scaler = scaler
         self.options = options
         self.settings = options.settings
         self.name = options.name or _default_name()
@@ -308,12 +316,22 @@ class Monitor:
         optimizer: torch.optim.Optimizer,
         scheduler: Any = None,
         *,
+        scaler: Any = None,
         run_dir: str | Path | None = None,
         quiet: bool = False,
         options: RunOptions,
     ) -> Monitor:
-        """A Monitor with settings from a config (used by the built-in trainer)."""
-        return cls(model, optimizer, scheduler, run_dir=run_dir, quiet=quiet, _options=options)
+        """A Monitor with settings from a config (used by the built-in trainer and the
+        framework adapters)."""
+        return cls(
+            model,
+            optimizer,
+            scheduler,
+            scaler=scaler,
+            run_dir=run_dir,
+            quiet=quiet,
+            _options=options,
+        )
 
     # -- public API -------------------------------------------------------------------
 
@@ -398,6 +416,9 @@ class Monitor:
         tensors = sample.tensors
         if grad_norm is not None:
             tensors[UNCLIPPED] = _norm_tensor(grad_norm, self._device)
+        scale = _loss_scale(self.scaler)
+        if scale is not None:
+            tensors[LOSS_SCALE] = scale
         buffer = self._buffer
         buffer.add(meta, loss, tensors)
         if self._snapshots.every:
@@ -415,6 +436,13 @@ class Monitor:
             if self.stop_mode == "raise":
                 raise StopTraining(self.global_step)
             self._commands.check_stop_ignored()
+
+    def measure_grads(self) -> None:
+        """Take this step's gradient norms now. For loops where `optimizer.step(closure)`
+        runs the backward itself (Lightning), so the optimizer's pre-hook comes before the
+        gradients: call it where they are final (after backward and any unscale, before
+        the update). From the first call on, every step's norms come from these calls."""
+        self._probes.grads.measure()
 
     def log(self, **scalars: Any) -> None:
         """Record scalars (validation loss, accuracy…) at the current step."""
@@ -436,14 +464,18 @@ class Monitor:
         if not self._rank_zero and self._job is not None and self._job.job_dir is not None:
             return checkpoint_path(self._job.job_dir / CHECKPOINT_DIR, self.global_step)
         path = checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.global_step)
-        save_checkpoint(
-            path,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            step=self.global_step,
-            epoch=self.epoch,
-        )
+        writer = self.options.checkpoint_writer
+        if writer is not None:  # the framework's own format, through the framework
+            path = writer(path)
+        else:
+            save_checkpoint(
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                step=self.global_step,
+                epoch=self.epoch,
+            )
         saved: CheckpointEvent = {
             "type": CHECKPOINT,
             "step": self.global_step,
@@ -626,6 +658,8 @@ class Monitor:
             event = cast(StepEvent, {"type": STEP, **meta, "loss": record.loss, **fields})
             if UNCLIPPED in record.values:
                 event["grad_norm_unclipped"] = record.values[UNCLIPPED][0]
+            if LOSS_SCALE in record.values:
+                event["loss_scale"] = record.values[LOSS_SCALE][0]
             self._snapshots.verify(meta["step"], record.loss, fields.get("grad_norm"))
             # Probes first: rules then know a step's inputs before they judge its loss.
             events += [*probes, event]
@@ -746,7 +780,7 @@ class Monitor:
         self.close()
 
 
-def _script_options(
+def script_options(
     name: str | None,
     total_steps: int | None,
     epochs: int | None,
@@ -844,6 +878,20 @@ def _backend() -> str | None:
 
 # The device-buffer slot of the pre-clipping gradient norm a script hands to `step()`.
 UNCLIPPED = "unclipped"
+# The device-buffer slot of a GradScaler's loss scale after the step's `update()`.
+LOSS_SCALE = "loss_scale"
+
+
+def _loss_scale(scaler: Any) -> torch.Tensor | None:
+    """The scaler's current scale as a 1-element device tensor (a copy: `update()` changes
+    it in place), or None for no scaler, a disabled one, or one not used yet.
+    `get_scale()` would read it back to the host: a GPU sync every step."""
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    if not isinstance(scale, torch.Tensor):
+        return None
+    return scale.detach().float().reshape(1).clone()
 
 
 def _norm_tensor(value: Any, device: torch.device) -> torch.Tensor:

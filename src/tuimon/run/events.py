@@ -200,6 +200,7 @@ class StepEvent(_StepRequired, total=False):
     optimizer_steps: int
     grad_norm: float
     grad_norm_unclipped: float  # what clip_grad_norm_ returned, given to step()
+    loss_scale: float  # a GradScaler's scale after the step (Monitor(scaler=...))
     layer_grad_norms: dict[str, float]
     update_ratio: float
     layer_update_ratios: dict[str, float]

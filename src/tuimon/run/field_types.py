@@ -54,6 +54,7 @@ NUMBER_FIELDS = frozenset(
         "lr",
         "grad_norm",
         "grad_norm_unclipped",
+        "loss_scale",
         "update_ratio",
         "step_time",
         "data_time",
