@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,26 @@ DEFAULT_LR_MAX = 100.0
 # Seeds are mixed with sample indices (synthetic.py) and must stay within torch's 64 bits.
 MAX_SEED = 2**32 - 1
 MAX_RUN_NAME = 100
+# `train.precision`: full float32, or autocast to bfloat16 / float16 (with a GradScaler).
+FULL_PRECISION: Final = 32
+BF16: Final = "bf16"
+FP16: Final = "fp16"
+PRECISIONS: tuple[int | str, ...] = (FULL_PRECISION, BF16, FP16)
+Precision = Literal[32, "bf16", "fp16"]  # PRECISIONS, as a type
+# What people write for one of them, and which one it is: named in the error, not accepted
+# (a config says it one way).
+PRECISION_ALIASES = {
+    "16": FP16,
+    "half": FP16,
+    "float16": FP16,
+    "16-mixed": FP16,
+    "bfloat16": BF16,
+    "bf16-mixed": BF16,
+    "fp32": str(FULL_PRECISION),
+    "float32": str(FULL_PRECISION),
+    "full": str(FULL_PRECISION),
+    "32-true": str(FULL_PRECISION),
+}
 
 
 class _NoBoolNumbers(BaseModel):
@@ -177,6 +197,21 @@ class TrainConfig(StrictModel):
     init_from: str | None = Field(
         None, description="start from these model weights only (fine-tuning)"
     )
+    precision: Precision = Field(
+        FULL_PRECISION,
+        description="32 | bf16 | fp16: autocast for forward and loss (fp16 with a GradScaler)",
+    )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _known_precision(cls, value: Any) -> Any:
+        if value == str(FULL_PRECISION):  # `--set 'train.precision="32"'`
+            return FULL_PRECISION
+        if value in PRECISIONS and not isinstance(value, float):  # 32.0 is a typo, not 32
+            return value
+        meant = PRECISION_ALIASES.get(str(value).strip().lower())
+        hint = f" (did you mean {meant}?)" if meant else did_you_mean(str(value), [BF16, FP16])
+        raise ValueError(f"must be 32, bf16 or fp16, not {shown_value(value)}{hint}")
 
     @field_validator("device")
     @classmethod

@@ -68,9 +68,11 @@ def save_checkpoint(
     step: int,
     epoch: int,
     extra: dict[str, Any] | None = None,
+    scaler: Any | None = None,
 ) -> Path:
     """Write the checkpoint; CheckpointSpaceError ("no space left on device") when it does
-    not fit, and then no partial or temporary file is left."""
+    not fit, and then no partial or temporary file is left. `scaler`: an fp16 run's
+    GradScaler, whose state (its scale and growth counter: plain numbers) is kept too."""
     state = {
         "format": FORMAT_VERSION,
         "step": step,
@@ -81,6 +83,8 @@ def save_checkpoint(
         "rng": _rng_state(),
         "extra": dict(extra or {}),
     }
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     make_private_dir(path.parent)
     needed = _storage_bytes(state)
     # Checked first, so that a checkpoint that cannot fit never fills the disk the event
@@ -113,8 +117,11 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any | None,
     map_location: torch.device | str = "cpu",
+    scaler: Any | None = None,
 ) -> ResumeState:
     """Restore model, optimizer, scheduler and RNG state in place; return where to continue.
+    `scaler`: a GradScaler takes the saved one's scale, if the checkpoint has one (a
+    checkpoint of a run without loss scaling leaves it at its initial scale).
 
     CheckpointError when the file is not a tuimon checkpoint; RuntimeError (from torch)
     when it does not fit this model.
@@ -131,6 +138,8 @@ def load_checkpoint(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and scaler.is_enabled() and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         return ResumeState(
             step=int(state["step"]),

@@ -51,6 +51,7 @@ from tuimon.training.optimization import (
     build_scheduler,
     is_plateau,
 )
+from tuimon.training.precision import MixedPrecision, mixed_precision
 
 # The start of the note every rank of a job logs when the replicas ended identical.
 REPLICAS_IDENTICAL = "weights identical"
@@ -123,6 +124,8 @@ class Trainer:
         seed_everything(train.seed)
         self.data: DataBundle = build_data(cfg.data, train.seed, cfg.faults)
         self.notes = list(self.data.notes)
+        self.precision: MixedPrecision = mixed_precision(train.precision, self.device)
+        self.notes += self.precision.notes
         self.model = build_model(cfg, self.data.shape)
         faults.apply_init_faults(self.model, cfg.faults)
         if train.init_from:
@@ -189,6 +192,7 @@ class Trainer:
                 model=self.model,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
+                scaler=self.precision.scaler,
                 map_location=self.device,
             )
         except CheckpointError as exc:
@@ -250,6 +254,7 @@ class Trainer:
             self.model,
             self.optimizer,
             self.scheduler,
+            scaler=self.precision.scaler,
             run_dir=run_dir,
             quiet=quiet,
             options=options,
@@ -319,7 +324,7 @@ class Trainer:
         self._epoch_loss = torch.zeros((), device=self.device)
         self._epoch_steps = 0
         self.model.train()
-        bugs = self.config.faults
+        bugs, precision = self.config.faults, self.precision
         for _ in range(self.steps_per_epoch - skip):
             if not bugs.skip_zero_grad:
                 self.optimizer.zero_grad(set_to_none=True)
@@ -328,12 +333,13 @@ class Trainer:
                 inputs, targets = next(batches)
                 inputs = faults.corrupt_inputs(inputs.to(self.device, non_blocking=True), bugs)
                 targets = targets.to(self.device, non_blocking=True)
-                outputs = faults.loss_inputs(self.model(inputs), bugs)
-                loss = self.loss_fn(outputs, targets)
-                (loss / train.accumulate).backward()
+                with precision.autocast():
+                    outputs = faults.loss_inputs(self.model(inputs), bugs)
+                    loss = self.loss_fn(outputs, targets)
+                precision.backward(loss / train.accumulate)
                 total += loss.detach()
             faults.corrupt_grads(self.model, mon.global_step + 1, bugs)
-            faults.optimizer_step(self.optimizer, bugs)
+            precision.step(self.optimizer, bugs)
             if step_scheduler is not None:
                 step_scheduler.step()
             mean_loss = total / train.accumulate
@@ -389,8 +395,10 @@ class Trainer:
         for inputs, targets in loader:
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            outputs = model(inputs)
-            loss_sum += self.loss_fn(outputs, targets) * len(targets)
+            with self.precision.autocast():  # evaluated as it trains
+                outputs = model(inputs)
+                loss = self.loss_fn(outputs, targets)
+            loss_sum += loss * len(targets)
             if classify and outputs.dim() == 2 and targets.dim() == 1:
                 correct += (outputs.argmax(dim=1) == targets).sum()
             else:
