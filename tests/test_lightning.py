@@ -9,6 +9,7 @@ built here, in this process, except the one `tuimon run` test.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tuimon.control.client import ControlClient
-from tuimon.control.commands import SCALE_LR, STOP
+from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
 from tuimon.errors import ConfigError
 from tuimon.integrations.lightning import TuimonCallback, TuimonLogger
 from tuimon.run.events import (
@@ -39,7 +41,7 @@ from tuimon.run.events import (
 )
 from tuimon.run.log_reader import read_events
 
-from conftest import TESTS_DIR, worker_env
+from conftest import TESTS_DIR, wait_for, worker_env
 
 # Lightning's advice for real data loaders and small logging intervals: not about tuimon.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -250,6 +252,72 @@ def test_stop_through_the_socket_ends_the_fit_with_a_lightning_checkpoint(tmp_pa
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 5 and "net.0.weight" in checkpoint["state_dict"]
     assert checkpoint["optimizer_states"] and checkpoint["loops"]  # resumable by Lightning
+
+
+def test_lightning_resumes_from_the_stops_checkpoint_and_the_run_counts_on(tmp_path):
+    tuimon = TuimonCallback(run_dir=tmp_path / "run", quiet=True)
+    _, log = fit(tmp_path / "run", Regressor(), tuimon=tuimon, extra=(SendAt(tuimon, 4, STOP),))
+    [saved] = of_type(log, CHECKPOINT)
+    trainer = pl.Trainer(
+        callbacks=[TuimonCallback(run_dir=tmp_path / "resumed", quiet=True)],
+        max_epochs=2,
+        **QUIET_TRAINER,
+    )
+    trainer.fit(Regressor(), loader(10), ckpt_path=saved["path"])
+    resumed = events(tmp_path / "resumed")
+    assert of_type(resumed, START)[0]["start_step"] == 5
+    assert [s["step"] for s in of_type(resumed, STEP)] == list(range(6, 21))
+    assert resumed[-1]["status"] == COMPLETED and resumed[-1]["step"] == trainer.global_step == 20
+
+
+class PauseThenResume(pl.Callback):
+    """Pauses the run at `at` through the socket; a second client, subscribed to the
+    run's events, resumes it (and asks for a checkpoint) once the pause was applied:
+    the training thread is then blocked inside Lightning's hook."""
+
+    def __init__(self, tuimon: TuimonCallback, at: int) -> None:
+        self.tuimon, self.at = tuimon, at
+        self.resumer: threading.Thread | None = None
+        self.errors: list[BaseException] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at or self.resumer is not None:
+            return
+        monitor = self.tuimon.monitor
+        assert monitor is not None
+        watcher = ControlClient(monitor.run_dir, timeout=30)
+        watcher.request(SUBSCRIBE)
+
+        def resume_once_paused() -> None:
+            try:
+                with watcher:
+                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
+                with ControlClient(monitor.run_dir, timeout=30) as client:
+                    client.request(RESUME)
+                    client.request(CHECKPOINT_COMMAND)
+            except BaseException as exc:  # reported by the test, not lost in the thread
+                self.errors.append(exc)
+
+        self.resumer = threading.Thread(target=resume_once_paused, daemon=True)
+        self.resumer.start()
+        with ControlClient(monitor.run_dir, timeout=30) as client:
+            client.request(PAUSE)
+
+
+def test_pause_blocks_inside_lightnings_loop_until_resume_and_a_checkpoint_is_a_ckpt(tmp_path):
+    tuimon = TuimonCallback(run_dir=tmp_path / "run", quiet=True)
+    steer = PauseThenResume(tuimon, 3)
+    trainer, log = fit(tmp_path / "run", Regressor(), tuimon=tuimon, extra=(steer,))
+    assert steer.resumer is not None
+    steer.resumer.join(timeout=60)
+    assert not steer.errors
+    commands = [(c["command"], c["step"]) for c in of_type(log, CONTROL)]
+    # Paused at the step after the request, resumed there (the loop waited for it).
+    assert commands == [(PAUSE, 4), (RESUME, 4), (CHECKPOINT_COMMAND, 5)]
+    [saved] = of_type(log, CHECKPOINT)
+    assert saved["reason"] == "command" and Path(saved["path"]).suffix == ".ckpt"
+    assert Path(saved["path"]).is_file()
+    assert trainer.global_step == 20 and log[-1]["status"] == COMPLETED
 
 
 def test_an_lr_of_100_is_named_by_the_doctor_and_a_healthy_twin_stays_silent(tmp_path, cpu_burner):

@@ -16,6 +16,7 @@ a stop becomes `trainer.should_stop` and its checkpoint is Lightning's own `.ckp
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,7 @@ from tuimon.integrations.framework_run import FrameworkRun
 from tuimon.monitor.monitor import Monitor, script_options
 from tuimon.run.events import STOPPED
 from tuimon.run.private_files import make_private_dir
+from tuimon.run.run_dir import run_dir_from_env
 
 __all__ = ["TuimonCallback", "TuimonLogger"]
 
@@ -227,6 +229,11 @@ class TuimonLogger(Logger):
         super().__init__()
         self._run: FrameworkRun | None = None
         self._warned = False
+        # Lightning asks for the version before training starts (ModelCheckpoint puts its
+        # files under <root>/tuimon/<version>/): the run's directory name where `tuimon
+        # run` has chosen it, else the time, fixed now so that it never changes.
+        given = run_dir_from_env()
+        self._version = given.name if given is not None else time.strftime("%Y%m%d-%H%M%S")
 
     def attach(self, run: FrameworkRun) -> None:
         """Log into `run` (the TuimonCallback of the same Trainer calls this)."""
@@ -237,9 +244,8 @@ class TuimonLogger(Logger):
         return "tuimon"
 
     @property
-    def version(self) -> str | None:
-        monitor = self._run.monitor if self._run is not None else None
-        return monitor.run_dir.name if monitor is not None else None
+    def version(self) -> str:
+        return self._version
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         run = self._run
