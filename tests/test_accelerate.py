@@ -240,8 +240,15 @@ def test_stop_through_the_socket_ends_the_loop_with_accelerate_s_checkpoint(tmp_
         p.name for p in saved.iterdir()
     }
     weights = load_file(saved / "model.safetensors")
-    for name, param in seen["model"].state_dict().items():
+    model = seen["model"]
+    for name, param in model.state_dict().items():
         assert torch.equal(weights[name], param), name  # saved after the last step
+    with torch.no_grad():  # and Accelerate loads it back
+        for param in model.parameters():
+            param.zero_()
+    accelerator.load_state(str(saved))
+    for name, param in model.state_dict().items():
+        assert torch.equal(weights[name], param), name
     assert not list((tmp_path / "run").rglob("*.pt"))  # no checkpoint of tuimon's own
 
 

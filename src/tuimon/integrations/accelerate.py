@@ -15,8 +15,11 @@ same step (Accelerate's idiom: `set_trigger()` / `check_trigger()`); an exceptio
 main process alone would leave the others waiting in their next all-reduce.
 
 Only the main process watches: on the others the object does nothing (a run per rank
-under Accelerate is not built yet). `TuimonTracker` brings `accelerator.log(...)` scalars
-into the same run as metrics.
+under Accelerate is not built yet). Launched with several processes (torchrun's
+environment), the main process's Monitor sees a job whose other ranks have no Monitor: it
+refuses the commands that change training (they would reach one replica) and keeps stop
+and checkpoint. `TuimonTracker` brings `accelerator.log(...)` scalars into the same run
+as metrics.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ PENDING_LOGS = 1000
 
 # Said in the start event of a job of several processes.
 MAIN_PROCESS_ONLY_NOTE = (
-    "Accelerate job of {processes} processes: only the main process is watched, its "
-    "commands apply to it alone (tuimon's own checkpoint is written, not save_state's)"
+    "Accelerate job of {processes} processes: only the main process is watched (a run "
+    "per process is not built for Accelerate); a stop reaches the others through "
+    "accelerator.set_trigger()/check_trigger(); the checkpoint is tuimon's own of the "
+    "main process's replica (save_state is a call for every process)"
 )
 
 
@@ -106,8 +111,9 @@ class AcceleratedRun:
             inner,
             inner_scheduler(scheduler),
             scaler=scaler,
-            # With several processes save_state waits for all of them: the main one alone
-            # would hang there. tuimon's own checkpoint (rank 0's replica) is safe.
+            # With several processes save_state is a call for all of them (it waits for
+            # every one under automatic naming, DeepSpeed and FSDP gather there): the main
+            # one alone could hang. tuimon's own checkpoint of its replica is safe.
             checkpoint_writer=self._save_state if processes == 1 else None,
             notes=notes,
         )
