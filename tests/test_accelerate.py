@@ -6,6 +6,7 @@ doctor with its silent healthy twin, and mixed precision."""
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -16,14 +17,31 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration
 from safetensors.torch import load_file
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
 from tuimon.control.client import ControlClient
+from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
 from tuimon.integrations.accelerate import AcceleratedRun, TuimonTracker, monitor
+from tuimon.run.events import (
+    ALERT,
+    CHECKPOINT,
+    COMPLETED,
+    CONTROL,
+    END,
+    FAILED,
+    METRICS,
+    START,
+    STEP,
+    STOPPED,
+)
 from tuimon.run.log_reader import read_events
+
+from conftest import wait_for
 
 TOTAL = 100  # the linear decay's length, in optimizer steps (as HF's schedules)
 
@@ -117,7 +135,7 @@ def events_of(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
 
 
 def alerts(run_dir: Path) -> list[tuple[str, int]]:
-    return [(e["rule"], e["step"]) for e in events_of(run_dir, "alert")]
+    return [(e["rule"], e["step"]) for e in events_of(run_dir, ALERT)]
 
 
 def send_at(step: int, cmd: str, **args: Any) -> Callable[[AcceleratedRun, int], None]:
@@ -156,12 +174,12 @@ def test_a_loop_records_steps_and_the_tracker_s_scalars(tmp_path):
 
     events = events_of(tmp_path / "run")
     start, end = events[0], events[-1]
-    assert start["type"] == "start" and end == {**end, "type": "end", "status": "completed"}
+    assert start["type"] == START and end == {**end, "type": END, "status": COMPLETED}
     # The insides of what prepare() returned: the user's model, optimizer and schedule.
     assert start["model"]["class"] == "Sequential" and start["optimizer"]["class"] == "SGD"
     assert start["scheduler"] == "LambdaLR"
     assert "accelerate init_trackers config: lr=0.05, batch_size=16" in start["notes"]
-    steps = events_of(tmp_path / "run", "step")
+    steps = events_of(tmp_path / "run", STEP)
     assert [e["step"] for e in steps] == list(range(1, 13))
     assert [e["loss"] for e in steps] == pytest.approx(losses, rel=1e-6)
     assert [e["grad_norm"] for e in steps] == pytest.approx(norms, rel=1e-4)
@@ -169,12 +187,12 @@ def test_a_loop_records_steps_and_the_tracker_s_scalars(tmp_path):
     assert {e["samples"] for e in steps} == {16} and {e["optimizer_steps"] for e in steps} == {1}
     assert all("loss_scale" not in e for e in steps)  # full precision: no scaler
     metrics = [{k: e.get(k) for k in ("step", "val_loss", "accuracy")} for e in events]
-    metrics = [m for m, e in zip(metrics, events, strict=True) if e["type"] == "metrics"]
+    metrics = [m for m, e in zip(metrics, events, strict=True) if e["type"] == METRICS]
     assert metrics == [
         {"step": 0, "val_loss": 2.5, "accuracy": None},
         {"step": 12, "val_loss": 1.25, "accuracy": 0.75},
     ]
-    assert all("loss" not in e for e in events_of(tmp_path / "run", "metrics"))
+    assert all("loss" not in e for e in events_of(tmp_path / "run", METRICS))
 
 
 def test_a_crash_in_the_loop_ends_the_run_failed_with_its_traceback(tmp_path):
@@ -187,7 +205,7 @@ def test_a_crash_in_the_loop_ends_the_run_failed_with_its_traceback(tmp_path):
     ):
         model(torch.zeros(2, 3))
     end = events_of(run_dir)[-1]
-    assert end["status"] == "failed" and "Traceback" in end["error"]
+    assert end["status"] == FAILED and "Traceback" in end["error"]
     assert "mat1 and mat2" in end["error"]
 
 
@@ -196,7 +214,7 @@ def test_gradient_accumulation_records_one_step_per_optimizer_step(tmp_path):
     # losses and the norm of the accumulated gradients the optimizer used.
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
     seen = train(accelerator, 0.05, 24, tmp_path / "run")
-    steps = events_of(tmp_path / "run", "step")
+    steps = events_of(tmp_path / "run", STEP)
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
     means = [sum(seen["losses"][i : i + 4]) / 4 for i in range(0, 24, 4)]
     assert [e["loss"] for e in steps] == pytest.approx(means, rel=1e-6)
@@ -208,12 +226,10 @@ def test_gradient_accumulation_records_one_step_per_optimizer_step(tmp_path):
 
 def test_scale_lr_through_the_socket_halves_the_lr_and_keeps_the_schedule(tmp_path):
     accelerator = Accelerator(cpu=True)
-    seen = train(
-        accelerator, 0.05, 16, tmp_path / "run", on_step=send_at(5, "scale-lr", factor=0.5)
-    )
-    [control] = events_of(tmp_path / "run", "control")
-    assert control["command"] == "scale-lr" and control["step"] == 6
-    lrs = {e["step"]: e["lr"] for e in events_of(tmp_path / "run", "step")}
+    seen = train(accelerator, 0.05, 16, tmp_path / "run", on_step=send_at(5, SCALE_LR, factor=0.5))
+    [control] = events_of(tmp_path / "run", CONTROL)
+    assert control["command"] == SCALE_LR and control["step"] == 6
+    lrs = {e["step"]: e["lr"] for e in events_of(tmp_path / "run", STEP)}
     # Step n runs at the schedule's LR after n-1 scheduler steps; from the boundary where
     # the command applied on, at half of it: the decay's shape, at 0.5x.
     for n, lr in lrs.items():
@@ -227,12 +243,12 @@ def test_scale_lr_through_the_socket_halves_the_lr_and_keeps_the_schedule(tmp_pa
 
 def test_stop_through_the_socket_ends_the_loop_with_accelerate_s_checkpoint(tmp_path):
     accelerator = Accelerator(cpu=True)
-    seen = train(accelerator, 0.05, 40, tmp_path / "run", on_step=send_at(3, "stop"))
+    seen = train(accelerator, 0.05, 40, tmp_path / "run", on_step=send_at(3, STOP))
     events = events_of(tmp_path / "run")
-    assert events[-1]["type"] == "end" and events[-1]["status"] == "stopped"
+    assert events[-1]["type"] == END and events[-1]["status"] == STOPPED
     assert len(seen["losses"]) == 4  # applied at the next boundary; the loop left there
-    [checkpoint] = events_of(tmp_path / "run", "checkpoint")
-    assert checkpoint["step"] == 4 and checkpoint["reason"] == "stop"
+    [checkpoint] = events_of(tmp_path / "run", CHECKPOINT)
+    assert checkpoint["step"] == 4 and checkpoint["reason"] == STOP
     saved = Path(checkpoint["path"])
     # accelerator.save_state's own directory, next to where tuimon's file would be.
     assert saved.is_dir() and saved.parent == tmp_path / "run" / "checkpoints"
@@ -252,6 +268,53 @@ def test_stop_through_the_socket_ends_the_loop_with_accelerate_s_checkpoint(tmp_
     assert not list((tmp_path / "run").rglob("*.pt"))  # no checkpoint of tuimon's own
 
 
+def test_pause_blocks_the_loop_until_resume_and_a_checkpoint_is_accelerate_s(tmp_path):
+    # Accelerate names its checkpoints itself here (automatic_checkpoint_naming): the
+    # checkpoint event gives the directory save_state chose.
+    project = ProjectConfiguration(tmp_path / "project", automatic_checkpoint_naming=True)
+    accelerator = Accelerator(cpu=True, project_config=project)
+    resumers: list[threading.Thread] = []
+    errors: list[BaseException] = []
+
+    def pause_at_3(mon: AcceleratedRun, now: int) -> None:
+        if now != 3:
+            return
+        assert mon.run_dir is not None
+        run_dir = mon.run_dir
+        watcher = ControlClient(run_dir, timeout=30)
+        watcher.request(SUBSCRIBE)
+
+        def resume_once_paused() -> None:
+            # The training thread is blocked inside mon.step(): resume from here.
+            try:
+                with watcher:
+                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
+                with ControlClient(run_dir, timeout=30) as client:
+                    client.request(RESUME)
+                    client.request(CHECKPOINT_COMMAND)
+            except BaseException as exc:  # reported by the test, not lost in the thread
+                errors.append(exc)
+
+        resumers.append(threading.Thread(target=resume_once_paused, daemon=True))
+        resumers[0].start()
+        with ControlClient(run_dir, timeout=30) as client:
+            client.request(PAUSE)
+
+    train(accelerator, 0.05, 8, tmp_path / "run", on_step=pause_at_3)
+    [resumer] = resumers
+    resumer.join(timeout=60)
+    assert not errors
+    commands = [(e["command"], e["step"]) for e in events_of(tmp_path / "run", CONTROL)]
+    assert commands == [(PAUSE, 4), (RESUME, 4), (CHECKPOINT_COMMAND, 5)]
+    [saved] = events_of(tmp_path / "run", CHECKPOINT)
+    assert saved["reason"] == "command" and saved["step"] == 5
+    assert Path(saved["path"]) == tmp_path / "project" / "checkpoints" / "checkpoint_0"
+    assert (Path(saved["path"]) / "model.safetensors").is_file()
+    steps = events_of(tmp_path / "run", STEP)
+    assert [e["step"] for e in steps] == list(range(1, 9))
+    assert events_of(tmp_path / "run")[-1]["status"] == COMPLETED
+
+
 def test_lr_100_is_named_and_its_healthy_twin_is_silent(tmp_path, cpu_burner):
     # The same loop, the same data: LR 100 against 0.05.
     accelerator = Accelerator(cpu=True)
@@ -259,7 +322,7 @@ def test_lr_100_is_named_and_its_healthy_twin_is_silent(tmp_path, cpu_burner):
     named = {rule for rule, _ in alerts(tmp_path / "fault")}
     assert "lr_too_high" in named, alerts(tmp_path / "fault")
     train(accelerator, 0.05, 40, tmp_path / "healthy")
-    assert len(events_of(tmp_path / "healthy", "step")) == 40
+    assert len(events_of(tmp_path / "healthy", STEP)) == 40
     assert alerts(tmp_path / "healthy") == []
 
 
@@ -275,7 +338,7 @@ def test_bf16_mixed_precision_records_steps(tmp_path):
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True, mixed_precision="bf16")
     seen = train(accelerator, 0.05, 12, tmp_path / "run")
-    steps = events_of(tmp_path / "run", "step")
+    steps = events_of(tmp_path / "run", STEP)
     assert [e["loss"] for e in steps] == pytest.approx(seen["losses"], rel=1e-6)
     assert all(math.isfinite(e["grad_norm"]) and e["optimizer_steps"] == 1 for e in steps)
     assert all("loss_scale" not in e for e in steps)  # bf16 needs no scaler
@@ -301,7 +364,7 @@ def test_fp16_with_a_scaler_records_the_scale_and_skipped_steps(tmp_path):
     # scaler backs off, and Accelerate skips the schedule's step with them.
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24, growth_interval=5)
     seen = train(fp16_accelerator(scaler), 0.05, 30, tmp_path / "run", autocast=fp16)
-    steps = events_of(tmp_path / "run", "step")
+    steps = events_of(tmp_path / "run", STEP)
     assert [e["loss_scale"] for e in steps] == seen["scales"]
     assert [e["optimizer_steps"] == 0 for e in steps] == seen["skipped"]
     skipped = [e for e in steps if e["optimizer_steps"] == 0]
@@ -323,7 +386,7 @@ def test_a_scaler_that_never_steps_is_named(tmp_path):
     # so (not as NaN gradients: none were measured).
     scaler = torch.amp.GradScaler("cpu", init_scale=math.inf)
     train(fp16_accelerator(scaler), 0.05, 30, tmp_path / "run", autocast=fp16)
-    steps = events_of(tmp_path / "run", "step")
+    steps = events_of(tmp_path / "run", STEP)
     assert {e["optimizer_steps"] for e in steps} == {0}
     named = {rule for rule, _ in alerts(tmp_path / "run")}
     assert "optimizer_not_stepping" in named and "nan_grad" not in named, named
