@@ -19,6 +19,7 @@ from tuimon.doctor.rules.generalization import Overfitting
 from tuimon.doctor.rules.gradients import ExplodingGradients, NanGrad, VanishingGradients
 from tuimon.doctor.rules.learning_rate import LrTooHigh, LrTooLow
 from tuimon.doctor.rules.loss import ChanceLevel, Divergence, NanLoss, Oscillation, Stall
+from tuimon.doctor.rules.mixed_precision import LossScaleCollapse
 from tuimon.doctor.rules.model import (
     LossInputMismatch,
     MissingZeroGrad,
@@ -39,6 +40,7 @@ ALL_RULES: tuple[type[Rule[Any]], ...] = (
     NanGrad,
     OptimizerMismatch,
     OptimizerNotStepping,
+    LossScaleCollapse,
     MissingZeroGrad,
     LossInputMismatch,
     SoftmaxBeforeLoss,

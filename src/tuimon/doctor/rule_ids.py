@@ -25,6 +25,7 @@ RULE_IDS: tuple[str, ...] = (
     "softmax_before_loss",
     "loss_input_mismatch",
     "optimizer_not_stepping",
+    "loss_scale_collapse",
     "overfitting",
     "dataloader_bottleneck",
     "gpu_memory_pressure",

@@ -124,6 +124,10 @@ class RunState:
         self.last_metrics: dict[str, Any] = {}
         self.layer_grad_norms: dict[str, float] = {}
         self.layer_update_ratios: dict[str, float] = {}
+        # Mixed precision (a run with a GradScaler): its latest loss scale, and how many
+        # steps it skipped (`optimizer_steps: 0`: inf/NaN gradients) in the whole run.
+        self.loss_scale: float | None = None
+        self.skipped_steps = 0
         # While a log is loaded: step rows waiting to be folded into the series in bulk,
         # and the newest step events, made into `_recent` rows at the end.
         self._rows: StepRows | None = None
@@ -274,6 +278,12 @@ class RunState:
             for group, lr in enumerate(lrs[:MAX_LR_GROUPS]):
                 self._add(f"lr/{group}", x, elapsed, epoch, as_number(lr))
             self._recent.append(_recent_row(event))
+        if "loss_scale" in event:
+            scale = as_number(event["loss_scale"])
+            self.loss_scale = scale if math.isfinite(scale) else self.loss_scale
+        stepped = get("optimizer_steps")
+        if stepped == 0 and type(stepped) is int:
+            self.skipped_steps += 1
         if "layer_grad_norms" in event:
             layers = event["layer_grad_norms"]
             if layers and type(layers) is dict:
@@ -631,6 +641,8 @@ class RunState:
                 "last_metrics": self.last_metrics,
                 "layer_grad_norms": self.layer_grad_norms,
                 "layer_update_ratios": self.layer_update_ratios,
+                "loss_scale": self.loss_scale,
+                "skipped_steps": self.skipped_steps,
                 "system": self.system,
                 "cpu_history": list(self.cpu_history),
                 "gpu_history": {
@@ -668,6 +680,11 @@ class RunState:
         state.last_metrics = dict(data["last_metrics"])
         state.layer_grad_norms = dict(data["layer_grad_norms"])
         state.layer_update_ratios = dict(data["layer_update_ratios"])
+        # A snapshot from before mixed precision has neither.
+        scale = data.get("loss_scale")
+        state.loss_scale = as_number(scale) if math.isfinite(as_number(scale)) else None
+        skipped = data.get("skipped_steps")
+        state.skipped_steps = skipped if type(skipped) is int and skipped >= 0 else 0
         state.system = data["system"]
         state.cpu_history.extend(data["cpu_history"])
         for index, history in data["gpu_history"].items():

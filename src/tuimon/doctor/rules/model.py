@@ -231,6 +231,7 @@ class OptimizerNotStepping(Rule[StepEvent]):
         "vanishing_gradients",
         "oscillation",
         "dead_relu",
+        "loss_scale_collapse",  # a scaler skipping every step: this verdict alone
     )
     clear_after = 1  # one real optimizer step ends it
     summary = "optimizer.step() has not run for 20 steps (a GradScaler skipping every step)"

@@ -1,4 +1,5 @@
-"""Global gradient norm over time (log scale) and the latest norm of every layer."""
+"""Global gradient norm over time (log scale) and the latest norm of every layer; under
+mixed precision, the GradScaler's loss scale and the steps it skipped."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tuimon.doctor.rules.mixed_precision import scale_text
 from tuimon.number_text import format_value
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves
@@ -28,6 +30,8 @@ class GradPanel(Panel):
             grad.total if grad else 0,
             id(state.layer_grad_norms),
             id(state.layer_update_ratios),
+            state.loss_scale,
+            state.skipped_steps,
         )
 
     def view(
@@ -39,6 +43,14 @@ class GradPanel(Panel):
         header.append(format_value(grad.latest if grad else None), style="bold")
         header.append("  update/weight ", style="dim")
         header.append(format_value(ratio.latest if ratio else None), style="bold")
+        heads = [header]
+        scaler = self.scaler_line(state)
+        if scaler is not None and header.cell_len + 2 + scaler.cell_len <= width:
+            header.append("  ")
+            header.append_text(scaler)
+        elif scaler is not None:  # a line of its own, rather than cut off
+            heads.append(scaler)
+        top = len(heads)
         layers = self.layer_rows(state)
         wide = width >= TABLE_MIN_WIDTH and layers
         plot_width = int(width * 0.55) if wide else width
@@ -47,18 +59,30 @@ class GradPanel(Panel):
         if not wide:
             summary = self.extremes_line(layers)
             plot = render_plot(
-                spec, width, height - 1 - (1 if summary else 0), X_LABELS[options.x_mode]
+                spec, width, height - top - (1 if summary else 0), X_LABELS[options.x_mode]
             )
-            parts: list[RenderableType] = [header, plot]
+            parts: list[RenderableType] = [*heads, plot]
             if summary:
                 parts.append(fit([summary], width, 1))
             return Group(*parts)
-        plot = render_plot(spec, plot_width, height - 1, X_LABELS[options.x_mode])
+        plot = render_plot(spec, plot_width, height - top, X_LABELS[options.x_mode])
         table = Table.grid(padding=(0, 1))
         table.add_column(width=plot_width)
         table.add_column(width=width - plot_width - 1)
-        table.add_row(plot, self.layer_table(layers, width - plot_width - 1, height - 1))
-        return Group(header, table)
+        table.add_row(plot, self.layer_table(layers, width - plot_width - 1, height - top))
+        return Group(*heads, table)
+
+    def scaler_line(self, state: RunState) -> Text | None:
+        """The GradScaler's "scale 2^13 · 3 skipped", only for a run that has one (its steps
+        carry `loss_scale`); a skipped step is one whose gradients held inf/NaN."""
+        if state.loss_scale is None:
+            return None
+        line = Text(no_wrap=True, overflow="ellipsis")
+        line.append("scale ", style="dim")
+        line.append(scale_text(state.loss_scale), style="bold")
+        if state.skipped_steps:
+            line.append(f" · {state.skipped_steps} skipped", style="yellow")
+        return line
 
     def layer_rows(self, state: RunState) -> list[tuple[str, float, float | None]]:
         """(layer, latest gradient norm, update/weight ratio), in model order."""
