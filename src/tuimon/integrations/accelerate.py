@@ -152,11 +152,6 @@ class AcceleratedRun:
         `accelerator.set_trigger()` here and `accelerator.check_trigger()` on every one."""
         return self._run is not None and self._run.should_stop
 
-    def log(self, **scalars: Any) -> None:
-        """Scalars (validation loss, accuracy…) at the current step, as `Monitor.log`."""
-        if self._run is not None:
-            self._run.log(scalars, renames=VAL_LOSS_NAMES)
-
     def close(self) -> None:
         """End the run: `stopped` if a stop was applied, else `completed`."""
         if self._run is not None:
