@@ -13,6 +13,7 @@ import torch
 
 from tuimon.config import load_config
 from tuimon.errors import ConfigError
+from tuimon.monitor.monitor import Monitor
 from tuimon.run.checkpoint import load_checkpoint, save_checkpoint
 from tuimon.run.log_reader import read_events
 from tuimon.training.build_checks import load_run_config
@@ -89,6 +90,7 @@ def fp16(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def test_32_is_float32_without_a_scaler(full: Run) -> None:
     assert full.status == "completed"
     assert full.start["config"]["train"]["precision"] == 32
+    assert full.start["precision"] == "32"
     assert full.dtypes == {torch.float32}
     assert full.trainer.precision.scaler is None
     assert not [note for note in full.start["notes"] if "precision" in note]
@@ -102,6 +104,7 @@ def test_bf16_trains_under_autocast_with_finite_losses(tmp_path: Path, full: Run
     run = Run(tmp_path, config_text("bf16"))
     assert run.status == "completed"
     assert run.start["config"]["train"]["precision"] == "bf16"
+    assert run.start["precision"] == "bf16"
     assert any("torch.autocast(cpu, bfloat16)" in note for note in run.start["notes"])
     assert run.dtypes == {torch.bfloat16}  # the forward ran in bfloat16
     losses = [e["loss"] for e in run.steps]
@@ -215,3 +218,61 @@ def test_fp16_under_ddp_scales_alike_on_both_ranks(tmp_path: Path) -> None:
         notes = [e["text"] for e in events if e["type"] == "message"]
         assert any(note.startswith(REPLICAS_IDENTICAL) for note in notes), notes
         assert [e["status"] for e in events if e["type"] == "end"] == ["completed"]
+
+
+def test_the_trainers_checkpoint_keeps_the_scale_for_a_resume(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Run(
+        tmp_path / "a",
+        config_text("fp16", "faults: {nan_grad_at: 5}\n").replace("max_steps: 30", "max_steps: 10"),
+    )
+    assert first.steps[-1]["loss_scale"] == FIRST_SCALE / 2
+    path = tmp_path / "a" / "run" / "checkpoints" / "step-00000010.pt"
+    assert torch.load(path, weights_only=True)["scaler"]["scale"] == FIRST_SCALE / 2
+    second = Run(
+        tmp_path / "b", config_text("fp16"), [f"train.resume={path}", "train.max_steps=12"]
+    )
+    assert [(e["step"], e["loss_scale"]) for e in second.steps] == [
+        (11, FIRST_SCALE / 2),
+        (12, FIRST_SCALE / 2),
+    ]
+
+
+@pytest.mark.parametrize("unscale_first", [False, True], ids=["scaler-step-only", "unscale_-first"])
+def test_a_fused_optimizer_s_skipped_step_is_not_a_nan_gradient(
+    tmp_path: Path, unscale_first: bool
+) -> None:
+    """A GradScaler calls a fused optimizer's step() even when it found inf/NaN (the
+    kernel skips the update): the step still reads as skipped, and norms are unscaled."""
+    norms: dict[bool, list[float]] = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=fused)
+        scaler = torch.amp.GradScaler("cpu")
+        inputs, labels = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        run_dir = tmp_path / f"fused-{fused}"
+        with Monitor(
+            model, optimizer, scaler=scaler, run_dir=run_dir, quiet=True, log_every=2
+        ) as mon:
+            for step in range(1, 7):
+                optimizer.zero_grad()
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+                scaler.scale(loss).backward()
+                if step == 4:
+                    model[0].weight.grad.view(-1)[0] = float("inf")
+                if unscale_first:
+                    scaler.unscale_(optimizer)
+                scaler.step(optimizer)
+                scaler.update()
+                mon.step(loss)
+        events = list(read_events(run_dir / "events.jsonl"))
+        steps = {e["step"]: e for e in events if e["type"] == "step"}
+        assert [steps[n]["optimizer_steps"] for n in range(1, 7)] == [1, 1, 1, 0, 1, 1]
+        assert "grad_norm" not in steps[4]
+        assert [steps[n]["loss_scale"] for n in (3, 4)] == [FIRST_SCALE, FIRST_SCALE / 2]
+        assert not [e for e in events if e["type"] == "alert" and e.get("rule") == "nan_grad"]
+        norms[fused] = [steps[n]["grad_norm"] for n in (1, 2, 3, 5, 6)]
+    assert norms[True] == pytest.approx(norms[False], rel=1e-3)  # unscaled, both ways

@@ -55,6 +55,8 @@ class FrameworkRun:
         start_step: int = 0,
         checkpoint_writer: Callable[[Path], Path] | None = None,
         notes: Iterable[str] = (),
+        precision: str | None = None,
+        framework: str | None = None,
     ) -> Monitor:
         """The run's Monitor (stop="flag": the framework ends its own loop)."""
         settings = dict(self.settings)
@@ -80,6 +82,8 @@ class FrameworkRun:
         options.start_step = start_step
         options.checkpoint_writer = checkpoint_writer
         options.notes = list(notes)
+        options.precision = precision
+        options.framework = framework
         self.monitor = Monitor.configured(
             model,
             optimizer,

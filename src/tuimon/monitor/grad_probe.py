@@ -30,6 +30,10 @@ class GradSample:
 
     norms: torch.Tensor | None
     lrs: list[float]
+    # A GradScaler stepping an optimizer that skips inf/NaN steps itself (a fused one:
+    # `_step_supports_amp_scaling`) calls step() every time and hands it `found_inf`, a
+    # device flag: then whether it stepped is known only when the values are fetched.
+    found_inf: torch.Tensor | None = None
 
 
 class GradientProbe:
@@ -71,15 +75,21 @@ class GradientProbe:
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._steps += 1
         lrs = [_lr(group["lr"]) for group in optimizer.param_groups]
+        found_inf = _found_inf(optimizer)
         if self._external:
             # measure() came first (a GradScaler's step), or comes inside this step (a
             # closure's backward) and completes the sample then.
-            self._pending = GradSample(norms=self._measured, lrs=lrs)
+            self._pending = GradSample(norms=self._measured, lrs=lrs, found_inf=found_inf)
             return
-        self._pending = GradSample(norms=self._norms(), lrs=lrs)
+        self._pending = GradSample(
+            norms=self._norms(_grad_scale(optimizer)), lrs=lrs, found_inf=found_inf
+        )
 
-    def _norms(self) -> torch.Tensor | None:
-        """Every parameter's gradient norm as one device vector (clipping first if set)."""
+    def _norms(self, grad_scale: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Every parameter's gradient norm as one device vector (clipping first if set).
+        `grad_scale`: the loss scale the gradients still carry (a GradScaler stepping a
+        fused optimizer without unscale_ first): divided out of the norms, and the clip
+        applied at the same scale."""
         if self.layout.changed():
             self.layout.refresh()
         params = self.layout.params
@@ -98,6 +108,8 @@ class GradientProbe:
             norms = row.index_copy_(0, self._index(tuple(present), device), found)
         if norms is None:
             return None
+        if grad_scale is not None:
+            norms = norms / grad_scale.to(norms.device)
         if self.clip is not None:
             total = norms.float().square().sum().sqrt()
             _scale_(grads, (self.clip / (total + 1e-6)).clamp(max=1.0))
@@ -133,6 +145,19 @@ def _scale_(grads: list[torch.Tensor], coef: torch.Tensor) -> None:
         by_device.setdefault(g.device, []).append(g)
     for dev, group in by_device.items():
         torch._foreach_mul_(group, coef.to(dev))
+
+
+def _found_inf(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """The inf/NaN flag a GradScaler gives an optimizer that skips such steps itself (a
+    copy, on the device: reading it would sync), or None."""
+    flag = getattr(optimizer, "found_inf", None)
+    return flag.detach().float().reshape(1).clone() if isinstance(flag, torch.Tensor) else None
+
+
+def _grad_scale(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """The scale such an optimizer's gradients still carry (None once unscale_ ran)."""
+    scale = getattr(optimizer, "grad_scale", None)
+    return scale.detach().float() if isinstance(scale, torch.Tensor) else None
 
 
 def _lr(value: Any) -> float:

@@ -128,6 +128,8 @@ class RunOptions:
     # A framework's own checkpointing (Lightning's `trainer.save_checkpoint`): given the
     # path tuimon would use, it saves (or arranges the save) and returns the file's path.
     checkpoint_writer: Callable[[Path], Path] | None = None
+    precision: str | None = None  # "32", "bf16", "fp16", or a framework's name for it
+    framework: str | None = None  # the framework that owns the loop, with its version
 
 
 class Monitor:
@@ -475,6 +477,7 @@ class Monitor:
                 scheduler=self.scheduler,
                 step=self.global_step,
                 epoch=self.epoch,
+                scaler=self.scaler,
             )
         saved: CheckpointEvent = {
             "type": CHECKPOINT,
@@ -611,7 +614,9 @@ class Monitor:
                 "param_groups": len(self.optimizer.param_groups),
                 "lrs": lr_control.current_lrs(self.optimizer),
             },
-            "scheduler": type(self.scheduler).__name__ if self.scheduler is not None else None,
+            "scheduler": _scheduler_name(self.scheduler),
+            "precision": options.precision,
+            "framework": options.framework,
             "loss": options.loss,
             "stop_mode": options.stop,
             "total_steps": options.total_steps,
@@ -805,6 +810,15 @@ def script_options(
         loss=describe_loss(loss_fn) if loss_fn is not None else None,
         stop=stop,
     )
+
+
+def _scheduler_name(scheduler: Any) -> str | None:
+    """The scheduler's class, or the classes of a framework's several, joined."""
+    if scheduler is None:
+        return None
+    if isinstance(scheduler, list | tuple):
+        return " + ".join(type(one).__name__ for one in scheduler) or None
+    return type(scheduler).__name__
 
 
 def _default_name() -> str:

@@ -34,6 +34,9 @@ from tuimon.run.events import (
     StaleGradProbeEvent,
 )
 
+# The device-buffer slot of a fused optimizer's GradScaler flag: 1 when it skipped the step.
+FOUND_INF = "found_inf"
+
 
 @dataclass
 class StepSample:
@@ -84,6 +87,8 @@ class StepProbes:
         tensors: dict[str, torch.Tensor] = {}
         if grads is not None and grads.norms is not None:
             tensors["grad"] = grads.norms
+        if grads is not None and grads.found_inf is not None:
+            tensors[FOUND_INF] = grads.found_inf
         # The sampled probes: most steps, each has nothing and costs one look.
         for kind, probe in self._sampled:
             found = probe.take()
@@ -118,7 +123,11 @@ class StepProbes:
             step = record.meta["step"]
             fields: dict[str, Any] = {}
             probes: list[ProbeEvent] = []
-            if id(record) in norms:
+            if FOUND_INF in record.values and record.values[FOUND_INF][0] > 0:
+                # The GradScaler found inf/NaN: the optimizer was called but skipped the
+                # update, as a step the scaler did not call at all (no grad_norm).
+                fields["optimizer_steps"] = max(record.meta["optimizer_steps"] - 1, 0)
+            elif id(record) in norms:
                 total, layers = norms[id(record)]
                 fields["grad_norm"] = total
                 every = self.settings.layer_norms_every

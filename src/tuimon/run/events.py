@@ -149,6 +149,8 @@ class StartEvent(_Event, total=False):
     model: dict[str, Any]  # class, params, trainable, layers
     optimizer: dict[str, Any]  # class, param_groups, lrs
     scheduler: str | None
+    precision: str | None  # "32", "bf16", "fp16", or the framework's name ("bf16-mixed")
+    framework: str | None  # "lightning 2.6.6", "transformers 5.24.0"…: who owns the loop
     loss: dict[str, Any] | None  # the criterion's name and settings, when known
     stop_mode: str
     total_steps: int | None

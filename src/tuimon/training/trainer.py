@@ -244,6 +244,7 @@ class Trainer:
             data=self.data.info,
             notes=list(self.notes),
             loss={"name": cfg.loss.name, **cfg.loss.kwargs},
+            precision=str(cfg.train.precision),
             # The loop polls should_stop after every step and ends cleanly itself.
             stop="flag",
         )
