@@ -466,11 +466,12 @@ def test_a_lightning_script_under_tuimon_run(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "run_app", no_ui)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = cli.main(["run", str(TESTS_DIR / "scripts" / "lightning_train.py")])
+        code = cli.main(["run", "--quiet", str(TESTS_DIR / "scripts" / "lightning_train.py")])
     [run_dir] = ran
     output = (run_dir / "output.log").read_text()
     assert code == 0, output
     assert "FIT DONE 36" in output
+    assert "[lightning_train]" not in output  # --quiet reached the callback's Monitor
     log = events(run_dir)
     assert log[0]["type"] == START and log[0]["name"] == "lightning_train"
     assert [s["step"] for s in of_type(log, STEP)] == list(range(1, 37))

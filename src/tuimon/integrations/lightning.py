@@ -30,7 +30,7 @@ from tuimon.integrations.framework_run import FrameworkRun
 from tuimon.monitor.monitor import Monitor, script_options
 from tuimon.run.events import STOPPED
 from tuimon.run.private_files import make_private_dir
-from tuimon.run.run_dir import run_dir_from_env
+from tuimon.run.run_dir import QUIET_ENV, flag_from_env, run_dir_from_env
 
 __all__ = ["TuimonCallback", "TuimonLogger"]
 
@@ -87,7 +87,7 @@ class TuimonCallback(pl.Callback):
         # Here, not in on_fit_start: a resumed fit has restored global_step and the
         # optimizers by now, Lightning's signal handlers are in place, and the sanity
         # check's validation is over.
-        if self._run is not None and not self._ended:
+        if self._active:
             return
         optimizers = list(trainer.optimizers)
         if not optimizers:
@@ -109,7 +109,10 @@ class TuimonCallback(pl.Callback):
         epochs = None
         if total_steps is None or steps_per_epoch is None:
             epochs = trainer.max_epochs
-        run = FrameworkRun(self._settings)
+        settings = dict(self._settings)
+        if flag_from_env(QUIET_ENV):  # `tuimon run --quiet` (FrameworkRun does not read it)
+            settings["quiet"] = True
+        run = FrameworkRun(settings)
         self._run, self._trainer, self._optimizer = run, trainer, optimizer
         self._ended = False
         self._seen_global_step = trainer.global_step
