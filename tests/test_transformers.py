@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from transformers import (
 )
 
 from tuimon.control.client import ControlClient
-from tuimon.control.commands import SCALE_LR, STOP
+from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
 from tuimon.errors import ConfigError
 from tuimon.integrations.transformers import TuimonCallback
 from tuimon.run.events import (
@@ -43,6 +45,8 @@ from tuimon.run.events import (
     STOPPED,
 )
 from tuimon.run.log_reader import read_events
+
+from conftest import wait_for
 
 VOCAB = 100
 SEQ = 16
@@ -280,6 +284,61 @@ def test_stop_through_the_socket_ends_training_at_the_trainers_own_checkpoint(tm
     events = events_of(resumed)
     assert events[0]["start_step"] == 3
     assert [s["step"] for s in of_type(events, STEP)] == [4, 5]
+
+
+class PauseAt(TrainerCallback):
+    """Pauses the run when a step ends; a second client resumes it once the pause is
+    applied (the training thread is blocked inside the TuimonCallback then), and asks for
+    a checkpoint."""
+
+    def __init__(self, tuimon: TuimonCallback, step: int) -> None:
+        self.tuimon, self.step = tuimon, step
+        self.resumer: threading.Thread | None = None
+        self.errors: list[BaseException] = []
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if state.global_step != self.step:
+            return
+        run_dir = self.tuimon.run_dir
+        assert run_dir is not None
+        watcher = ControlClient(run_dir, timeout=30)
+        watcher.request(SUBSCRIBE)
+
+        def resume_once_paused() -> None:
+            try:
+                with watcher:
+                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
+                with ControlClient(run_dir, timeout=30) as client:
+                    client.request(RESUME)
+                    client.request(CHECKPOINT_COMMAND)
+            except BaseException as exc:  # reported by the test, not lost in the thread
+                self.errors.append(exc)
+
+        self.resumer = threading.Thread(target=resume_once_paused, daemon=True)
+        self.resumer.start()
+        with ControlClient(run_dir, timeout=30) as client:
+            client.request(PAUSE)
+
+
+def test_pause_holds_the_trainer_until_resume_and_a_checkpoint_is_the_trainers(tmp_path):
+    tuimon = TuimonCallback(run_dir=tmp_path / "run", quiet=True)
+    pause = PauseAt(tuimon, 2)
+    trainer = make_trainer(tmp_path, callbacks=[pause, tuimon], max_steps=5)
+    trainer.train()
+    assert pause.resumer is not None
+    pause.resumer.join(timeout=60)
+
+    assert not pause.errors
+    events = events_of(tuimon)
+    commands = [(e["command"], e["step"]) for e in of_type(events, CONTROL)]
+    assert commands == [(PAUSE, 2), (RESUME, 2), (CHECKPOINT_COMMAND, 3)]
+    (saved,) = of_type(events, CHECKPOINT)
+    assert saved["reason"] == "command" and Path(saved["path"]) == tmp_path / "hf" / "checkpoint-3"
+    assert (tmp_path / "hf" / "checkpoint-3" / "model.safetensors").is_file()
+    assert [s["step"] for s in of_type(events, STEP)] == [1, 2, 3, 4, 5]
+    assert events[-1]["status"] == COMPLETED and trainer.state.global_step == 5
 
 
 def test_an_lr_of_100_is_named_by_the_doctor_and_its_healthy_twin_is_silent(tmp_path, cpu_burner):
