@@ -290,8 +290,10 @@ def test_pause_blocks_the_loop_until_resume_and_a_checkpoint_is_accelerate_s(tmp
                 with watcher:
                     wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
                 with ControlClient(run_dir, timeout=30) as client:
-                    client.request(RESUME)
+                    # Both while paused, in this order: the checkpoint is taken at the
+                    # paused step, then the loop goes on (no race with the next step).
                     client.request(CHECKPOINT_COMMAND)
+                    client.request(RESUME)
             except BaseException as exc:  # reported by the test, not lost in the thread
                 errors.append(exc)
 
@@ -305,9 +307,9 @@ def test_pause_blocks_the_loop_until_resume_and_a_checkpoint_is_accelerate_s(tmp
     resumer.join(timeout=60)
     assert not errors
     commands = [(e["command"], e["step"]) for e in events_of(tmp_path / "run", CONTROL)]
-    assert commands == [(PAUSE, 4), (RESUME, 4), (CHECKPOINT_COMMAND, 5)]
+    assert commands == [(PAUSE, 4), (CHECKPOINT_COMMAND, 4), (RESUME, 4)]
     [saved] = events_of(tmp_path / "run", CHECKPOINT)
-    assert saved["reason"] == "command" and saved["step"] == 5
+    assert saved["reason"] == "command" and saved["step"] == 4
     assert Path(saved["path"]) == tmp_path / "project" / "checkpoints" / "checkpoint_0"
     assert (Path(saved["path"]) / "model.safetensors").is_file()
     steps = events_of(tmp_path / "run", STEP)

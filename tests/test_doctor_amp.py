@@ -24,7 +24,7 @@ from torch import nn
 
 from tuimon import Monitor
 from tuimon.doctor.registry import RULES, override_problems
-from tuimon.doctor.rules.mixed_precision import scale_text
+from tuimon.number_text import scale_text
 from tuimon.run.log_reader import read_events
 
 RULE = "loss_scale_collapse"

@@ -200,7 +200,7 @@ def one_episode(said: list[dict[str, Any]], rule: str) -> tuple[dict, dict]:
 
 def test_every_rule_id_has_a_rule_and_defaults_used_here():
     assert set(RULES) == set(RULE_IDS)
-    assert len(ALL_RULES) == 27
+    assert len(ALL_RULES) == 28
     # The thresholds these tests place "just past" and "just below".
     assert RULES["divergence"].defaults["ratio"] == 2.0
     assert RULES["oscillation"].defaults["swing"] == 0.5

@@ -227,3 +227,34 @@ def test_a_framework_run_stops_as_a_flag_and_fails_with_the_traceback(tmp_path):
     end = events_of(tmp_path / "failed")[-1]
     assert end["status"] == "failed"
     assert "Traceback" in end["error"] and "ValueError: shapes do not match" in end["error"]
+
+
+def test_a_step_without_a_loss_has_none_and_raises_no_alarm(tmp_path, capsys):
+    # A framework loop whose training step returns nothing (Lightning's manual
+    # optimization, a GAN): the step has no loss, not a NaN that nan_loss would name.
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    run = FrameworkRun({"run_dir": tmp_path / "run", "print_every": 5})
+    mon = run.start(model, optimizer)
+    for x, y in batches(30):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        run.step(inputs=x, targets=y)
+    run.finish()
+    steps = events_of(tmp_path / "run", "step")
+    assert len(steps) == 30 and not [e for e in steps if "loss" in e]
+    assert all(e["grad_norm"] > 0 for e in steps)  # the rest is recorded as ever
+    assert not events_of(tmp_path / "run", "alert")
+    assert mon.history.step == 30
+    assert "step 30" in capsys.readouterr().out
+
+
+def test_a_step_without_a_loss_is_still_judged_by_the_rules_that_need_none():
+    from tuimon.doctor.engine import Doctor
+
+    doctor = Doctor({})
+    said = []
+    for step in range(1, 31):
+        said += doctor.observe({"type": "step", "step": step, "optimizer_steps": 0, "lr": 0.1})
+    assert [e["rule"] for e in said if e["type"] == "alert"] == ["optimizer_not_stepping"]

@@ -311,8 +311,10 @@ class PauseAt(TrainerCallback):
                 with watcher:
                     wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
                 with ControlClient(run_dir, timeout=30) as client:
-                    client.request(RESUME)
+                    # Both while paused, in this order: the checkpoint is taken at the
+                    # paused step, then training goes on (no race with the next step).
                     client.request(CHECKPOINT_COMMAND)
+                    client.request(RESUME)
             except BaseException as exc:  # reported by the test, not lost in the thread
                 self.errors.append(exc)
 
@@ -333,10 +335,10 @@ def test_pause_holds_the_trainer_until_resume_and_a_checkpoint_is_the_trainers(t
     assert not pause.errors
     events = events_of(tuimon)
     commands = [(e["command"], e["step"]) for e in of_type(events, CONTROL)]
-    assert commands == [(PAUSE, 2), (RESUME, 2), (CHECKPOINT_COMMAND, 3)]
+    assert commands == [(PAUSE, 2), (CHECKPOINT_COMMAND, 2), (RESUME, 2)]
     (saved,) = of_type(events, CHECKPOINT)
-    assert saved["reason"] == "command" and Path(saved["path"]) == tmp_path / "hf" / "checkpoint-3"
-    assert (tmp_path / "hf" / "checkpoint-3" / "model.safetensors").is_file()
+    assert saved["reason"] == "command" and Path(saved["path"]) == tmp_path / "hf" / "checkpoint-2"
+    assert (tmp_path / "hf" / "checkpoint-2" / "model.safetensors").is_file()
     assert [s["step"] for s in of_type(events, STEP)] == [1, 2, 3, 4, 5]
     assert events[-1]["status"] == COMPLETED and trainer.state.global_step == 5
 

@@ -86,3 +86,12 @@ def percent(value: Any) -> str:
 def share(used: Any, total: Any) -> float | None:
     """used / total as a fraction (what a bar shows), when both were read."""
     return used / total if isinstance(used, int | float) and total else None
+
+
+def scale_text(scale: float) -> str:
+    """A loss scale as a GradScaler makes it: a power of two, 2^13 (else 3 digits)."""
+    if scale > 0 and math.isfinite(scale):
+        mantissa, exponent = math.frexp(scale)
+        if mantissa == 0.5:
+            return f"2^{exponent - 1}"
+    return f"{scale:.3g}"

@@ -312,6 +312,9 @@ class FaultsConfig(StrictModel):
     bias_init: float | None = Field(None, description="set every bias to this value")
     weight_scale: float = Field(1.0, gt=0, description="multiply the initial weights")
     nan_grad_at: int | None = Field(None, gt=0, description="a NaN gradient at this step")
+    nan_grad_every: int | None = Field(
+        None, gt=0, description="a NaN in one gradient every N steps (fp16: the scaler skips them)"
+    )
     skip_optimizer_step: bool = Field(
         False, description="optimizer.step() never runs (a GradScaler skipping every step)"
     )

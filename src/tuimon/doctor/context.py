@@ -20,7 +20,7 @@ from tuimon.run.events import (
     StartEvent,
     StepEvent,
 )
-from tuimon.run.field_types import as_dict, as_number, as_step
+from tuimon.run.field_types import as_dict, as_number, as_step, has_loss
 from tuimon.series.smoothing import DebiasedEMA
 
 INITIAL_STEPS = 10  # the loss at the start: the mean of this many finite losses
@@ -100,7 +100,6 @@ class RunContext:
     def _on_step(self, event: StepEvent) -> None:
         step = as_step(event.get("step"))
         self.step = step if step is not None else self.step
-        self.loss = as_number(event.get("loss"))
         lr = event.get("lr")
         if type(lr) is float or type(lr) is int:
             self.lr = as_number(lr)
@@ -111,6 +110,9 @@ class RunContext:
         ratio = as_number(event.get("update_ratio"))
         if math.isfinite(ratio):
             self.update_ratio = ratio
+        if not has_loss(event):
+            return  # a step without a loss: the curve and its EMA stand still
+        self.loss = as_number(event.get("loss"))
         smoothed = self.ema.update(self.loss)
         if math.isfinite(self.loss) and len(self._first) < INITIAL_STEPS:
             self._first.append(self.loss)

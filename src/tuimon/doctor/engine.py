@@ -27,6 +27,7 @@ from tuimon.run.events import (
     AlertClearedEvent,
     AlertEvent,
 )
+from tuimon.run.field_types import has_loss
 
 # What the doctor says: an alert, or that one's episode is over.
 DoctorEvent = AlertEvent | AlertClearedEvent
@@ -84,9 +85,12 @@ class Doctor:
             readers = self._readers[route] = [r for r in self.rules if route in r.events]
         step = event.get("step", self.ctx.step)
         finite = kind != STEP or math.isfinite(self.ctx.loss)
+        lossless = kind == STEP and not has_loss(event)
         out: list[DoctorEvent] = []
         for rule in readers:
             if rule.needs_finite_loss and not finite:
+                continue
+            if lossless and rule.reads_loss:
                 continue
             verdict = rule.check(event, self.ctx)
             if verdict is None:

@@ -48,6 +48,9 @@ class Rule(Generic[E]):
     # Rules that read the loss curve learn nothing from a NaN step (the smoothed loss
     # stands still), so the engine does not ask them then.
     needs_finite_loss: ClassVar[bool] = False
+    # A step without a loss (a framework loop that returned none): only rules that do not
+    # read the loss are asked; the others would take "unknown" for NaN.
+    reads_loss: ClassVar[bool] = True
     # An episode ends after this many "cleared" verdicts in a row (overridable).
     clear_after: ClassVar[int] = 3
     # A root cause: once it has alerted, later alerts of symptom rules point back to it.

@@ -30,15 +30,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import accelerate
 import torch
-from accelerate import Accelerator  # type: ignore[import-untyped]
-from accelerate.optimizer import AcceleratedOptimizer  # type: ignore[import-untyped]
-from accelerate.scheduler import AcceleratedScheduler  # type: ignore[import-untyped]
-from accelerate.tracking import GeneralTracker  # type: ignore[import-untyped]
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.scheduler import AcceleratedScheduler
+from accelerate.tracking import GeneralTracker
 
 from tuimon.integrations.framework_run import FrameworkRun
 from tuimon.monitor.monitor import Monitor
-from tuimon.run.events import STOPPED
 
 # Names Accelerate scripts give a validation loss: tuimon's `val_loss` (the doctor's
 # overfitting rules read it).
@@ -105,7 +105,7 @@ class AcceleratedRun:
             notes.append(MAIN_PROCESS_ONLY_NOTE.format(processes=processes))
         trackers = tuimon_trackers(accelerator)
         notes += [t.config_note() for t in trackers if t.config is not None]
-        self._run = FrameworkRun(settings)
+        self._run = FrameworkRun(settings, "tuimon.integrations.accelerate.monitor")
         self._run.start(
             accelerator.unwrap_model(model),
             inner,
@@ -116,6 +116,8 @@ class AcceleratedRun:
             # one alone could hang. tuimon's own checkpoint of its replica is safe.
             checkpoint_writer=self._save_state if processes == 1 else None,
             notes=notes,
+            precision=str(accelerator.mixed_precision),
+            framework=f"accelerate {accelerate.__version__}",
         )
         for tracker in trackers:
             tracker.attach(self._run)
@@ -130,11 +132,21 @@ class AcceleratedRun:
         mon = self.monitor
         return mon.run_dir if mon is not None else None
 
-    def step(self, loss: Any, *, samples: int | None = None, epoch: int | None = None) -> None:
+    def step(
+        self,
+        loss: Any,
+        *,
+        samples: int | None = None,
+        epoch: int | None = None,
+        inputs: Any = None,
+        targets: Any = None,
+        grad_norm: Any = None,
+    ) -> None:
         """One iteration of the loop, after `optimizer.step()`: `loss` is this micro-batch's
         (kept on its device), `samples` its batch size (for samples/s). A step is recorded
         only where the optimizer really stepped (`accelerator.sync_gradients`); pending
-        commands apply there (a pause blocks there)."""
+        commands apply there (a pause blocks there). `inputs`/`targets`: the batch, for
+        the batch checks; `grad_norm`: what `accelerator.clip_grad_norm_` returned."""
         run = self._run
         if run is None:
             return
@@ -144,7 +156,13 @@ class AcceleratedRun:
         if not self.accelerator.sync_gradients:
             return
         total, self._samples = self._samples, 0
-        run.step(epoch=epoch, samples=total or None)
+        run.step(
+            epoch=epoch,
+            samples=total or None,
+            inputs=inputs,
+            targets=targets,
+            grad_norm=grad_norm,
+        )
 
     @property
     def should_stop(self) -> bool:
@@ -177,9 +195,7 @@ class AcceleratedRun:
             return
         if exc is None:
             run.finish()
-        elif isinstance(exc, KeyboardInterrupt) and run.monitor is not None:
-            run.monitor.close(status=STOPPED, reason="interrupted")
-        else:
+        else:  # Ctrl-C ends it `stopped`, any other exception `failed`
             run.fail(exc)
 
 

@@ -19,21 +19,36 @@ from typing import Any
 import torch
 
 from tuimon.monitor.monitor import Monitor, RunOptions, script_options
-from tuimon.run.events import FAILED, RESERVED_METRIC_KEYS
+from tuimon.run.events import FAILED, RESERVED_METRIC_KEYS, STOPPED
+from tuimon.run.run_dir import QUIET_ENV, flag_from_env
 
 # Names frameworks log that are not metrics of their own: the step event has them already.
 STEP_FIELD_NAMES = frozenset({"loss", "lr", "learning_rate", "grad_norm", "epoch", "step"})
+# Monitor keywords an adapter sets itself: the framework ends its own loop, and the
+# scaler is the framework's.
+ADAPTER_KEYWORDS = ("stop", "scaler")
+# Keywords for the run itself rather than its settings.
+_RUN_KEYWORDS = ("run_dir", "quiet", "name", "loss_fn", "doctor")
+_LENGTH_KEYWORDS = ("total_steps", "epochs", "steps_per_epoch")
 
 
 class FrameworkRun:
     """One run of a framework's training, built when the framework's training begins.
 
     `settings`: what the user gave the adapter, as `Monitor(...)` keywords (name,
-    run_dir, quiet, doctor settings…), checked here, before training starts.
+    run_dir, quiet, doctor settings…), checked here, when the adapter is made: a typo
+    fails before the framework loads any data. `adapter` names it in those errors.
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], adapter: str = "the adapter") -> None:
         self.settings = dict(settings)
+        for key in ADAPTER_KEYWORDS:
+            if key in self.settings:
+                raise TypeError(
+                    f"{adapter}({key}=...): the adapter sets it (a stop ends the framework's "
+                    "loop through the framework; the GradScaler is the framework's)"
+                )
+        self._options(self.settings)  # raises what the Monitor would raise
         self.monitor: Monitor | None = None
         self._loss_sum: torch.Tensor | None = None
         self._micro_batches = 0
@@ -59,26 +74,15 @@ class FrameworkRun:
         framework: str | None = None,
     ) -> Monitor:
         """The run's Monitor (stop="flag": the framework ends its own loop)."""
-        settings = dict(self.settings)
-        run_dir = settings.pop("run_dir", None)
-        quiet = bool(settings.pop("quiet", False))
-        name = settings.pop("name", None)
-        loss_fn = settings.pop("loss_fn", None)
-        doctor = settings.pop("doctor", None)
         # The length the user gave wins over the framework's estimate.
-        total_steps = settings.pop("total_steps", None) or total_steps
-        epochs = settings.pop("epochs", None) or epochs
-        steps_per_epoch = settings.pop("steps_per_epoch", None) or steps_per_epoch
-        options: RunOptions = script_options(
-            name,
-            _positive(total_steps),
-            _positive(epochs),
-            _positive(steps_per_epoch),
-            loss_fn,
-            "flag",
-            doctor,
-            settings,
-        )
+        given = {key: self.settings.get(key) for key in _LENGTH_KEYWORDS}
+        estimated = {"total_steps": total_steps, "epochs": epochs}
+        estimated["steps_per_epoch"] = steps_per_epoch
+        lengths = {key: given[key] or _positive(estimated[key]) for key in _LENGTH_KEYWORDS}
+        options = self._options({**self.settings, **lengths})
+        run_dir = self.settings.get("run_dir")
+        # `tuimon run --quiet` says so through the environment, as for a script's Monitor.
+        quiet = bool(self.settings.get("quiet", False)) or flag_from_env(QUIET_ENV)
         options.start_step = start_step
         options.checkpoint_writer = checkpoint_writer
         options.notes = list(notes)
@@ -95,6 +99,25 @@ class FrameworkRun:
         )
         return self.monitor
 
+    @staticmethod
+    def _options(settings: Mapping[str, Any]) -> RunOptions:
+        """The Monitor's options from its keywords, checked as a script's Monitor's are."""
+        rest = {
+            key: value
+            for key, value in settings.items()
+            if key not in _RUN_KEYWORDS and key not in _LENGTH_KEYWORDS
+        }
+        return script_options(
+            settings.get("name"),
+            settings.get("total_steps"),
+            settings.get("epochs"),
+            settings.get("steps_per_epoch"),
+            settings.get("loss_fn"),
+            "flag",
+            settings.get("doctor"),
+            rest,
+        )
+
     def add_loss(self, loss: Any) -> None:
         """A micro-batch's loss, kept on its device (reading it would sync the GPU)."""
         if isinstance(loss, torch.Tensor):
@@ -106,20 +129,41 @@ class FrameworkRun:
         self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
         self._micro_batches += 1
 
-    def step(self, *, epoch: int | None = None, samples: int | None = None) -> None:
-        """One optimizer step, with the mean of the micro-batch losses since the last one;
-        applies pending commands (a pause blocks here)."""
+    def step(
+        self,
+        *,
+        epoch: int | None = None,
+        samples: int | None = None,
+        inputs: Any = None,
+        targets: Any = None,
+        grad_norm: Any = None,
+        summed: bool = False,
+    ) -> None:
+        """One optimizer step, with the mean of the micro-batch losses since the last one
+        (their sum with `summed`: each was already its share of the step's loss, as HF's
+        are); applies pending commands (a pause blocks here). `inputs`/`targets`: the last
+        micro-batch, for the batch checks; `grad_norm`: what clipping returned."""
         mon = self.monitor
         if mon is None:
             return
         if self._loss_sum is None:
-            loss: Any = math.nan
+            # No loss this step (a training_step that returns none): the step has none,
+            # not NaN, so the doctor does not take it for a blow-up.
+            loss: Any = None
             micro_batches = 1
         else:
-            loss = self._loss_sum / self._micro_batches
+            loss = self._loss_sum if summed else self._loss_sum / self._micro_batches
             micro_batches = self._micro_batches
         self._loss_sum, self._micro_batches = None, 0
-        mon.step(loss, epoch=epoch, samples=samples, micro_batches=micro_batches)
+        mon.step(
+            loss,
+            epoch=epoch,
+            samples=samples,
+            micro_batches=micro_batches,
+            inputs=inputs,
+            targets=targets,
+            grad_norm=grad_norm,
+        )
 
     def log(self, scalars: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> None:
         """The framework's scalars as a `metrics` event: numbers only (a tensor is read:
@@ -146,9 +190,14 @@ class FrameworkRun:
         return self.monitor is not None and self.monitor.should_stop
 
     def fail(self, exc: BaseException) -> None:
-        """End the run `failed`, with the exception's traceback."""
+        """End the run `failed`, with the exception's traceback; Ctrl-C or an exit (a
+        framework's SIGTERM handler) end it `stopped`, as a script's Monitor does."""
         mon = self.monitor
         if mon is None:
+            return
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "exited"
+            mon.close(status=STOPPED, reason=reason)
             return
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         mon.close(status=FAILED, error=text)

@@ -27,32 +27,16 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from tuimon.integrations.framework_run import FrameworkRun
-from tuimon.monitor.monitor import Monitor, script_options
-from tuimon.run.events import STOPPED
+from tuimon.monitor.monitor import Monitor
 from tuimon.run.private_files import make_private_dir
-from tuimon.run.run_dir import QUIET_ENV, flag_from_env, run_dir_from_env
+from tuimon.run.run_dir import run_dir_from_env
 
 __all__ = ["TuimonCallback", "TuimonLogger"]
 
 # Lightning's checkpoint files end so (`trainer.save_checkpoint`, ModelCheckpoint).
 LIGHTNING_CHECKPOINT_SUFFIX = ".ckpt"
-# The `end` reasons of a run Lightning ended from outside: Ctrl+C, or its SIGTERM handler
-# (Lightning takes SIGTERM before tuimon can, and raises SIGTERMException, a SystemExit).
-INTERRUPTED = "interrupted"
-EXITED = "exited"
-# Monitor keywords that are the run's own, not doctor settings (FrameworkRun.start's).
-_RUN_KEYWORDS = (
-    "name",
-    "run_dir",
-    "quiet",
-    "loss_fn",
-    "doctor",
-    "total_steps",
-    "epochs",
-    "steps_per_epoch",
-)
-# Monitor keywords the adapter sets itself.
-_ADAPTER_KEYWORDS = ("stop", "scaler")
+# Who makes the run, in its errors.
+ADAPTER = "TuimonCallback"
 
 
 class TuimonCallback(pl.Callback):
@@ -65,7 +49,7 @@ class TuimonCallback(pl.Callback):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
-        _check_settings(settings)
+        FrameworkRun(settings, ADAPTER)  # checks them now, before any data is loaded
         self._settings = settings
         self._run: FrameworkRun | None = None
         self._trainer: pl.Trainer | None = None
@@ -109,10 +93,7 @@ class TuimonCallback(pl.Callback):
         epochs = None
         if total_steps is None or steps_per_epoch is None:
             epochs = trainer.max_epochs
-        settings = dict(self._settings)
-        if flag_from_env(QUIET_ENV):  # `tuimon run --quiet` (FrameworkRun does not read it)
-            settings["quiet"] = True
-        run = FrameworkRun(settings)
+        run = FrameworkRun(self._settings, ADAPTER)
         self._run, self._trainer, self._optimizer = run, trainer, optimizer
         self._ended = False
         self._seen_global_step = trainer.global_step
@@ -127,8 +108,12 @@ class TuimonCallback(pl.Callback):
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             start_step=trainer.global_step,
-            checkpoint_writer=self._save_checkpoint,
+            # In a DDP fit save_checkpoint is collective: rank 0 alone would wait for the
+            # others forever, so there tuimon writes its own checkpoint on rank 0.
+            checkpoint_writer=self._save_checkpoint if trainer.world_size == 1 else None,
             notes=notes,
+            precision=str(trainer.precision),
+            framework=f"lightning {pl.__version__}",
         )
         self._metrics_by_logger = False
         for logger in trainer.loggers:
@@ -169,7 +154,8 @@ class TuimonCallback(pl.Callback):
             return  # a micro-batch: the optimizer has not stepped yet
         self._seen_global_step = trainer.global_step
         samples, self._samples = self._samples or None, 0
-        run.step(epoch=trainer.current_epoch, samples=samples)
+        inputs, targets = _inputs_and_targets(batch)
+        run.step(epoch=trainer.current_epoch, samples=samples, inputs=inputs, targets=targets)
         if run.should_stop:
             trainer.should_stop = True  # never set back: Lightning or the user may have set it
 
@@ -188,13 +174,8 @@ class TuimonCallback(pl.Callback):
         if run is None or not self._active:
             return
         self._ended = True
-        monitor = run.monitor
-        if isinstance(exception, KeyboardInterrupt) and monitor is not None:
-            monitor.close(status=STOPPED, reason=INTERRUPTED)
-        elif isinstance(exception, SystemExit) and monitor is not None:
-            monitor.close(status=STOPPED, reason=EXITED)  # Lightning's SIGTERMException
-        else:
-            run.fail(exception)
+        # Ctrl-C and Lightning's SIGTERMException (a SystemExit) end it `stopped`.
+        run.fail(exception)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish()
@@ -268,28 +249,6 @@ class TuimonLogger(Logger):
         every Lightning checkpoint)."""
 
 
-def _check_settings(settings: Mapping[str, Any]) -> None:
-    """The Monitor keywords, checked as the Monitor will check them (so a typo fails when
-    the callback is made, not after the data is loaded)."""
-    for key in _ADAPTER_KEYWORDS:
-        if key in settings:
-            raise TypeError(
-                f"TuimonCallback({key}=...): the callback sets it (the stop ends the fit "
-                "through trainer.should_stop; the scaler is the precision plugin's)"
-            )
-    rest = {key: value for key, value in settings.items() if key not in _RUN_KEYWORDS}
-    script_options(
-        settings.get("name"),
-        settings.get("total_steps"),
-        settings.get("epochs"),
-        settings.get("steps_per_epoch"),
-        settings.get("loss_fn"),
-        "flag",
-        settings.get("doctor"),
-        rest,
-    )
-
-
 def _run_length(trainer: pl.Trainer, accumulate: int) -> tuple[int | None, int | None]:
     """Optimizer steps in the fit and per epoch, where Lightning knows them."""
     try:
@@ -341,3 +300,13 @@ def _batch_size(batch: Any) -> int | None:
     if isinstance(batch, Mapping) and batch:
         return _batch_size(next(iter(batch.values())))
     return None
+
+
+def _inputs_and_targets(batch: Any) -> tuple[Any, Any]:
+    """A batch's inputs and targets where it is the usual `(x, y)`, for the batch checks
+    (`input_nan`, `input_scale`, `class_imbalance`…); nothing for any other shape."""
+    if isinstance(batch, list | tuple) and len(batch) == 2:
+        x, y = batch
+        if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+            return x, y
+    return None, None

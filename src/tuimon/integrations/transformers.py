@@ -34,12 +34,12 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tuimon.integrations.framework_run import FrameworkRun
-from tuimon.monitor.monitor import script_options
-from tuimon.run.events import FAILED, STOPPED
-from tuimon.run.run_dir import QUIET_ENV, flag_from_env
+from tuimon.run.events import FAILED
 
 # HF's names for what tuimon calls otherwise (the doctor's overfitting rules read val_loss).
 HF_RENAMES = {"eval_loss": "val_loss"}
+# Who makes the run, in its errors.
+ADAPTER = "TuimonCallback"
 # How far up the call stack the Trainer that calls a callback is (3 frames in 5.x).
 _STACK_DEPTH = 12
 
@@ -54,15 +54,13 @@ class TuimonCallback(TrainerCallback):
     """
 
     def __init__(self, trainer: Trainer | None = None, **settings: Any) -> None:
-        _check_settings(settings)
+        FrameworkRun(settings, ADAPTER)  # checks them now, before any data is loaded
         self.settings = settings
         self.trainer = trainer
         self.run: FrameworkRun | None = None  # the latest train()'s, kept after it ends
         self._open = False
         self._untaps: list[Callable[[], None]] = []  # undo the wraps of _tap
-        self._loss: torch.Tensor | None = None  # this optimizer step's, on the device
-        self._micro_batches = 0
-        self._samples = 0
+        self._samples = 0  # this optimizer step's, summed over its micro-batches
         self._grad_norm: Any = None  # this step's norm before clipping, on the device
         # Where the Trainer is now, for a checkpoint asked for inside on_step_end.
         self._args: TrainingArguments | None = None
@@ -101,10 +99,7 @@ class TuimonCallback(TrainerCallback):
         if loader is not None and hasattr(loader, "__len__") and len(loader) > 0:
             steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
             epochs = state.num_train_epochs
-        settings = dict(self.settings)
-        if flag_from_env(QUIET_ENV):  # `tuimon run --quiet` (FrameworkRun does not read it)
-            settings["quiet"] = True
-        run = FrameworkRun(settings)
+        run = FrameworkRun(self.settings, ADAPTER)
         run.start(
             kwargs["model"],
             optimizer,
@@ -136,24 +131,16 @@ class TuimonCallback(TrainerCallback):
         **kwargs: Any,
     ) -> TrainerControl | None:
         run = self.run
-        if run is None or not self._open:
-            return None
-        mon = run.monitor
-        if mon is None:
+        if run is None or not self._open or not run.started:
             return None
         self._args, self._state, self._control = args, state, control
-        loss, micro_batches, samples, grad_norm = self._take_step()
+        samples, grad_norm = self._samples, self._grad_norm
+        self._samples, self._grad_norm = 0, None
         epoch = max(0, math.ceil(state.epoch) - 1) if state.epoch else 0
-        # The Monitor's own step, not FrameworkRun.step: the Trainer's loss is a sum over
-        # the micro-batches, not their mean, and it hands over the norm before clipping.
-        # Commands apply here; a pause waits here.
-        mon.step(
-            loss,
-            epoch=epoch,
-            samples=samples or None,
-            micro_batches=max(1, micro_batches),
-            grad_norm=grad_norm,
-        )
+        # The Trainer's loss is the sum of its micro-batches' shares (each already divided
+        # for accumulation), and the norm is the one before clipping. Commands apply
+        # here; a pause waits here.
+        run.step(epoch=epoch, samples=samples or None, grad_norm=grad_norm, summed=True)
         if run.should_stop:
             control.should_training_stop = True  # never set back: the stop is the user's
         return control
@@ -189,7 +176,7 @@ class TuimonCallback(TrainerCallback):
         Accelerator's clip_grad_norm_ (which the Trainer calls once per optimizer step,
         after unscaling) to keep the norm before clipping."""
         self._untap()
-        self._loss, self._micro_batches, self._samples, self._grad_norm = None, 0, 0, None
+        self._samples, self._grad_norm = 0, None
 
         def tap_training_step(training_step: Callable[..., Any]) -> Callable[..., Any]:
             def tapped(*args: Any, **kwargs: Any) -> Any:
@@ -220,23 +207,10 @@ class TuimonCallback(TrainerCallback):
             self._untaps.pop()()
 
     def _add_loss(self, loss: Any, inputs: Any) -> None:
-        if not self._open:
+        if not self._open or self.run is None:
             return
-        if isinstance(loss, torch.Tensor):
-            value = loss.detach().float().reshape(())
-        elif isinstance(loss, int | float):
-            value = torch.tensor(float(loss))
-        else:
-            return
-        self._loss = value if self._loss is None else self._loss + value
-        self._micro_batches += 1
+        self.run.add_loss(loss)  # on the device, no sync
         self._samples += _batch_size(inputs) or 0
-
-    def _take_step(self) -> tuple[Any, int, int, Any]:
-        """(loss, micro-batches, samples, norm before clipping) since the last step."""
-        taken = (self._loss, self._micro_batches, self._samples, self._grad_norm)
-        self._loss, self._micro_batches, self._samples, self._grad_norm = None, 0, 0, None
-        return taken
 
     def _save_through_trainer(self, path: Path) -> Path:
         """A checkpoint through the Trainer's own: it saves `checkpoint-<step>` (model,
@@ -254,10 +228,7 @@ class TuimonCallback(TrainerCallback):
         if run is None or not self._open:
             return
         self._close()
-        if isinstance(exc, KeyboardInterrupt) and run.monitor is not None:
-            run.monitor.close(status=STOPPED, reason="interrupted")
-        else:
-            run.fail(exc)
+        run.fail(exc)  # Ctrl-C ends it `stopped`
 
     def _end_unfinished(self, why: str) -> None:
         """A run whose training never reached on_train_end (an exception the script
@@ -276,23 +247,6 @@ class TuimonCallback(TrainerCallback):
         self._untap()
         self._control = None
         atexit.unregister(self._end_at_exit)
-
-
-def _check_settings(settings: Mapping[str, Any]) -> None:
-    """Raise now for a setting the Monitor would refuse when training begins."""
-    rest = dict(settings)
-    for key in ("run_dir", "quiet"):
-        rest.pop(key, None)
-    script_options(
-        rest.pop("name", None),
-        rest.pop("total_steps", None),
-        rest.pop("epochs", None),
-        rest.pop("steps_per_epoch", None),
-        rest.pop("loss_fn", None),
-        "flag",
-        rest.pop("doctor", None),
-        rest,
-    )
 
 
 def _wrap_train(trainer: Trainer, on_exception: Callable[[BaseException], None]) -> None:

@@ -27,14 +27,14 @@ class StepRecord:
     """What is known of a step once its device values have reached the host."""
 
     meta: dict[str, Any]
-    loss: float
+    loss: float | None  # None: the step had no loss (a framework loop that gave none)
     values: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
 class _Batch:
     metas: list[dict[str, Any]]
-    loss_slots: list[int | float]  # index into the loss tensor, or the loss itself
+    loss_slots: list[int | float | None]  # index into the loss tensor, or the loss itself
     slots: list[dict[str, tuple[int, int]]]  # per step: kind -> (row, width) in its tensor
     losses: torch.Tensor | None = None
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -51,7 +51,7 @@ class DeviceBuffer:
     def _reset(self) -> None:
         self._metas: list[dict[str, Any]] = []
         self._loss_tensors: list[torch.Tensor] = []
-        self._loss_slots: list[int | float] = []
+        self._loss_slots: list[int | float | None] = []
         self._rows: dict[str, list[torch.Tensor]] = {}
         self._slots: list[dict[str, tuple[int, int]]] = []
 
@@ -73,7 +73,7 @@ class DeviceBuffer:
             value = loss.detach()
             self._loss_tensors.append(value if value.dim() == 0 else value.reshape(()))
         else:
-            self._loss_slots.append(_to_float(loss))
+            self._loss_slots.append(None if loss is None else _to_float(loss))
         slots = {}
         for kind, tensor in tensors.items():
             if tensor is None:

@@ -661,6 +661,8 @@ class Monitor:
             meta.pop("batch_layout", None)  # read() has decoded the batch probe with it
             # The meta of step() and the probes' fields: built up, so a cast.
             event = cast(StepEvent, {"type": STEP, **meta, "loss": record.loss, **fields})
+            if record.loss is None:  # none given (a framework step without one): no key
+                del event["loss"]
             if UNCLIPPED in record.values:
                 event["grad_norm_unclipped"] = record.values[UNCLIPPED][0]
             if LOSS_SCALE in record.values:

@@ -44,11 +44,11 @@ class SnapshotRing:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._ring.append(Snapshot(step, state, copy.deepcopy(optimizer.state_dict())))
 
-    def verify(self, step: int, loss: float, grad_norm: float | None) -> None:
+    def verify(self, step: int, loss: float | None, grad_norm: float | None) -> None:
         """Mark the snapshot of `step` good once its values are known to be finite."""
         for snapshot in self._ring:
             if snapshot.step == step:
-                snapshot.good = math.isfinite(loss) and (
+                snapshot.good = (loss is None or math.isfinite(loss)) and (
                     grad_norm is None or math.isfinite(grad_norm)
                 )
 

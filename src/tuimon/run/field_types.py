@@ -8,6 +8,7 @@ type becomes "not a number" or "no step" instead of an exception far from the lo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Final, cast
 
 from tuimon.run.events import RANKS, RUN_STATUSES, STEP, SYSTEM, RankSummary
@@ -36,6 +37,13 @@ def as_step(value: Any) -> int | None:
     if type(value) is int and 0 <= value <= MAX_STEP:
         return value
     return None
+
+
+def has_loss(event: Mapping[str, Any]) -> bool:
+    """Whether a step event has a loss (NaN and inf included): a framework's step may
+    have none, and "unknown" must not read as NaN."""
+    loss = event.get("loss")
+    return type(loss) is float or type(loss) is int
 
 
 def as_dict(value: Any) -> dict[str, Any]:

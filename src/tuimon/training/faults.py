@@ -51,8 +51,10 @@ def loss_inputs(outputs: torch.Tensor, faults: FaultsConfig) -> torch.Tensor:
 
 
 def corrupt_grads(model: nn.Module, step: int, faults: FaultsConfig) -> None:
-    """A NaN in one gradient at one step, as a bad op's backward would leave."""
-    if faults.nan_grad_at == step:
+    """A NaN in one gradient at one step (or every N steps), as a bad op's backward would
+    leave on some batches."""
+    every = faults.nan_grad_every
+    if faults.nan_grad_at == step or (every and step % every == 0):
         for param in model.parameters():
             if param.grad is not None:
                 param.grad.view(-1)[0] = float("nan")

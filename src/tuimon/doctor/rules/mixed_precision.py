@@ -23,6 +23,7 @@ from collections import deque
 from tuimon.doctor.context import RunContext
 from tuimon.doctor.rule import Rule, Verdict, clear
 from tuimon.doctor.streak import Streak
+from tuimon.number_text import scale_text
 from tuimon.run.events import ERROR, StepEvent
 from tuimon.run.field_types import as_number
 
@@ -35,17 +36,9 @@ FIX = (
 )
 
 
-def scale_text(scale: float) -> str:
-    """A loss scale as a GradScaler makes it: a power of two, 2^13 (else 3 digits)."""
-    if scale > 0 and math.isfinite(scale):
-        mantissa, exponent = math.frexp(scale)
-        if mantissa == 0.5:
-            return f"2^{exponent - 1}"
-    return f"{scale:.3g}"
-
-
 class LossScaleCollapse(Rule[StepEvent]):
     id = "loss_scale_collapse"
+    reads_loss = False  # reads the scale and skipped steps only
     cause = True
     # window: steps looked at; skips: skipped steps in it; fall: how far the scale fell
     # from its peak in the window without growing back; min_scale: a scale the optimizer

@@ -234,6 +234,7 @@ class OptimizerNotStepping(Rule[StepEvent]):
         "loss_scale_collapse",  # a scaler skipping every step: this verdict alone
     )
     clear_after = 1  # one real optimizer step ends it
+    reads_loss = False  # counts optimizer steps only: a step without a loss is judged too
     summary = "optimizer.step() has not run for 20 steps (a GradScaler skipping every step)"
     fix = "find the op that overflows in fp16; use bf16, a lower LR, clip after unscale_"
 

@@ -10,8 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from tuimon.doctor.rules.mixed_precision import scale_text
-from tuimon.number_text import format_value
+from tuimon.number_text import format_value, scale_text
 from tuimon.run.run_state import RunState
 from tuimon.ui.plotting import X_LABELS, PlotSpec, ViewOptions, render_plot, series_curves
 from tuimon.ui.widgets.lines import fit
