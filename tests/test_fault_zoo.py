@@ -31,6 +31,27 @@ def train(path: Path, tmp_path: Path, overrides: list[str] | None = None) -> lis
     return list(read_events(tmp_path / "run" / "events.jsonl"))
 
 
+# The converged healthy run's weights at this step are what the fine-tune starts from.
+PRETRAINED_STEP = 400
+
+
+@pytest.fixture(scope="module")
+def converged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
+    """The converged healthy run, trained once for the module: its events, and its
+    checkpoint at PRETRAINED_STEP (weights the fine-tune starts from, as a run of
+    PRETRAINED_STEP steps would leave them: the doctor reads no checkpoint event)."""
+    run_dir = tmp_path_factory.mktemp("converged")
+    events = train(
+        REPO / "configs" / "healthy" / "converged.yaml",
+        run_dir,
+        [f"train.checkpoint_every={PRETRAINED_STEP}"],
+    )
+    [checkpoint] = [
+        e["path"] for e in events if e["type"] == "checkpoint" and e["step"] == PRETRAINED_STEP
+    ]
+    return events, Path(checkpoint)
+
+
 def test_the_zoo_has_a_fault_for_every_rule_that_runs_on_a_cpu():
     from tuimon.doctor.rule_ids import RULE_IDS
 
@@ -45,7 +66,10 @@ def test_the_zoo_has_a_fault_for_every_rule_that_runs_on_a_cpu():
 def test_each_fault_is_named_by_its_rule(path, tmp_path):
     expected = path.stem
     by_step = int(re.search(r"by step (\d+)", path.read_text()).group(1))
-    events = train(path, tmp_path)
+    # The rules read only what came before (none knows the run's length), so every event
+    # up to `by_step` is as in the full run; one step more keeps the closing validation
+    # (at the last step) from judging inside the window.
+    events = train(path, tmp_path, [f"train.max_steps={by_step + 1}"])
     alerts = [e for e in events if e["type"] == "alert"]
     named = [a for a in alerts if a["rule"] == expected]
     assert named, f"{expected} never fired; alerts: {[(a['rule'], a['step']) for a in alerts]}"
@@ -65,24 +89,25 @@ def test_healthy_runs_raise_nothing(path, tmp_path, request):
     overrides = []
     if path.stem == "finetune":
         # Fine-tune from weights trained by the converged healthy run.
-        pretrained = train(
-            REPO / "configs" / "healthy" / "converged.yaml",
-            tmp_path / "pre",
-            ["train.max_steps=400"],
-        )
-        checkpoint = [e for e in pretrained if e["type"] == "checkpoint"][-1]["path"]
+        _, checkpoint = request.getfixturevalue("converged_run")
         overrides.append(f"train.init_from={checkpoint}")
     if path.stem == "mlp":
         overrides.append("train.max_steps=1000")
-    events = train(path, tmp_path, overrides)
+    if path.stem == "converged":
+        events, _ = request.getfixturevalue("converged_run")
+    else:
+        events = train(path, tmp_path, overrides)
     alerts = [(a["rule"], a["step"], a["message"]) for a in events if a["type"] == "alert"]
     assert alerts == []
     assert events[-1]["status"] == "completed"
 
 
 def test_autofix_restores_and_lowers_the_lr(tmp_path):
+    # It diverges by step 40; 300 steps leave over 250 after the fix to get back on track.
     events = train(
-        REPO / "configs" / "faults" / "divergence.yaml", tmp_path, ["monitor.autofix=true"]
+        REPO / "configs" / "faults" / "divergence.yaml",
+        tmp_path,
+        ["monitor.autofix=true", "train.max_steps=300"],
     )
     fixes = [e for e in events if e["type"] == "control" and e["source"] == "autofix"]
     assert len(fixes) == 1
@@ -116,12 +141,19 @@ def test_autofix_gives_up_after_its_limit(tmp_path):
 
 def test_rule_overrides_from_the_config(tmp_path):
     path = REPO / "configs" / "faults" / "stall.yaml"
-    silent = train(path, tmp_path / "off", ["monitor.rules.stall.enabled=false"])
+    # Enabled, stall names this run by step 350 (test_each_fault_is_named_by_its_rule).
+    silent = train(
+        path, tmp_path / "off", ["monitor.rules.stall.enabled=false", "train.max_steps=351"]
+    )
     assert not [e for e in silent if e["type"] == "alert" and e["rule"] == "stall"]
     sooner = train(
         path,
         tmp_path / "sooner",
-        ["monitor.rules.stall.warmup=100", "monitor.rules.stall.window=100"],
+        [
+            "monitor.rules.stall.warmup=100",
+            "monitor.rules.stall.window=100",
+            "train.max_steps=300",
+        ],
     )
     [first, *_] = [e for e in sooner if e["type"] == "alert" and e["rule"] == "stall"]
     assert first["step"] < 300 and "over the last 100 steps" in first["message"]
@@ -140,7 +172,18 @@ def test_an_unknown_threshold_is_a_config_error(tmp_path):
 
 def test_the_autofix_flag_of_the_cli(tmp_path):
     config = REPO / "configs" / "faults" / "divergence.yaml"
-    done = run_tuimon(config, "--headless", "--autofix", "--run-dir", "run", cwd=tmp_path)
+    # Diverged by step 40: 200 steps leave the fix ample time to arrive however busy the
+    # machine (the doctor judges on the log's thread, behind the training loop).
+    done = run_tuimon(
+        config,
+        "--headless",
+        "--autofix",
+        "--run-dir",
+        "run",
+        "--set",
+        "train.max_steps=200",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "recover at step" in done.stdout and "(from autofix)" in done.stdout
     events = list(read_events(tmp_path / "run" / "events.jsonl"))
