@@ -229,3 +229,66 @@ def cpu_burner() -> Iterator[None]:
         for burner in burners:
             burner.kill()
             burner.wait(timeout=30)
+
+
+class SharedWorkers:
+    """Workers kept for a whole module: tests that only read or steer a run share one
+    process (a worker start is a torch import, seconds of CPU) instead of one each.
+
+    `live(config_text)` is the module's running worker of that config, or a new one when
+    the last has ended (a test that stops or kills it ends it for the next one), so every
+    test still works alone or in any selection.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Worker] = []
+        self.current: dict[str, Worker] = {}
+
+    def live(self, text: str = ENDLESS_CONFIG, *args: str) -> Worker:
+        key = "\n".join([text, *args])
+        worker = self.current.get(key)
+        if worker is not None and worker.process.poll() is None:
+            return worker
+        number = len(self.started)
+        config = self.root / f"config{number}.yaml"
+        config.write_text(text, encoding="utf-8")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tuimon",
+                str(config),
+                "--headless",
+                "--run-dir",
+                str(self.root / f"run{number}"),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+            cwd=self.root,
+        )
+        worker = Worker(process, self.root / f"run{number}")
+        self.started.append(worker)
+        self.current[key] = worker
+        worker.wait_ready()
+        return worker
+
+    def close(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGKILL)
+                worker.process.wait(timeout=30)
+            for stream in (worker.process.stdout, worker.process.stderr):
+                if stream:
+                    stream.close()
+
+
+@pytest.fixture(scope="module")
+def shared_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedWorkers]:
+    """The module's shared workers (see SharedWorkers), killed when the module ends."""
+    workers = SharedWorkers(tmp_path_factory.mktemp("shared"))
+    yield workers
+    workers.close()

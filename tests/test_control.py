@@ -23,8 +23,53 @@ def control_of(cmd):
     return lambda e: e.get("type") == "control" and e.get("command") == cmd
 
 
-def test_set_lr_applies_at_a_step_boundary(write_config, start_worker):
-    worker = start_worker(write_config())
+# These five share one worker (shared_workers), in this order: the garbage changes nothing,
+# set-lr then starts from the config's LR, and the stop ends the worker last.
+
+
+def test_garbage_gets_error_replies_and_the_run_continues(shared_workers):
+    worker = shared_workers.live()
+    garbage = {
+        b"not json at all\n": "not JSON",
+        b"[1, 2, 3]\n": "must be a JSON object",
+        b'{"no_cmd": 1}\n': 'needs a "cmd"',
+        b'{"cmd": "fly"}\n': "unknown command 'fly'",
+        b'{"cmd": "paus"}\n': "did you mean pause?",
+        b'{"cmd": "set-lr", "value": "abc"}\n': "must be a number",
+        b'{"cmd": "set-lr", "value": -1}\n': "must be > 0",
+        b'{"cmd": "set-lr", "value": NaN}\n': "must be finite",
+        b'{"cmd": "set-lr"}\n': 'needs "value"',
+        b'{"cmd": "scale-lr", "factor": 0}\n': "must be > 0",
+        b'{"cmd": "pause", "extra": 1}\n': "takes no argument 'extra'",
+        b"\xff\xfe\xfd\n": "not UTF-8",
+    }
+    with worker.client() as client:
+        client.subscribe()
+        controls_before = len(
+            RunState.from_snapshot(client.request("history")["snapshot"]).controls
+        )
+        for data, expected in garbage.items():
+            client.send_raw(data)
+            reply = client.wait_reply()
+            assert reply["ok"] is False, data
+            assert expected in reply["error"], (data, reply["error"])
+        client.send_raw(b'{"cmd": "ping"' + b" " * (70 * 1024) + b"}\n")
+        assert "longer than" in client.wait_reply()["error"]
+        # The same connection still works, and the run is still training.
+        status = client.request("status")["status"]
+        assert status["state"] == "running"
+        first, seen = wait_for(client, is_step)
+        _, later = wait_for(client, lambda e: is_step(e) and e["step"] > first["step"])
+        # Nothing was applied: a command queued by the garbage would have been applied at
+        # a step boundary since, and its `control` event streamed before these steps.
+        assert not [e for e in seen + later if e.get("type") == "control"]
+        history = RunState.from_snapshot(client.request("history")["snapshot"])
+        assert len(history.controls) == controls_before
+
+
+def test_set_lr_applies_at_a_step_boundary(shared_workers):
+    # The garbage test before it on this worker changed nothing: the LR is the config's.
+    worker = shared_workers.live()
     with worker.client() as client:
         client.subscribe()
         wait_for(client, is_step)
@@ -45,8 +90,68 @@ def test_set_lr_applies_at_a_step_boundary(write_config, start_worker):
         assert history.name == "endless" and history.series["loss"].total >= after[-1]["step"]
         assert [c["command"] for c in history.controls] == ["set-lr"]
         assert history.series["lr/0"].latest == pytest.approx(0.01)
-        client.request("stop")
+    # The worker trains on for the next tests; test_stop_... ends it and checks the exit.
+
+
+def test_pause_stops_steps_until_resume(shared_workers):
+    worker = shared_workers.live()
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, is_step)
+        client.request("pause")
+        paused, _ = wait_for(client, control_of("pause"))
+        assert (paused["old"], paused["new"]) == ("running", "paused")
+        assert client.request("status")["status"]["state"] == "paused"
+        # The sampler keeps its 0.1 s clock while paused: five samples with no step between.
+        seen = []
+        for _ in range(5):
+            _, between = wait_for(client, lambda e: e.get("type") == "system")
+            seen += between
+        assert not [e for e in seen if is_step(e)]
+        client.request("resume")
+        resumed, between = wait_for(client, control_of("resume"))
+        assert not [e for e in between if is_step(e)]
+        assert resumed["step"] == paused["step"]
+        first, _ = wait_for(client, is_step)
+        assert first["step"] == paused["step"] + 1
+
+
+def test_checkpoint_command_writes_a_loadable_checkpoint(shared_workers):
+    worker = shared_workers.live()
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 2)
+        client.request("checkpoint")
+        control, before = wait_for(client, control_of("checkpoint"))
+    [noted] = [e for e in before if e["type"] == "checkpoint"]
+    assert control["new"] == noted["path"]
+    state = torch.load(noted["path"], weights_only=False)
+    assert state["step"] == control["step"] == noted["step"]
+    assert set(state) >= {"model", "optimizer", "scheduler", "rng", "step", "epoch"}
+
+
+def test_stop_saves_a_checkpoint_and_exits_zero(shared_workers):
+    worker = shared_workers.live()
+    with worker.client() as client:
+        client.subscribe()
+        wait_for(client, lambda e: is_step(e) and e["step"] >= 3)
+        client.request("stop", source="test")
+        control, _ = wait_for(client, control_of("stop"))
+        end, _ = wait_for(client, lambda e: e.get("type") == "end")
     assert worker.wait_exit() == 0
+    assert control["new"] == "stopping"
+    assert end["status"] == "stopped"
+    assert end["step"] == control["step"]
+    checkpoint = torch.load(control["path"], weights_only=False)
+    assert checkpoint["step"] == control["step"]
+    # Nothing after the stop: the log ends with `end`, and its steps end at the stop.
+    events = worker.events()
+    assert events[-1]["type"] == "end"
+    assert max(e["step"] for e in events if is_step(e)) == control["step"]
+    assert not (worker.run_dir / "control.sock").exists()
+    # Whatever the tests before it asked of this worker, it ran every step it logged once.
+    steps = [e["step"] for e in events if is_step(e)]
+    assert steps == list(range(1, control["step"] + 1))
 
 
 COSINE = ENDLESS_CONFIG.replace(
@@ -77,103 +182,6 @@ def test_scale_lr_keeps_the_cosine_schedule_shape(write_config, start_worker):
     assert [e["step"] for e in after] == list(range(boundary + 1, boundary + 31))
     for event in after:
         assert event["lr"] == pytest.approx(0.5 * cosine(event["step"] - 1), rel=1e-6)
-
-
-def test_pause_stops_steps_until_resume(write_config, start_worker):
-    worker = start_worker(write_config())
-    with worker.client() as client:
-        client.subscribe()
-        wait_for(client, is_step)
-        client.request("pause")
-        paused, _ = wait_for(client, control_of("pause"))
-        assert (paused["old"], paused["new"]) == ("running", "paused")
-        assert client.request("status")["status"]["state"] == "paused"
-        # The sampler keeps its 0.1 s clock while paused: five samples with no step between.
-        seen = []
-        for _ in range(5):
-            _, between = wait_for(client, lambda e: e.get("type") == "system")
-            seen += between
-        assert not [e for e in seen if is_step(e)]
-        client.request("resume")
-        resumed, between = wait_for(client, control_of("resume"))
-        assert not [e for e in between if is_step(e)]
-        assert resumed["step"] == paused["step"]
-        first, _ = wait_for(client, is_step)
-        assert first["step"] == paused["step"] + 1
-        client.request("stop")
-    assert worker.wait_exit() == 0
-
-
-def test_stop_saves_a_checkpoint_and_exits_zero(write_config, start_worker):
-    worker = start_worker(write_config())
-    with worker.client() as client:
-        client.subscribe()
-        wait_for(client, lambda e: is_step(e) and e["step"] >= 3)
-        client.request("stop", source="test")
-        control, _ = wait_for(client, control_of("stop"))
-        end, _ = wait_for(client, lambda e: e.get("type") == "end")
-    assert worker.wait_exit() == 0
-    assert control["new"] == "stopping"
-    assert end["status"] == "stopped"
-    assert end["step"] == control["step"]
-    checkpoint = torch.load(control["path"], weights_only=False)
-    assert checkpoint["step"] == control["step"]
-    # Nothing after the stop: the log ends with `end`, and its steps end at the stop.
-    events = worker.events()
-    assert events[-1]["type"] == "end"
-    assert max(e["step"] for e in events if is_step(e)) == control["step"]
-    assert not (worker.run_dir / "control.sock").exists()
-
-
-def test_garbage_gets_error_replies_and_the_run_continues(write_config, start_worker):
-    worker = start_worker(write_config())
-    garbage = {
-        b"not json at all\n": "not JSON",
-        b"[1, 2, 3]\n": "must be a JSON object",
-        b'{"no_cmd": 1}\n': 'needs a "cmd"',
-        b'{"cmd": "fly"}\n': "unknown command 'fly'",
-        b'{"cmd": "paus"}\n': "did you mean pause?",
-        b'{"cmd": "set-lr", "value": "abc"}\n': "must be a number",
-        b'{"cmd": "set-lr", "value": -1}\n': "must be > 0",
-        b'{"cmd": "set-lr", "value": NaN}\n': "must be finite",
-        b'{"cmd": "set-lr"}\n': 'needs "value"',
-        b'{"cmd": "scale-lr", "factor": 0}\n': "must be > 0",
-        b'{"cmd": "pause", "extra": 1}\n': "takes no argument 'extra'",
-        b"\xff\xfe\xfd\n": "not UTF-8",
-    }
-    with worker.client() as client:
-        client.subscribe()
-        for data, expected in garbage.items():
-            client.send_raw(data)
-            reply = client.wait_reply()
-            assert reply["ok"] is False, data
-            assert expected in reply["error"], (data, reply["error"])
-        client.send_raw(b'{"cmd": "ping"' + b" " * (70 * 1024) + b"}\n")
-        assert "longer than" in client.wait_reply()["error"]
-        # The same connection still works, and the run is still training.
-        status = client.request("status")["status"]
-        assert status["state"] == "running"
-        first, _ = wait_for(client, is_step)
-        wait_for(client, lambda e: is_step(e) and e["step"] > first["step"])
-        client.request("stop")
-    assert worker.wait_exit() == 0
-    assert not [e for e in worker.events() if e["type"] == "control" and e["command"] != "stop"]
-
-
-def test_checkpoint_command_writes_a_loadable_checkpoint(write_config, start_worker):
-    worker = start_worker(write_config())
-    with worker.client() as client:
-        client.subscribe()
-        wait_for(client, lambda e: is_step(e) and e["step"] >= 2)
-        client.request("checkpoint")
-        control, before = wait_for(client, control_of("checkpoint"))
-        client.request("stop")
-    [noted] = [e for e in before if e["type"] == "checkpoint"]
-    assert worker.wait_exit() == 0
-    assert control["new"] == noted["path"]
-    state = torch.load(noted["path"], weights_only=False)
-    assert state["step"] == control["step"] == noted["step"]
-    assert set(state) >= {"model", "optimizer", "scheduler", "rng", "step", "epoch"}
 
 
 def test_sigint_stops_gracefully_with_exit_130(write_config, start_worker):
