@@ -182,6 +182,9 @@ def test_a_fit_records_start_steps_true_gradient_norms_validation_and_end(tmp_pa
         assert s["lr"] == pytest.approx(reference.lrs[s["step"]], rel=1e-12)
         assert s["grad_norm"] == pytest.approx(reference.grad_norms[s["step"]], rel=1e-5)
         assert s["samples"] == BATCH and s["epoch"] == (s["step"] - 1) // 10
+        # training_step calls self.net, never the module's forward: the wait for data
+        # ends at on_train_batch_start, so every step still has its data time.
+        assert 0 <= s["data_time"] <= s["step_time"]
     assert steps[1]["lr"] == pytest.approx(0.05 * 0.9)  # the schedule, as the optimizer used it
     # Validation after each epoch (not the sanity check before training): its val_loss.
     metrics = of_type(log, METRICS)

@@ -123,6 +123,14 @@ class TuimonCallback(pl.Callback):
 
     # -- steps --------------------------------------------------------------------------
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The batch is loaded and on the device: the wait for data ends here, not at the
+        # first forward (training_step may call a submodule, or augment first).
+        if self._active and self._run is not None and self._run.monitor is not None:
+            self._run.monitor.batch_ready()
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:

@@ -439,6 +439,12 @@ class Monitor:
                 raise StopTraining(self.global_step)
             self._commands.check_stop_ignored()
 
+    def batch_ready(self) -> None:
+        """Say the step's batch has arrived, for loops where the first forward is not where
+        the data wait ends (a framework's batch-start hook; augmentation on the device
+        before the forward). Without it the first forward after a step marks it."""
+        self._timer.batch_ready()
+
     def measure_grads(self) -> None:
         """Take this step's gradient norms now. For loops where `optimizer.step(closure)`
         runs the backward itself (Lightning), so the optimizer's pre-hook comes before the

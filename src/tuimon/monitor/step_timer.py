@@ -33,6 +33,12 @@ class StepTimer:
             # the next step's wait for data starts after it.
             self._last_end = time.perf_counter()
 
+    def batch_ready(self) -> None:
+        """The batch is here (a framework's batch-start hook): what came before was the
+        wait for data, whatever the training step then runs before its forward."""
+        if self._forward_at is None:
+            self._forward_at = time.perf_counter()
+
     def lap(self) -> tuple[float, float | None]:
         """(seconds since the previous step, of which waiting for data or None if unknown)."""
         now = time.perf_counter()
