@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,70 +16,14 @@ from tuimon.control.client import is_alive
 from tuimon.run.log_reader import read_events
 
 from conftest import REPO, run_tuimon, worker_env
+from tmux_terminal import Tmux, tmux_server
 
-TMUX = shutil.which("tmux")
 MLP = str(REPO / "configs" / "mlp.yaml")
 
 
-class Tmux:
-    """A private tmux server (its own socket), so tests never touch the user's sessions."""
-
-    def __init__(self, name: str, cwd: Path) -> None:
-        self.socket = f"tuimon-test-{os.getpid()}-{name}"
-        self.cwd = cwd
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [TMUX, "-L", self.socket, *args],
-            capture_output=True,
-            text=True,
-            cwd=self.cwd,
-            env=worker_env(),
-            timeout=30,
-        )
-
-    def start(self, session: str, command: str, width: int = 120, height: int = 40) -> None:
-        done = self.run(
-            "new-session",
-            "-d",
-            "-s",
-            session,
-            "-x",
-            str(width),
-            "-y",
-            str(height),
-            "-c",
-            str(self.cwd),
-            command,
-        )
-        assert done.returncode == 0, done.stderr
-
-    def screen(self, session: str) -> str:
-        return self.run("capture-pane", "-p", "-t", session).stdout
-
-    def wait_for(self, session: str, predicate: Callable[[str], bool], timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.screen(session)
-            if predicate(text):
-                return text
-            time.sleep(0.2)
-        pytest.fail(f"screen never matched; last screen:\n{self.screen(session)}")
-
-    def kill_server(self) -> None:
-        self.run("kill-server")
-
-
 @pytest.fixture
-def tmux(tmp_path):
-    if TMUX is None:
-        pytest.fail("tmux is not installed (.ci/run installs it): apt-get install tmux")
-    server = Tmux("e2e", tmp_path)
-    yield server
-    server.kill_server()
-    for run in (tmp_path / "runs").glob("*"):  # never leave a worker behind
-        if is_alive(run):
-            run_tuimon("ctl", run, "stop", timeout=60)
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    yield from tmux_server("e2e", tmp_path)
 
 
 def step_count(run: Path) -> int:

@@ -9,18 +9,14 @@ directory it makes. Every wait polls the screen or the log up to a deadline.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tuimon.control.client import is_alive
 from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
 from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, SET_LR, STOP
 from tuimon.run.events import (
@@ -36,9 +32,9 @@ from tuimon.run.events import (
 )
 from tuimon.run.log_reader import read_events
 
-from conftest import TESTS_DIR, run_tuimon, worker_env
+from conftest import TESTS_DIR, worker_env
+from tmux_terminal import Tmux, tmux_server
 
-TMUX = shutil.which("tmux")
 LIGHTNING_SCRIPT = TESTS_DIR / "scripts" / "lightning_ui_train.py"
 HF_SCRIPT = TESTS_DIR / "scripts" / "hf_train.py"
 # The script's SGD learning rate, and one it blows up at (the doctor names it).
@@ -49,71 +45,9 @@ UI = "ui"  # the control events' source for a key pressed in the UI
 DEADLINE = 120.0  # seconds: generous, for a busy 2-core machine
 
 
-class Tmux:
-    """A private tmux server (its own socket), so tests never touch the user's sessions."""
-
-    def __init__(self, name: str, cwd: Path) -> None:
-        self.socket = f"tuimon-test-{os.getpid()}-{name}"
-        self.cwd = cwd
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [TMUX or "tmux", "-L", self.socket, *args],
-            capture_output=True,
-            text=True,
-            cwd=self.cwd,
-            env=worker_env(),
-            timeout=30,
-        )
-
-    def start(self, session: str, command: str, width: int = 120, height: int = 40) -> None:
-        done = self.run(
-            "new-session",
-            "-d",
-            "-s",
-            session,
-            "-x",
-            str(width),
-            "-y",
-            str(height),
-            "-c",
-            str(self.cwd),
-            command,
-        )
-        assert done.returncode == 0, done.stderr
-
-    def keys(self, session: str, *keys: str) -> None:
-        done = self.run("send-keys", "-t", session, *keys)
-        assert done.returncode == 0, done.stderr
-
-    def screen(self, session: str) -> str:
-        return self.run("capture-pane", "-p", "-t", session).stdout
-
-    def wait_for(
-        self, session: str, predicate: Callable[[str], bool], timeout: float = DEADLINE
-    ) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.screen(session)
-            if predicate(text):
-                return text
-            time.sleep(0.2)
-        pytest.fail(f"screen never matched; last screen:\n{self.screen(session)}")
-
-    def kill_server(self) -> None:
-        self.run("kill-server")
-
-
 @pytest.fixture
-def tmux(tmp_path):
-    if TMUX is None:
-        pytest.fail("tmux is not installed (.ci/run installs it): apt-get install tmux")
-    server = Tmux("frameworks", tmp_path)
-    yield server
-    server.kill_server()
-    for run in (tmp_path / "runs").glob("*"):  # never leave a worker behind
-        if is_alive(run):
-            run_tuimon("ctl", run, "stop", timeout=60)
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    yield from tmux_server("frameworks", tmp_path)
 
 
 def events(run: Path) -> list[dict[str, Any]]:
