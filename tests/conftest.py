@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 from tuimon.control.client import ControlClient
+from tuimon.control.commands import PAUSE, SUBSCRIBE
+from tuimon.run.events import CONTROL
 from tuimon.run.log_reader import read_events
 
 TESTS_DIR = Path(__file__).parent
@@ -212,6 +215,39 @@ def wait_for(
         seen.append(event)
     types = [e.get("type") for e in seen[-20:]]
     pytest.fail(f"no matching event within {timeout}s; last seen: {types}")
+
+
+class SteerWhilePaused:
+    """Pause a run from the training thread's own hook; a second client, subscribed to
+    the run's events, sends `commands` once the pause is applied (the training thread is
+    then blocked inside its step) — e.g. a checkpoint, then resume. `join()` waits for it
+    and raises what went wrong there, so nothing is lost in the thread."""
+
+    def __init__(self, run_dir: Path, *commands: str) -> None:
+        watcher = ControlClient(run_dir, timeout=30)
+        watcher.request(SUBSCRIBE)
+        self.errors: list[BaseException] = []
+
+        def send_once_paused() -> None:
+            try:
+                with watcher:
+                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
+                with ControlClient(run_dir, timeout=30) as client:
+                    for command in commands:  # in order, all while paused
+                        client.request(command)
+            except BaseException as exc:
+                self.errors.append(exc)
+
+        self.thread = threading.Thread(target=send_once_paused, daemon=True)
+        self.thread.start()
+        with ControlClient(run_dir, timeout=30) as client:
+            client.request(PAUSE)
+
+    def join(self) -> None:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the commands for the paused run were never sent"
+        if self.errors:
+            raise self.errors[0]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ doctor with its silent healthy twin, and mixed precision."""
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tuimon.control.client import ControlClient
 from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
-from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP
 from tuimon.integrations.accelerate import AcceleratedRun, TuimonTracker, monitor
 from tuimon.run.events import (
     ALERT,
@@ -41,7 +40,7 @@ from tuimon.run.events import (
 )
 from tuimon.run.log_reader import read_events
 
-from conftest import wait_for
+from conftest import SteerWhilePaused
 
 TOTAL = 100  # the linear decay's length, in optimizer steps (as HF's schedules)
 
@@ -273,39 +272,17 @@ def test_pause_blocks_the_loop_until_resume_and_a_checkpoint_is_accelerate_s(tmp
     # checkpoint event gives the directory save_state chose.
     project = ProjectConfiguration(tmp_path / "project", automatic_checkpoint_naming=True)
     accelerator = Accelerator(cpu=True, project_config=project)
-    resumers: list[threading.Thread] = []
-    errors: list[BaseException] = []
+    steers: list[SteerWhilePaused] = []
 
     def pause_at_3(mon: AcceleratedRun, now: int) -> None:
-        if now != 3:
-            return
-        assert mon.run_dir is not None
-        run_dir = mon.run_dir
-        watcher = ControlClient(run_dir, timeout=30)
-        watcher.request(SUBSCRIBE)
-
-        def resume_once_paused() -> None:
-            # The training thread is blocked inside mon.step(): resume from here.
-            try:
-                with watcher:
-                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
-                with ControlClient(run_dir, timeout=30) as client:
-                    # Both while paused, in this order: the checkpoint is taken at the
-                    # paused step, then the loop goes on (no race with the next step).
-                    client.request(CHECKPOINT_COMMAND)
-                    client.request(RESUME)
-            except BaseException as exc:  # reported by the test, not lost in the thread
-                errors.append(exc)
-
-        resumers.append(threading.Thread(target=resume_once_paused, daemon=True))
-        resumers[0].start()
-        with ControlClient(run_dir, timeout=30) as client:
-            client.request(PAUSE)
+        # Once paused, a second client asks for a checkpoint, then resumes.
+        if now == 3:
+            assert mon.run_dir is not None
+            steers.append(SteerWhilePaused(mon.run_dir, CHECKPOINT_COMMAND, RESUME))
 
     train(accelerator, 0.05, 8, tmp_path / "run", on_step=pause_at_3)
-    [resumer] = resumers
-    resumer.join(timeout=60)
-    assert not errors
+    [steer] = steers
+    steer.join()
     commands = [(e["command"], e["step"]) for e in events_of(tmp_path / "run", CONTROL)]
     assert commands == [(PAUSE, 4), (CHECKPOINT_COMMAND, 4), (RESUME, 4)]
     [saved] = events_of(tmp_path / "run", CHECKPOINT)

@@ -9,7 +9,6 @@ built here, in this process, except the one `tuimon run` test.
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tuimon.control.client import ControlClient
 from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
-from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP
 from tuimon.errors import ConfigError
 from tuimon.integrations.lightning import TuimonCallback, TuimonLogger
 from tuimon.run.events import (
@@ -41,7 +40,7 @@ from tuimon.run.events import (
 )
 from tuimon.run.log_reader import read_events
 
-from conftest import TESTS_DIR, wait_for, worker_env
+from conftest import TESTS_DIR, SteerWhilePaused, worker_env
 
 # Lightning's advice for real data loaders and small logging intervals: not about tuimon.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -274,48 +273,27 @@ def test_lightning_resumes_from_the_stops_checkpoint_and_the_run_counts_on(tmp_p
 
 
 class PauseThenResume(pl.Callback):
-    """Pauses the run at `at` through the socket; a second client, subscribed to the
-    run's events, asks for a checkpoint and resumes it once the pause was applied:
-    the training thread is then blocked inside Lightning's hook."""
+    """Pauses the run at `at`; once the pause is applied (the training thread blocked
+    inside Lightning's hook), a second client asks for a checkpoint, then resumes."""
 
     def __init__(self, tuimon: TuimonCallback, at: int) -> None:
         self.tuimon, self.at = tuimon, at
-        self.resumer: threading.Thread | None = None
-        self.errors: list[BaseException] = []
+        self.steer: SteerWhilePaused | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.at or self.resumer is not None:
+        if trainer.global_step != self.at or self.steer is not None:
             return
         monitor = self.tuimon.monitor
         assert monitor is not None
-        watcher = ControlClient(monitor.run_dir, timeout=30)
-        watcher.request(SUBSCRIBE)
-
-        def resume_once_paused() -> None:
-            try:
-                with watcher:
-                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
-                with ControlClient(monitor.run_dir, timeout=30) as client:
-                    # Both while paused, in this order: the checkpoint is taken at the
-                    # paused step, then the loop goes on (no race with the next step).
-                    client.request(CHECKPOINT_COMMAND)
-                    client.request(RESUME)
-            except BaseException as exc:  # reported by the test, not lost in the thread
-                self.errors.append(exc)
-
-        self.resumer = threading.Thread(target=resume_once_paused, daemon=True)
-        self.resumer.start()
-        with ControlClient(monitor.run_dir, timeout=30) as client:
-            client.request(PAUSE)
+        self.steer = SteerWhilePaused(monitor.run_dir, CHECKPOINT_COMMAND, RESUME)
 
 
 def test_pause_blocks_inside_lightnings_loop_until_resume_and_a_checkpoint_is_a_ckpt(tmp_path):
     tuimon = TuimonCallback(run_dir=tmp_path / "run", quiet=True)
     steer = PauseThenResume(tuimon, 3)
     trainer, log = fit(tmp_path / "run", Regressor(), tuimon=tuimon, extra=(steer,))
-    assert steer.resumer is not None
-    steer.resumer.join(timeout=60)
-    assert not steer.errors
+    assert steer.steer is not None
+    steer.steer.join()
     commands = [(c["command"], c["step"]) for c in of_type(log, CONTROL)]
     # Paused at the step after the request; checkpointed and resumed there (the loop
     # waited for both).

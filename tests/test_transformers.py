@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from transformers import (
 
 from tuimon.control.client import ControlClient
 from tuimon.control.commands import CHECKPOINT as CHECKPOINT_COMMAND
-from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP, SUBSCRIBE
+from tuimon.control.commands import PAUSE, RESUME, SCALE_LR, STOP
 from tuimon.errors import ConfigError
 from tuimon.integrations.transformers import TuimonCallback
 from tuimon.run.events import (
@@ -46,7 +45,7 @@ from tuimon.run.events import (
 )
 from tuimon.run.log_reader import read_events
 
-from conftest import wait_for
+from conftest import SteerWhilePaused
 
 VOCAB = 100
 SEQ = 16
@@ -287,14 +286,13 @@ def test_stop_through_the_socket_ends_training_at_the_trainers_own_checkpoint(tm
 
 
 class PauseAt(TrainerCallback):
-    """Pauses the run when a step ends; a second client resumes it once the pause is
-    applied (the training thread is blocked inside the TuimonCallback then), and asks for
-    a checkpoint."""
+    """Pauses the run when a step ends; once the pause is applied (the training thread
+    blocked inside the TuimonCallback), a second client asks for a checkpoint, then
+    resumes."""
 
     def __init__(self, tuimon: TuimonCallback, step: int) -> None:
         self.tuimon, self.step = tuimon, step
-        self.resumer: threading.Thread | None = None
-        self.errors: list[BaseException] = []
+        self.steer: SteerWhilePaused | None = None
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
@@ -303,25 +301,7 @@ class PauseAt(TrainerCallback):
             return
         run_dir = self.tuimon.run_dir
         assert run_dir is not None
-        watcher = ControlClient(run_dir, timeout=30)
-        watcher.request(SUBSCRIBE)
-
-        def resume_once_paused() -> None:
-            try:
-                with watcher:
-                    wait_for(watcher, lambda e: e["type"] == CONTROL and e["command"] == PAUSE)
-                with ControlClient(run_dir, timeout=30) as client:
-                    # Both while paused, in this order: the checkpoint is taken at the
-                    # paused step, then training goes on (no race with the next step).
-                    client.request(CHECKPOINT_COMMAND)
-                    client.request(RESUME)
-            except BaseException as exc:  # reported by the test, not lost in the thread
-                self.errors.append(exc)
-
-        self.resumer = threading.Thread(target=resume_once_paused, daemon=True)
-        self.resumer.start()
-        with ControlClient(run_dir, timeout=30) as client:
-            client.request(PAUSE)
+        self.steer = SteerWhilePaused(run_dir, CHECKPOINT_COMMAND, RESUME)
 
 
 def test_pause_holds_the_trainer_until_resume_and_a_checkpoint_is_the_trainers(tmp_path):
@@ -329,10 +309,9 @@ def test_pause_holds_the_trainer_until_resume_and_a_checkpoint_is_the_trainers(t
     pause = PauseAt(tuimon, 2)
     trainer = make_trainer(tmp_path, callbacks=[pause, tuimon], max_steps=5)
     trainer.train()
-    assert pause.resumer is not None
-    pause.resumer.join(timeout=60)
+    assert pause.steer is not None
+    pause.steer.join()
 
-    assert not pause.errors
     events = events_of(tuimon)
     commands = [(e["command"], e["step"]) for e in of_type(events, CONTROL)]
     assert commands == [(PAUSE, 2), (CHECKPOINT_COMMAND, 2), (RESUME, 2)]
