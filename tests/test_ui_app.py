@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -28,6 +30,35 @@ MLP_ARGS = (
     "--set",
     "monitor.system_interval=0.2",
 )
+# The run the key tests share (in file order: -, p, l, q then x, which stops it): one
+# worker start instead of five. Each test asserts on what happened since it attached.
+SHARED_ARGS = (*MLP_ARGS, "--set", "monitor.lr_max=0.5")
+
+
+def shared_mlp(shared_workers):
+    """The shared MLP run (a new one if a test before has ended it)."""
+    return shared_workers.live(Path(MLP).read_text(), *SHARED_ARGS)
+
+
+def control_commands(worker):
+    return [e["command"] for e in worker.events() if e["type"] == "control"]
+
+
+def wait_for_log(worker, predicate, timeout: float = 60.0):
+    """The run's events once `predicate` holds for them (fails after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while not predicate(events := worker.events()):
+        assert time.monotonic() < deadline, "the log never got there"
+        time.sleep(0.05)
+    return events
+
+
+@pytest.fixture(autouse=True)
+def one_thread_workers(monkeypatch):
+    """Workers started here train on one thread: an endless run at full speed on both
+    cores would starve the app under test (CI has two) while it waits for a few steps.
+    Nothing here is about torch's thread count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def rendered(renderable) -> str:
@@ -42,12 +73,16 @@ def controls(app, command):
     return [c for c in app.state.controls if c.get("command") == command]
 
 
+def is_step(event):
+    return event["type"] == "step"
+
+
 def logged_steps(worker):
-    return [e for e in worker.events() if e["type"] == "step"]
+    return [e for e in worker.events() if is_step(e)]
 
 
-async def test_minus_halves_the_lr_and_the_plot_marks_it(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS)
+async def test_minus_halves_the_lr_and_the_plot_marks_it(shared_workers):
+    worker = shared_mlp(shared_workers)
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
@@ -63,24 +98,26 @@ async def test_minus_halves_the_lr_and_the_plot_marks_it(start_worker):
         # Drawn for the state as it is now, controls included (they are in its signature).
         await until(pilot, lambda: not panel.is_stale(app.state, app.options))
         assert "scale-lr" in panel.plain_lines()[0]  # the header names the change
-        await pilot.press("x")
-        await pilot.click("#stop")
-    assert worker.wait_exit() == 0
-    steps = logged_steps(worker)
+    # The run goes on for the next tests (test_x_... stops it through the UI).
+    events = wait_for_log(
+        worker, lambda es: any(is_step(e) and e["step"] > change["step"] + 3 for e in es)
+    )
+    steps = [e for e in events if is_step(e)]
     before = [e["lr"] for e in steps if e["step"] <= change["step"]]
     after = [e["lr"] for e in steps if e["step"] > change["step"]]
     assert before == pytest.approx([1e-3] * len(before))
     assert after and after == pytest.approx([5e-4] * len(after))
 
 
-async def test_p_pauses_until_p_again(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS)
+async def test_p_pauses_until_p_again(shared_workers):
+    worker = shared_mlp(shared_workers)
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
+        earlier = len(app.state.controls)  # the shared run's, before this test
         await pilot.press("p")
         await until(pilot, lambda: app.shown_status == "paused")
-        paused_at = controls(app, "pause")[0]["step"]
+        paused_at = controls(app, "pause")[-1]["step"]
         # The system sampler keeps ticking (0.2 s) while the run is paused.
         seq = app.state.system["seq"]
         await until(pilot, lambda: app.state.system["seq"] >= seq + 15)
@@ -89,16 +126,16 @@ async def test_p_pauses_until_p_again(start_worker):
         await pilot.press("p")
         await until(pilot, lambda: app.state.step > paused_at + 5)
         assert app.shown_status == "running"
-        assert [c["command"] for c in app.state.controls] == ["pause", "resume"]
-        worker.client().request("stop")
-        await until(pilot, lambda: app.shown_status == "stopped")
+        assert [c["command"] for c in list(app.state.controls)[earlier:]] == ["pause", "resume"]
 
 
-async def test_l_refuses_bad_learning_rates_in_place(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS, "--set", "monitor.lr_max=0.5")
+async def test_l_refuses_bad_learning_rates_in_place(shared_workers):
+    worker = shared_mlp(shared_workers)  # its monitor.lr_max is 0.5
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
+        earlier = len(app.state.controls)  # the shared run's, before this test
+        logged = len(control_commands(worker))
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, LRScreen))
         screen = app.screen
@@ -120,28 +157,48 @@ async def test_l_refuses_bad_learning_rates_in_place(start_worker):
             error = rendered(screen.query_one("#lr-error", Static).content)
             assert reason in error, (text, error)
             assert app.screen is screen  # still asking
-        assert not app.state.controls
+        assert len(app.state.controls) == earlier  # nothing was sent
         screen.query_one(Input).value = "0.003"
         await pilot.press("enter")
         await until(pilot, lambda: controls(app, "set-lr"))
         assert not isinstance(app.screen, LRScreen)
         [change] = controls(app, "set-lr")
         assert change["new"] == pytest.approx(0.003) and change["source"] == "ui"
-        worker.client().request("stop")
-        await until(pilot, lambda: app.shown_status == "stopped")
-    assert [e["command"] for e in worker.events() if e["type"] == "control"] == ["set-lr", "stop"]
+    # The refused values reached the run as nothing: its log got the one set-lr.
+    events = wait_for_log(
+        worker, lambda es: any(is_step(e) and e["step"] > change["step"] for e in es)
+    )
+    assert [e["command"] for e in events if e["type"] == "control"][logged:] == ["set-lr"]
 
 
-async def test_x_asks_then_stops_the_run(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS)
+async def test_quit_can_leave_a_launched_run_running(shared_workers):
+    worker = shared_mlp(shared_workers)
+    app = TuimonApp(worker.run_dir, launched=True, worker=worker.process, fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.step > 3)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        assert [b.id for b in app.screen.query(Button)] == ["stop", "leave", "cancel"]
+        await pilot.click("#leave")
+        await until(pilot, lambda: not app.is_running)
+    assert not app.stopped_run
+    assert worker.process.poll() is None and is_alive(worker.run_dir)
+    # Still training: test_x_... (next) stops it and checks its exit.
+    with worker.client() as client:
+        assert client.request("status")["status"]["state"] == "running"
+
+
+async def test_x_asks_then_stops_the_run(shared_workers):
+    worker = shared_mlp(shared_workers)
     app = TuimonApp(worker.run_dir, fps=20)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: app.state.step > 3)
+        earlier = len(app.state.controls)  # the shared run's, before this test
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
         await pilot.press("escape")  # changed my mind: nothing happens
         await pilot.pause(0.3)
-        assert not app.state.controls and app.shown_status == "running"
+        assert len(app.state.controls) == earlier and app.shown_status == "running"
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
         assert [b.id for b in app.screen.query(Button)] == ["stop", "cancel"]
@@ -170,22 +227,6 @@ async def test_a_crashed_run_shows_failed_and_its_traceback(write_config, start_
         await until(pilot, lambda: not isinstance(app.screen, TextScreen))
         assert app.is_running  # the UI stays up
     assert worker.wait_exit() == 1
-
-
-async def test_quit_can_leave_a_launched_run_running(start_worker):
-    worker = start_worker(MLP, *MLP_ARGS)
-    app = TuimonApp(worker.run_dir, launched=True, worker=worker.process, fps=20)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.state.step > 3)
-        await pilot.press("q")
-        await until(pilot, lambda: isinstance(app.screen, ChoiceScreen))
-        assert [b.id for b in app.screen.query(Button)] == ["stop", "leave", "cancel"]
-        await pilot.click("#leave")
-        await until(pilot, lambda: not app.is_running)
-    assert not app.stopped_run
-    assert worker.process.poll() is None and is_alive(worker.run_dir)
-    worker.client().request("stop")
-    assert worker.wait_exit() == 0
 
 
 async def test_worker_gone_when_the_worker_dies_then_reconnects(
