@@ -15,6 +15,14 @@ from tuimon.run.run_state import RunState
 from conftest import ENDLESS_CONFIG, run_tuimon, wait_for
 
 
+@pytest.fixture(autouse=True)
+def one_thread_workers(monkeypatch):
+    """Workers started here train on one thread: an endless run at full speed on both
+    cores (CI has two) only burns the CPU the test and its clients need. Nothing here is
+    about torch's thread count."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def is_step(event):
     return event.get("type") == "step"
 
