@@ -88,6 +88,11 @@ BOUNDARIES = {
         ),
         ("lightning", "pytorch_lightning", "transformers", "accelerate"),
     ),
+    # An adapter brings its own framework only (Lightning itself reads a few transformers
+    # utilities, and HF's Trainer is built on Accelerate, so only this one is clean).
+    "accelerate-adapter": Boundary(
+        ("tuimon.integrations.accelerate",), ("lightning", "pytorch_lightning", "transformers")
+    ),
 }
 
 

@@ -270,7 +270,8 @@ def inner_optimizer(optimizer: Any) -> tuple[torch.optim.Optimizer, Any]:
         optimizer = optimizer.optimizer
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
-            f"tuimon's Accelerate monitor needs a torch optimizer, got {type(optimizer).__name__}"
+            f"tuimon needs a torch optimizer (behind Accelerate's wrapper), got "
+            f"{type(optimizer).__name__}"
         )
     return optimizer, scaler
 

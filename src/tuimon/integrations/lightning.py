@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from tuimon.integrations.framework_run import FrameworkRun
-from tuimon.monitor.monitor import Monitor
+from tuimon.monitor.monitor import Monitor, batch_size
 from tuimon.run.private_files import make_private_dir
 from tuimon.run.run_dir import run_dir_from_env
 
@@ -156,7 +156,7 @@ class TuimonCallback(pl.Callback):
         if isinstance(loss, torch.Tensor):
             # Lightning hands back loss / accumulate_grad_batches: the micro-batch's own.
             run.add_loss(loss.detach() * self._loss_factor if self._loss_factor != 1 else loss)
-        size = _batch_size(batch)
+        size = batch_size(batch)
         self._samples = self._samples + size if self._samples is not None and size else None
         if trainer.global_step == self._seen_global_step:
             return  # a micro-batch: the optimizer has not stepped yet
@@ -297,17 +297,6 @@ def _notes(
             "stepped (trainer.global_step advanced)"
         )
     return notes
-
-
-def _batch_size(batch: Any) -> int | None:
-    """The first dimension of the batch's first tensor (a tensor, a list/tuple, a dict)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() > 0 else None
-    if isinstance(batch, list | tuple) and batch:
-        return _batch_size(batch[0])
-    if isinstance(batch, Mapping) and batch:
-        return _batch_size(next(iter(batch.values())))
-    return None
 
 
 def _inputs_and_targets(batch: Any) -> tuple[Any, Any]:

@@ -28,12 +28,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import torch
 import transformers
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from tuimon.integrations.accelerate import inner_optimizer, inner_scheduler
 from tuimon.integrations.framework_run import FrameworkRun
+from tuimon.monitor.monitor import batch_size
 from tuimon.run.events import FAILED
 
 # HF's names for what tuimon calls otherwise (the doctor's overfitting rules read val_loss).
@@ -93,7 +94,7 @@ class TuimonCallback(TrainerCallback):
                 "TuimonCallback could not find the Trainer that calls it: give it, "
                 "trainer.add_callback(TuimonCallback(trainer=trainer))"
             )
-        optimizer, scaler = _torch_optimizer(kwargs.get("optimizer"))
+        optimizer, scaler = inner_optimizer(kwargs.get("optimizer"))
         loader = kwargs.get("train_dataloader")
         steps_per_epoch = epochs = None
         if loader is not None and hasattr(loader, "__len__") and len(loader) > 0:
@@ -103,7 +104,7 @@ class TuimonCallback(TrainerCallback):
         run.start(
             kwargs["model"],
             optimizer,
-            _torch_scheduler(kwargs.get("lr_scheduler")),
+            inner_scheduler(kwargs.get("lr_scheduler")),
             scaler=scaler,
             total_steps=state.max_steps,
             epochs=epochs,
@@ -210,7 +211,7 @@ class TuimonCallback(TrainerCallback):
         if not self._open or self.run is None:
             return
         self.run.add_loss(loss)  # on the device, no sync
-        self._samples += _batch_size(inputs) or 0
+        self._samples += batch_size(inputs) or 0
 
     def _save_through_trainer(self, path: Path) -> Path:
         """A checkpoint through the Trainer's own: it saves `checkpoint-<step>` (model,
@@ -302,38 +303,3 @@ def _precision(trainer: Trainer) -> str:
     accelerator = trainer.accelerator
     mixed = str(accelerator.mixed_precision)
     return mixed if mixed != "no" and accelerator.native_amp else "32"
-
-
-def _torch_optimizer(optimizer: Any) -> tuple[torch.optim.Optimizer, Any]:
-    """Accelerate's AcceleratedOptimizer unwrapped: the torch optimizer (whose step the
-    Monitor hooks and whose LRs it steers) and its GradScaler, if any."""
-    if optimizer is None:
-        raise RuntimeError("the Trainer began training without an optimizer")
-    inner = getattr(optimizer, "optimizer", None)
-    if isinstance(inner, torch.optim.Optimizer):
-        return inner, getattr(optimizer, "scaler", None)
-    return optimizer, None
-
-
-def _torch_scheduler(scheduler: Any) -> Any:
-    """Accelerate's AcceleratedScheduler unwrapped (HF's own schedules are LambdaLRs)."""
-    inner = getattr(scheduler, "scheduler", None)
-    if inner is not None and hasattr(inner, "state_dict"):
-        return inner
-    return scheduler
-
-
-def _batch_size(inputs: Any) -> int | None:
-    """How many samples a batch holds, from its first tensor's shape (no sync)."""
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() > 0 else None
-    if isinstance(inputs, Mapping):
-        values = list(inputs.values())
-    elif isinstance(inputs, list | tuple):
-        values = list(inputs)
-    else:
-        return None
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return None

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -397,7 +397,7 @@ class Monitor:
         if micro_batches < 1:
             raise ValueError(f"mon.step(micro_batches={micro_batches!r}): at least 1")
         if samples is None:
-            batch = _batch_size(inputs if inputs is not None else targets)
+            batch = batch_size(inputs if inputs is not None else targets)
             samples = batch * micro_batches if batch is not None else None
         meta: dict[str, Any] = {
             "step": self.global_step,
@@ -923,13 +923,19 @@ def _norm_tensor(value: Any, device: torch.device) -> torch.Tensor:
     return torch.tensor([float(value)], device=device)
 
 
-def _batch_size(batch: Any) -> int | None:
+def batch_size(batch: Any) -> int | None:
+    """How many samples a batch holds: the first dimension of its first tensor (in a
+    tensor, a list/tuple or a dict of them, as loaders and frameworks hand them over),
+    read from the shape, so no sync."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() > 0 else None
-    if isinstance(batch, list | tuple) and batch:
-        return _batch_size(batch[0])
-    if isinstance(batch, dict) and batch:
-        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, list | tuple):
+        for item in batch:
+            size = batch_size(item)
+            if size is not None:
+                return size
     return None
 
 
