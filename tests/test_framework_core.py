@@ -258,3 +258,28 @@ def test_a_step_without_a_loss_is_still_judged_by_the_rules_that_need_none():
     for step in range(1, 31):
         said += doctor.observe({"type": "step", "step": step, "optimizer_steps": 0, "lr": 0.1})
     assert [e["rule"] for e in said if e["type"] == "alert"] == ["optimizer_not_stepping"]
+
+
+def test_the_status_bar_says_which_framework_and_precision_run_the_loop():
+    import io
+
+    from rich.console import Console
+
+    from tuimon.run.run_state import RunState
+    from tuimon.ui.plotting import ViewOptions
+    from tuimon.ui.widgets.status_bar import StatusBar
+
+    def bar_line(start: dict, width: int) -> str:
+        state = RunState()
+        state.apply_many([{"type": "start", "name": "fit", **start}])
+        console = Console(width=width, color_system=None, file=io.StringIO())
+        with console.capture() as captured:
+            console.print(StatusBar().view(state, ViewOptions(), width, 1))
+        return captured.get()
+
+    adapter = {"framework": "lightning 2.6.6", "precision": "bf16-mixed"}
+    assert "lightning 2.6.6 · bf16-mixed" in bar_line(adapter, 160)
+    assert "lightning" not in bar_line(adapter, 80)  # narrow: the progress matters more
+    plain = bar_line({"framework": None, "precision": "32"}, 160)
+    assert "·" not in plain and "32" not in plain.split("step")[0]
+    assert "fp16" in bar_line({"precision": "fp16"}, 160)

@@ -559,6 +559,15 @@ class RunState:
         return _clip((self.start or {}).get("name", "run"), 200)
 
     @property
+    def runs_in(self) -> str:
+        """Who owns the loop and in what precision ("lightning 2.6.6 · bf16-mixed"), from
+        the start event; "" for a plain loop in float32."""
+        start = self.start or {}
+        parts = [start.get("framework"), start.get("precision")]
+        shown = [_clip(part, 40) for part in parts if type(part) is str and part and part != "32"]
+        return " · ".join(shown)
+
+    @property
     def step(self) -> int:
         last = as_step((self.last_step or {}).get("step"))
         if last is not None:

@@ -51,6 +51,7 @@ LIVE_STATUSES = (RUNNING, PAUSED, STOPPING, STARTING)  # the elapsed clock runs
 
 
 IGNORED_STYLE = "bold black on yellow"
+WIDE = 100  # columns from which the bar also says the framework and precision
 NOT_RECORDING_STYLE = "bold white on red"  # the log cannot be written: say it loudly
 
 
@@ -84,6 +85,9 @@ class StatusBar(Panel):
         if state.stop_ignored_at is not None and self.shown_status == RUNNING:
             # Monitor(stop="flag") and the loop ran on: the stop did not stop it.
             line.append(f" stop at step {state.stop_ignored_at} ignored ", style=IGNORED_STYLE)
+        runs_in = state.runs_in
+        if runs_in and width >= WIDE:  # at 80 columns the progress matters more
+            line.append(f" {runs_in}", style="dim")
         start = state.start or {}
         epoch = (state.last_step or {}).get("epoch", 0)
         epochs = start.get("epochs")
