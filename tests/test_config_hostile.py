@@ -9,9 +9,11 @@ MemoryError instead of taking the machine's memory.
 
 from __future__ import annotations
 
-import resource
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -260,22 +262,27 @@ class Outcome:
     err: str
 
 
+# Sets the address-space limit, then becomes `python -m tuimon ARGS` (exec: the same
+# process). Safe where preexec_fn is not: these children are started from threads.
+LIMITED_EXEC = (
+    "import os, resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'tuimon', *sys.argv[2:]])"
+)
+
+
 def run_cli(
     tmp_path: Path, config: Path, *args: str, address_space: int = ADDRESS_SPACE_LIMIT
 ) -> Outcome:
     """`python -m tuimon CONFIG --headless` to its end, its address space limited: memory
     is asserted through the result (a process over the limit fails with MemoryError)."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-
+    command = [str(config), "--headless", "--run-dir", "run", *args]
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "tuimon", str(config), "--headless", "--run-dir", "run", *args],
+            [sys.executable, "-c", LIMITED_EXEC, str(address_space), *command],
             cwd=tmp_path,
             env=worker_env(),
             capture_output=True,
-            preexec_fn=limit,
             timeout=300,
         )
     except subprocess.TimeoutExpired as exc:
@@ -353,17 +360,48 @@ UNBOUNDED_BEFORE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(IN_A_CHILD))
-def test_hostile_config_through_the_command_line(tmp_path: Path, name: str) -> None:
+def run_child_case(tmp_path: Path, name: str) -> Outcome:
     case = CASES[name]
     config = write_case(tmp_path, case)
-
     # Bounded memory: a file refused while its YAML is read gets 512 MiB of address space
     # (the alias bomb used to take 4 GB and more, and 35 s).
     space = READING_ADDRESS_SPACE if case.while_reading else ADDRESS_SPACE_LIMIT
-    result = run_cli(tmp_path, config, *case.args, address_space=space)
+    return run_cli(tmp_path, config, *case.args, address_space=space)
 
-    assert_refused(case, result.code, result.out, result.err, tmp_path / "run")
+
+@pytest.fixture(scope="module")
+def children(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], tuple[Path, Outcome]]]:
+    """The child processes of this module, run as many at a time as there are cores:
+    each is one process importing torch, and a serial run leaves the other cores idle.
+    Each test waits for its own child and asserts on it (where it ran, what it did)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    started: dict[str, tuple[Path, Future[Outcome]]] = {}
+
+    def start(name: str, job: Callable[[Path], Outcome]) -> None:
+        where = tmp_path_factory.mktemp(name)
+        started[name] = (where, pool.submit(job, where))
+
+    for name in sorted(IN_A_CHILD):
+        start(name, lambda where, name=name: run_child_case(where, name))
+    start(CUSTOM_MODEL, run_custom_model)
+
+    def result(name: str) -> tuple[Path, Outcome]:
+        where, future = started[name]
+        return where, future.result()
+
+    yield result
+    for _, future in started.values():
+        future.cancel()
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("name", sorted(IN_A_CHILD))
+def test_hostile_config_through_the_command_line(children, name: str) -> None:
+    where, result = children(name)
+
+    assert_refused(CASES[name], result.code, result.out, result.err, where / "run")
 
 
 IN_PROCESS = sorted(set(CASES) - UNBOUNDED_BEFORE)
@@ -385,15 +423,21 @@ def test_hostile_config_through_cli_main(
     assert_refused(case, code, captured.out, captured.err, run_dir)
 
 
-def test_custom_model_that_cannot_be_allocated_names_the_model(tmp_path: Path) -> None:
-    """A custom callable is not sized in advance; its allocation failure is caught."""
+CUSTOM_MODEL = "custom-model-huge_linear"
+
+
+def run_custom_model(tmp_path: Path) -> Outcome:
     config = tmp_path / "cfg.yaml"
     config.write_text(
         edit("  name: mlp\n  hidden: [16]", "  name: oversized_models:huge_linear"),
         encoding="utf-8",
     )
+    return run_cli(tmp_path, config)
 
-    result = run_cli(tmp_path, config)
+
+def test_custom_model_that_cannot_be_allocated_names_the_model(children) -> None:
+    """A custom callable is not sized in advance; its allocation failure is caught."""
+    tmp_path, result = children(CUSTOM_MODEL)
 
     assert result.code == 2, result.err[-3000:]
     assert "Traceback" not in result.out + result.err, result.err[-3000:]
