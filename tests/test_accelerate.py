@@ -163,10 +163,11 @@ def test_a_loop_records_steps_and_the_tracker_s_scalars(tmp_path):
         loss = F.cross_entropy(model(x), y)
         accelerator.backward(loss)
         norms.append(grad_norm(model, None))
+        total = accelerator.clip_grad_norm_(model.parameters(), 1e9)  # the norm, unclipped
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        mon.step(loss, samples=len(y))
+        mon.step(loss, samples=len(y), inputs=x, targets=y, grad_norm=total)
         losses.append(float(loss.detach()))
     accelerator.log({"eval_loss": 1.25, "accuracy": 0.75, "loss": 9.0, "split": "val"}, step=12)
     accelerator.end_training()  # the tracker's finish() ends the run
@@ -182,6 +183,10 @@ def test_a_loop_records_steps_and_the_tracker_s_scalars(tmp_path):
     assert [e["step"] for e in steps] == list(range(1, 13))
     assert [e["loss"] for e in steps] == pytest.approx(losses, rel=1e-6)
     assert [e["grad_norm"] for e in steps] == pytest.approx(norms, rel=1e-4)
+    # What clip_grad_norm_ returned, handed over: the norm before clipping.
+    assert [e["grad_norm_unclipped"] for e in steps] == pytest.approx(norms, rel=1e-4)
+    # The batch handed over reaches the batch checks.
+    assert [e for e in events if e["type"] == "probe" and e["probe"] == "batch"]
     assert [e["lr"] for e in steps] == pytest.approx([0.05 * linear_decay(n) for n in range(12)])
     assert {e["samples"] for e in steps} == {16} and {e["optimizer_steps"] for e in steps} == {1}
     assert all("loss_scale" not in e for e in steps)  # full precision: no scaler

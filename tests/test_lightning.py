@@ -185,6 +185,8 @@ def test_a_fit_records_start_steps_true_gradient_norms_validation_and_end(tmp_pa
         # ends at on_train_batch_start, so every step still has its data time.
         assert 0 <= s["data_time"] <= s["step_time"]
     assert steps[1]["lr"] == pytest.approx(0.05 * 0.9)  # the schedule, as the optimizer used it
+    # (x, y) batches reach the batch checks.
+    assert [e for e in log if e["type"] == "probe" and e["probe"] == "batch"]
     # Validation after each epoch (not the sanity check before training): its val_loss.
     metrics = of_type(log, METRICS)
     assert [(m["step"], m["epoch"]) for m in metrics] == [(10, 0), (20, 1)]
