@@ -327,3 +327,14 @@ async def test_the_app_shows_why_the_run_is_not_recorded(tmp_path):
         await until(pilot, lambda: "no space left" in "".join(bar.plain_lines()))
         text = "".join(bar.plain_lines())
         assert "NOT RECORDING: events are not being recorded" in text
+
+
+async def test_a_refresh_tick_after_the_app_closed_draws_nothing_and_raises_nothing(tmp_path):
+    # The refresh timer can fire once more while the app shuts down, when its screen stack
+    # is already empty (seen on a loaded CI machine: ScreenStackError out of a tick).
+    app = TuimonApp(tmp_path / "no-such-run", fps=20)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert app._panels  # mounted: a tick would draw
+    assert not app.screen_stack
+    app.refresh_panels()  # no ScreenStackError

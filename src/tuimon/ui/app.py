@@ -160,7 +160,10 @@ class TuimonApp(App[None]):
         self.call_after_refresh(self.refresh_panels, True)
 
     def _fit_layout(self) -> None:
-        main = self.screen_stack[0] if self.screen_stack else self.screen
+        stack = self.screen_stack
+        if not stack:
+            return  # shutting down
+        main = stack[0]
         main.set_class(self.size.width < NARROW_WIDTH, "-narrow")
         main.set_class(self.size.height < SHORT_HEIGHT, "-short")
 
@@ -178,8 +181,9 @@ class TuimonApp(App[None]):
         """Redraw what changed. Text panels every tick; at most one plot per tick (the one
         longest out of date), unless `everything` (a resize, a new view option, a new state),
         so a tick never costs more than one plotext drawing."""
-        if not self._panels:
-            return  # not mounted yet
+        stack = self.screen_stack
+        if not self._panels or not stack:
+            return  # not mounted yet, or shutting down (the timer may still fire once)
         self._fit_status_bar()
         self._fit_rank_strip()
         self.query_one_main(DoctorPanel).no_commands = self.no_commands
@@ -195,8 +199,9 @@ class TuimonApp(App[None]):
             oldest = min(stale, key=lambda p: self._plot_drawn_at.get(p.id, 0.0))
             oldest.refresh_view(self.state, self.options)
             self._plot_drawn_at[oldest.id] = time.monotonic()
-        if isinstance(self.screen, RankScreen):
-            self.screen.refresh_view(self.state)
+        top = stack[-1]
+        if isinstance(top, RankScreen):
+            top.refresh_view(self.state)
         self._announce_news()
 
     def _fit_rank_strip(self) -> None:
