@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -25,6 +26,8 @@ from torch.distributed import TCPStore
 from tuimon.control.protocol import Request
 from tuimon.monitor.distributed.command_sync import RankCommands
 from tuimon.monitor.distributed.job_store import JobStore
+from tuimon.monitor.distributed.rank_reports import RankReporter, identity
+from tuimon.run.events import FAILED, RUNNING
 
 from conftest import run_tuimon, worker_env
 
@@ -261,6 +264,40 @@ def store() -> Iterator[JobStore]:
         port = probe.getsockname()[1]
     server = TCPStore("127.0.0.1", port, 1, True, timeout=timedelta(seconds=10))
     yield JobStore(server)
+
+
+def test_a_report_built_before_the_end_never_lands_after_it(store: JobStore) -> None:
+    """The reporter thread builds a report (status running) and is slow to send it while
+    the rank fails and sends its end's report: the end's must be the one the store keeps,
+    or rank 0 names a failed rank as merely dead."""
+    status = [RUNNING]
+    reporter = RankReporter(
+        store, identity(1, 1, 0, "cpu"), memory=lambda: None, status=lambda: status[0]
+    )
+    in_set, release = threading.Event(), threading.Event()
+    plain_set = store.set
+
+    def slow_set(key: str, value: Any) -> None:
+        if value.get("status") == RUNNING:  # the periodic report: held on its way
+            in_set.set()
+            release.wait(10)
+        plain_set(key, value)
+
+    store.set = slow_set  # type: ignore[method-assign]
+    periodic = threading.Thread(target=reporter._send)  # what the reporter thread runs
+    periodic.start()
+    assert in_set.wait(10)
+    status[0] = FAILED
+    ending = threading.Thread(target=reporter.send, args=("RuntimeError: boom",))
+    ending.start()
+    ending.join(0.5)  # with the report in flight, the end's waits for it
+    release.set()
+    periodic.join(10)
+    ending.join(10)
+    kept = store.get("rank/1")
+    assert kept["status"] == FAILED and kept["error"] == "RuntimeError: boom"
+    reporter._send()  # the reporter thread again, after the end: nothing more is sent
+    assert store.get("rank/1")["status"] == FAILED
 
 
 def test_command_exchange_agrees_on_the_step_in_lockstep(store: JobStore) -> None:

@@ -78,6 +78,10 @@ class RankReporter:
         self._memory = memory
         self._status = status
         self._lock = threading.Lock()
+        # One report in flight at a time, and none after the last: the reporter thread's
+        # report, built before the end, must not land after the end's and undo it.
+        self._send_lock = threading.Lock()
+        self._ended = False
         self._window = _Window()
         self._report: dict[str, Any] = {"step": 0, "status": RUNNING, "beat": 0}
         self._stop = threading.Event()
@@ -107,12 +111,13 @@ class RankReporter:
                 self._report["nonfinite_step"] = step
 
     def send(self, error: str | None = None) -> None:
-        """Report now (an end's last report, with why it failed); never raises."""
+        """The end's report (how this rank ended, and why it failed), the last one sent;
+        never raises."""
         if error:
             with self._lock:
                 self._report["error"] = error[-2000:]
         with contextlib.suppress(Exception):  # the store is gone: the job is ending anyway
-            self._send()
+            self._send(last=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -126,7 +131,14 @@ class RankReporter:
             except Exception:  # the store is gone (the job is ending): stop reporting
                 return
 
-    def _send(self) -> None:
+    def _send(self, last: bool = False) -> None:
+        with self._send_lock:
+            if self._ended:
+                return
+            self._ended = last
+            self._send_report()
+
+    def _send_report(self) -> None:
         with self._lock:
             window, self._window = self._window, _Window()
             report = self._report
