@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # imported where used: `tuimon --help` loads no more than it 
 DESCRIPTION = """\
 Run a training job from a config, or talk to a run:
 
+  tuimon [--root DIR ...]                every run on this machine, live (the runs screen)
+  tuimon ls [--root DIR ...] [--json]    the same as a table (or JSON), for scripts
   tuimon CONFIG.yaml [--set key.path=value ...] [--headless] [--run-dir DIR]
                      [--nproc-per-node N] [--nnodes N --node-rank R --master-addr HOST]
   tuimon run SCRIPT.py [args ...]        your own script, using tuimon.Monitor (--autofix)
@@ -27,13 +29,16 @@ Run a training job from a config, or talk to a run:
   tuimon replay RUN_DIR                  a run's whole history, read-only
   tuimon doctor RUN_DIR [--rule R.T=V]   the training doctor over a recorded run
   tuimon ctl RUN_DIR COMMAND [VALUE]     a command to a running job (tuimon ctl -h)
+  tuimon export RUN_DIR --csv [FILE] | --tensorboard DIR   a run's scalars, for other tools
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] in COMMANDS:
+        if not args or args[0].split("=")[0] == "--root":
+            return runs_command(args)  # no config: every run, the runs screen
+        if args[0] in COMMANDS:
             return COMMANDS[args[0]](args[1:])
         return config_command(args)
     except UsageError as exc:
@@ -232,6 +237,13 @@ def run_command(args: list[str]) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="no progress lines in the run's output; still log"
     )
+    parser.add_argument(
+        "--notify",
+        metavar="URL|COMMAND",
+        help="tell a webhook (an http(s) URL: JSON POST, Slack and ntfy understood) or a "
+        "command (the event as JSON on its stdin) when the run fails, completes, raises an "
+        "error alert or hangs (as Monitor(notify=...) or monitor.notify)",
+    )
     _add_distributed(parser, config=False)
     parser.add_argument("script", help="the Python script (tuimon's options go before it)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
@@ -254,6 +266,7 @@ def run_command(args: list[str]) -> int:
         options.lr_factor,
         autofix=options.autofix,
         quiet=options.quiet,
+        notify=options.notify,
         launch=launch,
     )
 
@@ -522,6 +535,27 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def runs_command(args: list[str]) -> int:
+    """`tuimon` alone (or `tuimon runs`): the runs screen, every run under the roots."""
+    from tuimon.runs_launch import runs_command as run
+
+    return run(args)
+
+
+def ls_command(args: list[str]) -> int:
+    """`tuimon ls`: the runs screen's table on stdout (or JSON), for scripts and cron."""
+    from tuimon.catalog.ls_command import ls_command as run
+
+    return run(args)
+
+
+def export_command(args: list[str]) -> int:
+    """`tuimon export RUN_DIR`: every scalar of a run as CSV, or as TensorBoard events."""
+    from tuimon.export.export_command import export_command as run
+
+    return run(args)
+
+
 def _version() -> str:
     import tuimon
 
@@ -534,4 +568,7 @@ COMMANDS = {
     "attach": attach_command,
     "replay": replay_command,
     "doctor": doctor_command,
+    "runs": runs_command,
+    "ls": ls_command,
+    "export": export_command,
 }

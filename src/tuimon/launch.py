@@ -29,6 +29,7 @@ from tuimon.run.run_dir import (
     AUTOFIX_ENV,
     DEFAULT_BASE,
     EVENTS_FILE,
+    NOTIFY_ENV,
     OUTPUT_FILE,
     QUIET_ENV,
     RUN_DIR_ENV,
@@ -64,10 +65,13 @@ def launch_script(
     *,
     autofix: bool = False,
     quiet: bool = False,
+    notify: str | None = None,
     launch: DistributedLaunch = ONE_PROCESS,
 ) -> int:
     """`tuimon run SCRIPT.py`: the user's script (which uses tuimon.Monitor) as the worker."""
-    path, worker = start_script_worker(script, args, autofix=autofix, quiet=quiet, launch=launch)
+    path, worker = start_script_worker(
+        script, args, autofix=autofix, quiet=quiet, notify=notify, launch=launch
+    )
     return run_app(path, worker=worker, lr_factor=lr_factor)
 
 
@@ -187,6 +191,7 @@ def start_script_worker(
     *,
     autofix: bool = False,
     quiet: bool = False,
+    notify: str | None = None,
     launch: DistributedLaunch = ONE_PROCESS,
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     """The script runs with TUIMON_RUN_DIR set, so its Monitor logs into this run; the
@@ -196,14 +201,16 @@ def start_script_worker(
     if not source.is_file():
         raise UsageError(f"{script}: no such script")
     path = create_run_dir(source.stem or "run", base=base)
-    env = script_env(path, autofix=autofix, quiet=quiet)
+    env = script_env(path, autofix=autofix, quiet=quiet, notify=notify)
     command = script_rank_program(str(source), args)
     if launch.distributed:
         command = torchrun_command(launch, command)
     return path, _spawn(command, path, env)
 
 
-def script_env(run_dir: Path, *, autofix: bool = False, quiet: bool = False) -> dict[str, str]:
+def script_env(
+    run_dir: Path, *, autofix: bool = False, quiet: bool = False, notify: str | None = None
+) -> dict[str, str]:
     """The environment of a script under `tuimon run`: where it logs, and its switches."""
     env = dict(os.environ, **{RUN_DIR_ENV: str(run_dir)})
     for name, on in ((AUTOFIX_ENV, autofix), (QUIET_ENV, quiet)):
@@ -211,6 +218,10 @@ def script_env(run_dir: Path, *, autofix: bool = False, quiet: bool = False) -> 
             env[name] = "1"
         else:
             env.pop(name, None)
+    if notify:
+        env[NOTIFY_ENV] = notify  # where the script's Monitor sends its notifications
+    else:
+        env.pop(NOTIFY_ENV, None)
     return env
 
 

@@ -24,7 +24,10 @@ KEPT_LINE_NUMBERS = 10  # of damaged lines, to point at
 
 class LogReader:
     """The events of a log, in order; `skipped` counts the damaged lines left out so far
-    (`skipped_lines` names the first few, 1-based), `torn` says the log ends mid-line."""
+    (`skipped_lines` names the first few, 1-based), `torn` says the log ends mid-line.
+
+    `end_offset` is the byte after the last whole line read so far (never inside a torn
+    last line): where a reader that follows a growing log goes on from next time."""
 
     def __init__(self, path: str | Path, max_line: int = MAX_LINE_BYTES, offset: int = 0) -> None:
         self.path = Path(path)
@@ -35,6 +38,7 @@ class LogReader:
         self.skipped = 0
         self.skipped_lines: list[int] = []
         self.torn = False
+        self.end_offset = offset
         self._events = self._read()
 
     def __iter__(self) -> Iterator[Event]:
@@ -56,11 +60,14 @@ class LogReader:
                     if len(line) < limit:
                         self.torn = True  # the end of the file: still being written
                         return
-                    if not _skip_rest_of_line(readline, limit):
+                    rest = _skip_rest_of_line(readline, limit)
+                    if rest is None:
                         self.torn = True
                         return
+                    self.end_offset += len(line) + rest
                     self._skip(number)
                     continue
+                self.end_offset += len(line)
                 if line.isspace():
                     continue
                 try:
@@ -90,13 +97,15 @@ def damage_note(skipped: int, lines: list[int]) -> str | None:
     return f"{skipped} damaged {noun} skipped ({noun} {where})"
 
 
-def _skip_rest_of_line(readline: Any, limit: int) -> bool:
-    """Read past the rest of an over-long line, a chunk at a time; False if the file
-    ended before its newline."""
+def _skip_rest_of_line(readline: Any, limit: int) -> int | None:
+    """Read past the rest of an over-long line, a chunk at a time: the bytes read, or None
+    if the file ended before its newline."""
+    read = 0
     while chunk := readline(limit):
+        read += len(chunk)
         if chunk.endswith(b"\n"):
-            return True
-    return False
+            return read
+    return None
 
 
 def read_events(path: str | Path, offset: int = 0) -> LogReader:

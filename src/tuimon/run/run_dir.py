@@ -41,6 +41,8 @@ RUN_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 RUN_DIR_ENV = "TUIMON_RUN_DIR"
 AUTOFIX_ENV = "TUIMON_AUTOFIX"
 QUIET_ENV = "TUIMON_QUIET"
+# `tuimon run --notify URL|COMMAND`: where the script's Monitor sends notifications.
+NOTIFY_ENV = "TUIMON_NOTIFY"
 # What a run directory may hold, and of which kind; anything else is not tuimon's.
 _RUN_ENTRIES = {
     EVENTS_FILE: stat.S_ISREG,
