@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +156,20 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
     def start(config: Path, *args: str, run_dir: Path | None = None, ready: bool = True) -> Worker:
-        run_dir = run_dir or tmp_path / f"run{len(started)}"
-        command = [
+        worker = launch_worker(config, run_dir or tmp_path / f"run{len(started)}", args, tmp_path)
+        started.append(worker)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    kill_workers(started)
+
+
+def launch_worker(config: Path, run_dir: Path, args: Sequence[str], cwd: Path) -> Worker:
+    """A headless `tuimon CONFIG` worker logging into `run_dir`, its output piped."""
+    process = subprocess.Popen(
+        [
             sys.executable,
             "-m",
             "tuimon",
@@ -166,23 +178,19 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
             "--run-dir",
             str(run_dir),
             *args,
-        ]
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-            cwd=tmp_path,
-        )
-        worker = Worker(process, run_dir)
-        started.append(worker)
-        if ready:
-            worker.wait_ready()
-        return worker
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=worker_env(),
+        cwd=cwd,
+    )
+    return Worker(process, run_dir)
 
-    yield start
-    for worker in started:
+
+def kill_workers(workers: Sequence[Worker]) -> None:
+    """Every worker still running killed, and its pipes closed."""
+    for worker in workers:
         if worker.process.poll() is None:
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(timeout=30)
@@ -289,37 +297,14 @@ class SharedWorkers:
         number = len(self.started)
         config = self.root / f"config{number}.yaml"
         config.write_text(text, encoding="utf-8")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tuimon",
-                str(config),
-                "--headless",
-                "--run-dir",
-                str(self.root / f"run{number}"),
-                *args,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-            cwd=self.root,
-        )
-        worker = Worker(process, self.root / f"run{number}")
+        worker = launch_worker(config, self.root / f"run{number}", args, self.root)
         self.started.append(worker)
         self.current[key] = worker
         worker.wait_ready()
         return worker
 
     def close(self) -> None:
-        for worker in self.started:
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGKILL)
-                worker.process.wait(timeout=30)
-            for stream in (worker.process.stdout, worker.process.stderr):
-                if stream:
-                    stream.close()
+        kill_workers(self.started)
 
 
 @pytest.fixture(scope="module")
