@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -24,6 +25,7 @@ from pydantic import (
 from tuimon.config.shown_values import shown_value
 from tuimon.did_you_mean import did_you_mean
 from tuimon.doctor.rule_ids import RULE_IDS
+from tuimon.notify import targets as notify_targets
 from tuimon.run.run_dir import RUN_NAME_PATTERN
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "synthetic")
@@ -256,6 +258,84 @@ class RuleOverride(BaseModel):
     enabled: bool = True
 
 
+NotifyOn = Literal[notify_targets.NOTIFY_ON]  # type: ignore[valid-type]
+NotifyFormat = Literal[notify_targets.FORMATS]  # type: ignore[valid-type]
+
+
+class NotifyConfig(StrictModel):
+    """`monitor.notify`: where a message goes when the run needs a person (notify/).
+
+    A bare string is a URL (http:// or https://) or a command. Dumped (the start event,
+    the run's config.yaml) the target shows only its scheme and host, or its program."""
+
+    url: str | None = Field(None, description="a webhook: JSON POSTed to it")
+    command: str | None = Field(
+        None, description="a command (split like a shell, run without one): the JSON on stdin"
+    )
+    on: list[NotifyOn] = Field(
+        list(notify_targets.DEFAULT_ON),
+        description="what notifies: error (alert), failed, completed, stopped, hang",
+    )
+    hang_after: float = Field(
+        notify_targets.DEFAULT_HANG_AFTER,
+        gt=0,
+        description="seconds without a step (while running) that make a hang",
+    )
+    format: NotifyFormat = Field(
+        notify_targets.AUTO, description="auto | slack | ntfy | json: the webhook's body"
+    )
+    timeout: float = Field(
+        notify_targets.DEFAULT_TIMEOUT, gt=0, le=300, description="seconds one delivery may take"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_target(cls, value: Any) -> Any:
+        """`notify: URL` or `notify: COMMAND` for `notify: {url: URL}` / `{command: …}`."""
+        if isinstance(value, str):  # ftp://… is a URL tuimon cannot send to, not a program
+            url = notify_targets.is_url(value) or "://" in value.split(" ", 1)[0]
+            return {"url" if url else "command": value}
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = notify_targets.url_problem(value)
+            if problem:
+                raise ValueError(problem)
+            return value.strip()
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _command_line(cls, value: str | None) -> str | None:
+        if value is not None:
+            notify_targets.command_argv(value)  # raises ValueError saying why
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> NotifyConfig:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give a url or a command (one of them)")
+        if (
+            self.url is not None
+            and notify_targets.format_for(self.url, self.format) == notify_targets.NTFY
+            and not notify_targets.ntfy_topic(self.url)[1]
+        ):
+            raise ValueError("an ntfy URL names its topic: https://ntfy.sh/TOPIC")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.url if self.url is not None else str(self.command)
+
+    @field_serializer("url", "command")
+    def _shown(self, value: str | None) -> str | None:
+        """Never the secret part: a URL's path and query, a command's arguments."""
+        return notify_targets.shown_target(value) if value is not None else None
+
+
 class MonitorConfig(StrictModel):
     log_every: int = Field(10, gt=0, description="steps kept on the device per batched transfer")
     print_every: float = Field(5.0, gt=0, description="seconds between headless progress lines")
@@ -285,6 +365,9 @@ class MonitorConfig(StrictModel):
         gt=0,
         description="Monitor(stop='flag'): steps a script may run on after a stop before "
         "tuimon says it ignores should_stop and takes commands again",
+    )
+    notify: NotifyConfig | None = Field(
+        None, description="a webhook URL or a command told of errors, the end and hangs"
     )
 
     @model_validator(mode="after")

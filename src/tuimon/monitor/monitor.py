@@ -53,6 +53,8 @@ from tuimon.monitor.settings import monitor_settings
 from tuimon.monitor.snapshots import SnapshotRing
 from tuimon.monitor.step_timer import StepTimer
 from tuimon.monitor.stop_signals import StopOnSignal
+from tuimon.notify.notifier import Notifier
+from tuimon.notify.payloads import RunFacts
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
 from tuimon.run.event_log import EventLog
 from tuimon.run.events import (
@@ -89,6 +91,7 @@ from tuimon.run.run_dir import (
     CHECKPOINT_DIR,
     CONTROL_SOCKET,
     EVENTS_FILE,
+    NOTIFY_ENV,
     QUIET_ENV,
     RUN_NAME_PATTERN,
     claim_script_run_dir,
@@ -140,7 +143,9 @@ class Monitor:
     criterion, recorded for the doctor. `stop`: "raise" (a stop makes `step()` raise
     StopTraining, which the `with` block turns into a `stopped` run) or "flag" (only
     `should_stop` is set). `doctor` (a dict) and any other keyword: the settings of a
-    config's `monitor:` section (autofix, snapshot_every, rules, probes, log_every…).
+    config's `monitor:` section (autofix, snapshot_every, rules, probes, log_every…);
+    `notify` (a webhook URL, a command, or a dict: url/command, on, hang_after, format) is
+    where a message goes on an error alert, the end or a hang (`tuimon run --notify`).
     `scaler`: the run's `torch.amp.GradScaler`, whose loss scale each step records (no
     sync: the scale stays on the device until the step's other values are fetched).
     """
@@ -268,6 +273,17 @@ class Monitor:
         if self._rank_zero:  # the job's verdicts come from the job's log
             self._log.subscribe(self._consult_doctor, batches=True)
         self._log.emit(self._start_event())
+        # Notifications read the log as the doctor does, and queue only (notify/).
+        self._notifier: Notifier | None = None
+        if self._rank_zero and self.settings.notify is not None:
+            self._notifier = Notifier(
+                self.settings.notify,
+                RunFacts(self.name, str(self.run_dir), socket.gethostname(), os.getpid()),
+                current_step=lambda: self.global_step,
+                status=self._status_now,
+                note=self.note,
+            )
+            self._log.subscribe(self._notifier.observe, batches=True)
         check = optimizer_check(model, optimizer)
         check["step"] = self.global_step
         self._log.emit(check)
@@ -571,6 +587,10 @@ class Monitor:
             end["reason"] = reason
         # The doctor reads the last steps on the log's thread: its alerts go before `end`.
         self._log.flush()
+        if self._notifier is not None:
+            self._log.flush()  # the notifier has seen the doctor's last alerts
+            self._notifier.run_ended(end)
+            self._notifier.close()  # bounded: the end's message goes out before the exit
         self._log.emit(end)
         self._log.close()
 
@@ -811,7 +831,12 @@ def script_options(
     total_steps, epochs, steps_per_epoch = _run_length(total_steps, epochs, steps_per_epoch)
     return RunOptions(
         name=name,
-        settings=monitor_settings(doctor, doctor_settings, autofix=flag_from_env(AUTOFIX_ENV)),
+        settings=monitor_settings(
+            doctor,
+            doctor_settings,
+            autofix=flag_from_env(AUTOFIX_ENV),
+            notify=os.environ.get(NOTIFY_ENV),
+        ),
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
