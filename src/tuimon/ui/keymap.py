@@ -65,3 +65,25 @@ def bindings() -> list[BindingType]:
         Binding(k.keys, k.action, k.description, show=k.show, key_display=k.display, id=k.id)
         for k in KEYS
     ]
+
+
+# The runs screen (`tuimon` alone): every run on the machine. Its help screen reads this too.
+RUNS_KEYS: tuple[Key, ...] = (
+    Key("enter", "open_run", "Open", "runs-open", "enter", "attach to the run (replay if ended)"),
+    Key("r", "replay_run", "Replay", "runs-replay", "r", "replay the run's log, read-only"),
+    Key("d", "doctor_report", "Doctor", "runs-doctor", "d", "the doctor's report on the run"),
+    Key("x", "stop_run", "Stop", "runs-stop", "x", "stop the run (asks first)"),
+    Key("space", "mark_run", "Select", "runs-mark", "space", "select the run for compare"),
+    Key("c", "compare_runs", "Compare", "runs-compare", "c", "compare the selected runs"),
+    Key("slash", "filter_runs", "Filter", "runs-filter", "/", "filter: name words, state:S"),
+    Key("o", "cycle_sort", "Sort", "runs-sort", "o", "sort: start, name, state, loss, step"),
+    Key("question_mark", "help", "Help", "runs-help", "?", "this help"),
+    Key("q", "quit", "Quit", "runs-quit", "q", "quit (runs go on)"),
+)
+
+
+def runs_bindings() -> list[BindingType]:
+    return [
+        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.display, id=k.id)
+        for k in RUNS_KEYS
+    ]
