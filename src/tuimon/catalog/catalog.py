@@ -12,6 +12,7 @@ refresh of many runs stays fast. It never writes anything.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ class RunCatalog:
                 if key not in found:
                     self._drop(key)
             now, clock = time.time(), time.monotonic()
+            changed: set[str] = set()
             for key, path in found.items():
                 follower = self._followers.get(key)
                 if follower is None:
@@ -59,15 +61,23 @@ class RunCatalog:
                 try:
                     if follower.update():
                         follower.forget_liveness()
+                        changed.add(key)
                 except OSError:
                     self._drop(key)  # deleted since the scan, or not readable
                     continue
                 except Exception:
                     pass  # a log no reader expected: what was read so far stands
-                follower.check_liveness(clock)
-            self._backfill(time.monotonic() + self.backfill_budget_s)
-            self._summaries = {key: follower.summary(now) for key, follower in self._ordered()}
-            return list(self._summaries.values())
+                if follower.check_liveness(clock):
+                    changed.add(key)
+            changed.update(self._backfill(time.monotonic() + self.backfill_budget_s))
+            summaries = {}
+            for key, follower in self._ordered():
+                summary = self._summaries.get(key)
+                if summary is None or summary.live or key in changed:
+                    summary = follower.summary(now)  # a live run's duration grows
+                summaries[key] = summary
+            self._summaries = summaries
+            return list(summaries.values())
 
     def complete_alerts(self) -> list[RunSummary]:
         """Read every pending state.json now (`tuimon ls`: one look, no budget), then the
@@ -91,13 +101,17 @@ class RunCatalog:
             return None
 
     def latest_system(self) -> dict[str, Any] | None:
-        """The newest `system` event of any live run (for the machine's GPU panel)."""
+        """The newest `system` event of any live run on this host (for the machine's GPU
+        panel: a run on another host samples that host's GPUs)."""
+        here = socket.gethostname()
         with self._lock:
             best: dict[str, Any] | None = None
             best_time = -float("inf")
             for key, follower in self._followers.items():
                 summary = self._summaries.get(key)
                 if summary is None or not summary.live or follower.system is None:
+                    continue
+                if summary.host is not None and summary.host != here:
                     continue
                 when = as_number(follower.system.get("time"))
                 if when > best_time or best is None:
@@ -107,12 +121,16 @@ class RunCatalog:
     def _ordered(self) -> list[tuple[str, RunFollower]]:
         return sorted(self._followers.items(), key=lambda item: item[1].sort_key(), reverse=True)
 
-    def _backfill(self, deadline: float) -> None:
-        for follower in self._followers.values():
+    def _backfill(self, deadline: float) -> list[str]:
+        """Merge pending state.json alerts until `deadline`; the runs that got them."""
+        done = []
+        for key, follower in self._followers.items():
             if follower.cache_pending:
                 if time.monotonic() > deadline:
-                    return
+                    break
                 follower.merge_cached_alerts()
+                done.append(key)
+        return done
 
     def _drop(self, key: str) -> None:
         follower = self._followers.pop(key)

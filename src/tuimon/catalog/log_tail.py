@@ -21,6 +21,7 @@ CHUNK_BYTES = 1 << 17  # 128 KiB per backwards read
 MAX_TAIL_BYTES = 4 << 20  # never more than this per log, whatever its lines hold
 RECENT_STEPS = 200  # step events wanted for the loss trend
 STEP_MARK = b'"type":"step"'  # how the event log writes a step line (type first)
+_STEP_PREFIX = b'{"type":"step"'
 # Lines no summary reads, recognized without decoding them (the biggest lines of a log).
 _UNREAD_PREFIXES = (b'{"type":"probe"',)
 
@@ -64,10 +65,17 @@ def read_tail(
     tail.end = tail.start if last < 0 else position + last + 1
     if last < 0:
         return tail
-    events = tail.events
-    for line in data[first:last].split(b"\n"):
+    # Newest first: only the newest `steps` step lines are decoded; every other line of
+    # the window is (alerts, status changes, samples), except probes, which no summary reads.
+    events: list[dict[str, Any]] = []
+    wanted = steps
+    for line in reversed(data[first:last].split(b"\n")):
         if not line or line.isspace() or line.startswith(_UNREAD_PREFIXES):
             continue
+        if line.startswith(_STEP_PREFIX):
+            if wanted <= 0:
+                continue
+            wanted -= 1
         try:
             event = decode_line(line)
         except (ValueError, RecursionError):
@@ -76,4 +84,6 @@ def read_tail(
             events.append(event)
         else:
             tail.skipped += 1
+    events.reverse()
+    tail.events = events
     return tail

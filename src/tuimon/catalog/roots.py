@@ -38,21 +38,28 @@ def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
     """Every run directory directly under each root (or the root itself when it is one),
     each once; never a job's `ranks/<N>/`. Roots that are missing or unreadable give none."""
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()  # each event log once, however it is reached
     for root in roots:
         root = Path(root)
-        if is_run_dir(root):
-            if not _is_rank_dir(root):
+        log = _log_identity(os.path.join(root, EVENTS_FILE))
+        if log is not None:
+            if log not in seen and not _is_rank_dir(root):
+                seen.add(log)
                 found.append(root)
-            continue
-        try:
-            with os.scandir(root) as entries:
-                names = sorted(entry.name for entry in entries if _is_dir(entry))
-        except (OSError, ValueError):
             continue
         if root.name == RANKS_DIR and is_run_dir(root.parent):
             continue  # a job's ranks: they belong to the job
-        found.extend(root / name for name in names if is_run_dir(root / name))
-    return _unique(found)
+        try:
+            with os.scandir(root) as entries:
+                candidates = [(entry.name, entry.path) for entry in entries if _is_dir(entry)]
+        except (OSError, ValueError):
+            continue
+        for name, path in sorted(candidates):
+            log = _log_identity(os.path.join(path, EVENTS_FILE))
+            if log is not None and log not in seen:
+                seen.add(log)
+                found.append(root / name)
+    return found
 
 
 def missing_roots(roots: Sequence[Path]) -> list[Path]:
@@ -71,6 +78,15 @@ def _is_rank_dir(path: Path) -> bool:
     """`<job>/ranks/<N>`: rank N of a distributed job, shown as part of its job."""
     parent = path.parent
     return parent.name == RANKS_DIR and path.name.isdigit() and is_run_dir(parent.parent)
+
+
+def _log_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of an event log that is a regular file, else None."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
 
 
 def _unique(paths: Sequence[Path]) -> list[Path]:

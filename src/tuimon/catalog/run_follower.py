@@ -43,6 +43,7 @@ from tuimon.run.worker_liveness import Liveness, start_event, worker_liveness
 MAX_FOLLOW_BYTES = 2 * MAX_TAIL_BYTES  # new bytes past this are read as a new tail
 MIN_TREND_STEPS = 8  # losses needed for a trend
 LIVENESS_INTERVAL_S = 1.0  # a live pid is checked again after this long
+STARTING_GRACE_S = 60.0  # a log without a start event this old is not starting
 STOP_IGNORED = "stop_ignored"  # a message event's flag: the loop ran on past a stop
 
 
@@ -130,6 +131,9 @@ class RunFollower:
 
     def _apply(self, events: Iterable[dict[str, Any]]) -> None:
         for raw in events:
+            if raw.get("type") == STEP:  # most events: checked here, field by field
+                self._on_step(raw)
+                continue
             event = typed_event(raw)
             if event is None:
                 self.skipped += 1
@@ -138,9 +142,7 @@ class RunFollower:
             when = as_number(event.get("time"))
             if math.isfinite(when):
                 self.last_time = when
-            if kind == STEP:
-                self._on_step(event)
-            elif kind == SYSTEM:
+            if kind == SYSTEM:
                 self.system = event
             elif kind == ALERT:
                 self._on_alert(event)
@@ -165,11 +167,18 @@ class RunFollower:
                     self.phase = RUNNING
 
     def _on_step(self, event: dict[str, Any]) -> None:
-        self.step = event["step"]
+        step = as_step(event.get("step"))
+        if step is None:
+            self.skipped += 1  # a step event needs a valid step (field_types.typed_event)
+            return
+        self.step = step
+        when = as_number(event.get("time"))
+        if math.isfinite(when):
+            self.last_time = when
         if self.phase == STARTING:
             self.phase = RUNNING
         if has_loss(event):
-            loss = float(event["loss"])
+            loss = as_number(event["loss"])  # NaN for an int too large for a float
             self.loss = loss
             if math.isfinite(loss):
                 self.losses.append(loss)
@@ -193,15 +202,16 @@ class RunFollower:
 
     # -- liveness and the summary ------------------------------------------------------------
 
-    def check_liveness(self, now_monotonic: float) -> None:
-        """The worker's pid checked (a run without an `end`), at most once a second; a pid
-        found gone stays gone until the log grows again."""
+    def check_liveness(self, now_monotonic: float) -> bool:
+        """Check the worker's pid (a run without an `end`), at most once a second; a pid
+        found gone stays gone until the log grows again. Whether the verdict changed."""
         if self.end is not None or self.start is None:
-            return
+            return False
         if self.liveness == "gone" or now_monotonic - self.liveness_checked < LIVENESS_INTERVAL_S:
-            return
+            return False
         self.liveness_checked = now_monotonic
-        self.liveness = worker_liveness(self.start).verdict
+        before, self.liveness = self.liveness, worker_liveness(self.start).verdict
+        return self.liveness != before
 
     def forget_liveness(self) -> None:
         """The log grew: a pid found gone is checked again (a resumed or reused run)."""
@@ -214,7 +224,7 @@ class RunFollower:
         name = start.get("name")
         started = _time(start.get("time"))
         ended = _time(self.end.get("time")) if self.end is not None else None
-        status = self._status()
+        status = self._status(now)
         if ended is not None:
             duration = ended - started if started is not None else None
         elif status == DIED:
@@ -251,12 +261,14 @@ class RunFollower:
             skipped=self.skipped,
         )
 
-    def _status(self) -> str:
+    def _status(self, now: float) -> str:
         if self.end is not None:
             status = self.end.get("status")
             return status if status in END_STATUSES else UNKNOWN
         if self.liveness == "gone":
             return DIED
+        if self.start is None and now - self.mtime > STARTING_GRACE_S:
+            return UNKNOWN  # a log that never got its start event: no worker to check
         return self.phase
 
     def sort_key(self) -> float:
