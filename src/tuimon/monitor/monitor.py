@@ -55,6 +55,7 @@ from tuimon.monitor.step_timer import StepTimer
 from tuimon.monitor.stop_signals import StopOnSignal
 from tuimon.notify.notifier import Notifier
 from tuimon.notify.payloads import RunFacts
+from tuimon.notify.targets import redacted_argv
 from tuimon.run.checkpoint import checkpoint_path, save_checkpoint
 from tuimon.run.event_log import EventLog
 from tuimon.run.events import (
@@ -625,7 +626,7 @@ class Monitor:
             "run_dir": str(self.run_dir),
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "argv": list(sys.argv),
+            "argv": redacted_argv(sys.argv),  # never a notification's secret
             "config": options.config,
             "versions": _versions(),
             "device": _device_info(self._device),

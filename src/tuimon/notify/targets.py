@@ -108,3 +108,20 @@ def shown_target(target: str) -> str:
 
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """A command line as it may be logged: the value of `--notify X`, `--notify=X` and
+    `--set monitor.notify…=X` shown as `shown_target` shows a target."""
+    out: list[str] = []
+    follows_flag = False
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if follows_flag:
+            out.append(shown_target(arg))
+        elif eq and "notify" in key:
+            out.append(f"{key}={shown_target(value)}")
+        else:
+            out.append(arg)
+        follows_flag = arg == "--notify"
+    return out
