@@ -87,3 +87,30 @@ def runs_bindings() -> list[BindingType]:
         Binding(k.keys, k.action, k.description, show=k.show, key_display=k.display, id=k.id)
         for k in RUNS_KEYS
     ]
+
+
+# Compare (`c` on the runs screen): several runs' curves overlaid. Its help reads this too.
+COMPARE_KEYS: tuple[Key, ...] = (
+    Key("tab", "next_run", "Next run", "compare-next", "tab", "select the next run (1–9: run N)"),
+    Key("b", "pin_baseline", "Baseline", "compare-baseline", "b", "pin the selected run"),
+    Key("t", "cycle_x", "X axis", "compare-x", "t", "x axis: step ↔ elapsed time"),
+    Key("y", "toggle_log", "Log y", "compare-log-y", "y", "log scale for every plot"),
+    Key("S", "cycle_smoothing", "Smooth", "compare-smooth", "S", "smoothing: 0 → 0.6 → 0.9 → 0.99"),
+    Key("v", "next_metric", "Val metric", "compare-metric", "v", "validation plot: next metric"),
+    Key("D", "config_diff", "Config diff", "compare-diff", "D", "the runs' configs side by side"),
+    Key("M", "all_metrics", "Metrics", "compare-metrics", "M", "every metric across these runs"),
+    Key("escape,q", "close", "Back", "compare-back", "esc", "back to the runs"),
+)
+COMPARE_DIGITS = 9  # 1…9 select that run
+
+
+def compare_bindings() -> list[BindingType]:
+    keys: list[BindingType] = [
+        Binding(k.keys, k.action, k.description, show=k.show, key_display=k.display, id=k.id)
+        for k in COMPARE_KEYS
+    ]
+    keys += [
+        Binding(str(n), f"select_run({n - 1})", f"Run {n}", show=False)
+        for n in range(1, COMPARE_DIGITS + 1)
+    ]
+    return keys
