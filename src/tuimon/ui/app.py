@@ -55,10 +55,11 @@ from tuimon.terminal_text import printable
 from tuimon.ui import keymap
 from tuimon.ui.connection import ReplayLoader, RunConnection
 from tuimon.ui.messages import CommandResult, ConnectionChanged, StateReplaced
-from tuimon.ui.plotting import ViewOptions, metric_names
+from tuimon.ui.plotting import ViewOptions, metric_names, smoothing_text
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.help_screen import HelpScreen
 from tuimon.ui.screens.lr_screen import LRScreen
+from tuimon.ui.screens.metrics_screen import MetricsScreen
 from tuimon.ui.screens.rank_screen import RankScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.doctor_panel import DoctorPanel
@@ -490,6 +491,22 @@ class TuimonApp(App[None]):
         self.options = self.options.next_metric(names)
         self.toast(f"main plot: {self.options.metric or 'loss'}")
         self.refresh_panels(everything=True)
+
+    def action_cycle_smoothing(self) -> None:
+        """`S`: the next smoothing weight of the plots (raw, 0.6, 0.9, 0.99, the run's own)."""
+        with self.state.lock:
+            run_weight = self.state.smoothing
+        self.options = self.options.next_smoothing(run_weight)
+        self.toast(f"plots: {smoothing_text(self.options.smoothing_for(run_weight))}")
+        self.refresh_panels(everything=True)
+
+    def action_show_metrics(self) -> None:
+        """`M`: every scalar of this run, read from its log (live, replayed or dead alike)."""
+        if isinstance(self.screen, MetricsScreen):
+            return
+        with self.state.lock:
+            weight = self.options.smoothing_for(self.state.smoothing)
+        self.push_screen(MetricsScreen([self.run_dir], smoothing=weight))
 
     def action_cycle_x(self) -> None:
         self.options = self.options.next_x_mode()

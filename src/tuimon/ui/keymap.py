@@ -53,6 +53,22 @@ KEYS: tuple[Key, ...] = (
         "R",
         "a distributed job's ranks: step, rates, memory, laggards",
     ),
+    Key(
+        "M",
+        "show_metrics",
+        "All metrics",
+        "all-metrics",
+        "M",
+        "every scalar the run logged: / filters, enter plots one",
+    ),
+    Key(
+        "S",
+        "cycle_smoothing",
+        "Smoothing",
+        "smoothing",
+        "S",
+        "smoothing of the plots: 0 (raw) → 0.6 → 0.9 → 0.99 (and the run's own)",
+    ),
     Key("question_mark", "help", "Help", "help", "?", "this help"),
     Key(
         "q", "quit_ui", "Quit", "quit", "q", "quit the UI (asks whether to stop a run it launched)"

@@ -9,20 +9,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import plotext as plt
 from rich.text import Text
 
 from tuimon.run.run_state import RunState
+from tuimon.series.bucketed import BucketSeries
 from tuimon.series.decimate import minmax_columns
+from tuimon.series.smoothing import DebiasedEMA
 
 X_MODES = ("step", "epoch", "time")
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "elapsed s"}
 
 
 METRIC_PREFIX = "metrics/"  # RunState keeps each `mon.log()` scalar as metrics/<name>
+# The EMA weights `S` cycles through (and the run's own `monitor.smoothing`); 0 is raw.
+SMOOTHING_LEVELS: Final = (0.0, 0.6, 0.9, 0.99)
+SAME_WEIGHT: Final = 1e-9  # two weights this close are one
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,14 @@ class ViewOptions:
     log_y: bool = False
     x_mode: str = "step"
     metric: str | None = None  # the logged metric the main plot shows; None: the loss
+    smoothing: float | None = None  # EMA weight of smoothed curves; None: the run's own
+
+    def smoothing_for(self, run_weight: float) -> float:
+        """The weight drawn: the one picked with `S`, else the run's `monitor.smoothing`."""
+        return run_weight if self.smoothing is None else self.smoothing
+
+    def next_smoothing(self, run_weight: float) -> ViewOptions:
+        return replace(self, smoothing=next_smoothing(self.smoothing_for(run_weight), run_weight))
 
     def next_x_mode(self) -> ViewOptions:
         mode = X_MODES[(X_MODES.index(self.x_mode) + 1) % len(X_MODES)]
@@ -40,6 +53,60 @@ class ViewOptions:
         cycle: list[str | None] = [None, *names]
         at = cycle.index(self.metric) if self.metric in cycle else 0
         return replace(self, metric=cycle[(at + 1) % len(cycle)])
+
+
+def next_smoothing(weight: float, run_weight: float) -> float:
+    """The next weight up among SMOOTHING_LEVELS and the run's own; after the highest, 0."""
+    levels = sorted({*SMOOTHING_LEVELS, run_weight})
+    higher = [level for level in levels if level > weight + SAME_WEIGHT]
+    return higher[0] if higher else levels[0]
+
+
+def smoothing_text(weight: float) -> str:
+    """How a plot's title says its smoothing: "smoothing 0.9", or "raw" for none."""
+    return f"smoothing {weight:g}" if weight > 0 else "raw (no smoothing)"
+
+
+def smoothed_values(values: np.ndarray, weight: float, span: int = 1) -> np.ndarray:
+    """The debiased EMA (series/smoothing.py) of `values`, as TensorBoard draws it; NaN
+    before the first finite value. Each value may stand for `span` steps (a bucket of a
+    long series, its last point): the weight per value is then `weight ** span`, so the
+    curve is smoothed over as many steps however long the run."""
+    ema = DebiasedEMA(weight**span)
+    out = np.full(values.size, math.nan)
+    for i, value in enumerate(values.tolist()):
+        smoothed = ema.update(value)
+        if smoothed is not None:
+            out[i] = smoothed
+    return out
+
+
+def smoothed_curves(
+    series: BucketSeries | None,
+    x_mode: str,
+    weight: float,
+    width: int,
+    color: str,
+    log_y: bool = False,
+) -> list[Curve]:
+    """The series smoothed at `weight` (nothing at 0), decimated to `width` like the raw
+    curve: computed at draw time from the raw points, so any weight can be drawn."""
+    if series is None or not len(series) or weight <= 0:
+        return []
+    x = series.column(x_mode)
+    ys = smoothed_values(series.column("last"), weight, series.span)
+    if log_y:
+        ys = np.where(ys > 0, ys, np.nan)
+    xs, lows, highs = minmax_columns(x, ys, ys, width)
+    curves = [Curve(xs, highs, color)]
+    if not np.array_equal(lows, highs):
+        curves.append(Curve(xs, lows, color))
+    return curves
+
+
+def last_finite(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if finite.size else None
 
 
 def metric_names(state: RunState) -> list[str]:
@@ -75,12 +142,23 @@ def series_curves(
     points: bool = False,
     log_y: bool = False,
 ) -> list[Curve]:
+    """A series of the state as curves of at most `width` points (see bucket_curves)."""
+    return bucket_curves(state.series.get(name), options.x_mode, width, color, points, log_y)
+
+
+def bucket_curves(
+    series: BucketSeries | None,
+    x_mode: str,
+    width: int,
+    color: str,
+    points: bool = False,
+    log_y: bool = False,
+) -> list[Curve]:
     """A series as curves of at most `width` points: its per-column max and min (one curve
     where they agree), or the latest value of each bucket as points."""
-    series = state.series.get(name)
     if series is None or not len(series):
         return []
-    x = series.column(options.x_mode)
+    x = series.column(x_mode)
     if points:
         ys = series.column("last")
         keep = np.isfinite(x) & np.isfinite(ys) & ((ys > 0) if log_y else True)
