@@ -30,6 +30,10 @@ BASELINE_NOTE = " (baseline)"
 EMPTY_TEXT = "no data yet"
 MIN_PLOT_LINES = 3
 LEGEND_GAP = "  "
+# Values are clipped to ±this before drawing: plotext computes with a value range, and
+# ±1e308 (a diverged run, a damaged log) would overflow it to NaN; clipped, a spike that
+# big still reaches the plot's edge.
+DRAWABLE = 1e100
 
 
 @dataclass
@@ -59,7 +63,7 @@ def drawable_points(
     curve: OverlayCurve, *, log_y: bool = False, smoothing: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The curve's points that can be drawn: finite x and y, smoothed when asked (over the
-    finite points in order), and on a log axis only positive values."""
+    finite points in order), on a log axis only positive values, clipped to ±`DRAWABLE`."""
     xs = np.asarray(curve.xs, dtype=float)
     ys = np.asarray(curve.ys, dtype=float)
     count = min(xs.size, ys.size)
@@ -71,7 +75,7 @@ def drawable_points(
     if log_y:
         positive = ys > 0
         xs, ys = xs[positive], ys[positive]
-    return xs, ys
+    return np.clip(xs, -DRAWABLE, DRAWABLE), np.clip(ys, -DRAWABLE, DRAWABLE)
 
 
 def draw_overlay(
