@@ -13,6 +13,7 @@ error.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -21,15 +22,9 @@ from typing import Any
 
 from tuimon.catalog.run_summary import compact_alert
 from tuimon.run.event_codec import decode_line
-from tuimon.run.replay_cache import CACHE_FORMAT, CACHE_VERSION, MAX_CACHE_BYTES
 from tuimon.run.run_dir import EVENTS_FILE, STATE_FILE
 
 CLEARED_AT = "cleared_at"  # RunState marks an alert whose episode ended with this
-# How the replay cache begins (orjson, keys in write_state_cache's order).
-_HEAD = re.compile(
-    rb'\{"format":"%s","cache_version":%d,"log_bytes":(?P<log_bytes>[0-9]{1,18}),'
-    % (CACHE_FORMAT.encode(), CACHE_VERSION)
-)
 _HEAD_BYTES = 200
 _ALERTS_KEY = b'"alerts":['
 _NEXT_KEY = b',"messages":['
@@ -40,7 +35,7 @@ def cached_open_alerts(run_dir: Path, log_size: int) -> dict[str, dict[str, Any]
     usable cache. `log_size`: the log's size as the caller read it."""
     try:
         raw = _read(run_dir / STATE_FILE)
-        head = _HEAD.match(raw[:_HEAD_BYTES]) if raw is not None else None
+        head = _head().match(raw[:_HEAD_BYTES]) if raw is not None else None
         if raw is None or head is None:
             return {}
         if not _stands_for_log(run_dir / EVENTS_FILE, int(head["log_bytes"]), log_size):
@@ -62,6 +57,19 @@ def cached_open_alerts(run_dir: Path, log_size: int) -> dict[str, dict[str, Any]
     }
 
 
+@functools.cache
+def _head() -> re.Pattern[bytes]:
+    """How the replay cache begins (orjson, keys in write_state_cache's order). Imported
+    here, not at the top: the replay cache brings numpy, which `tuimon ls` needs only for
+    a long finished run."""
+    from tuimon.run.replay_cache import CACHE_FORMAT, CACHE_VERSION
+
+    return re.compile(
+        rb'\{"format":"%s","cache_version":%d,"log_bytes":(?P<log_bytes>[0-9]{1,18}),'
+        % (CACHE_FORMAT.encode(), CACHE_VERSION)
+    )
+
+
 def _read(path: Path) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -71,6 +79,8 @@ def _read(path: Path) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             return None
+        from tuimon.run.replay_cache import MAX_CACHE_BYTES
+
         if info.st_size > MAX_CACHE_BYTES:
             return None
         raw = file.read(MAX_CACHE_BYTES + 1)
