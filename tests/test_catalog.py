@@ -417,3 +417,18 @@ def test_a_distributed_job_says_its_world_size_and_json_is_strict(tmp_path):
     data = summary.to_json()
     assert data["loss"] is None  # NaN: null in JSON
     assert json.loads(json.dumps(data, allow_nan=False))["run_dir"] == str(job)
+
+
+def test_the_catalog_and_ls_import_no_torch_textual_pydantic_or_numpy():
+    # The runs screen imports the catalog (the UI never imports torch or pydantic), and
+    # `tuimon ls` should start fast: numpy only comes with a finished run's state.json.
+    code = (
+        "import sys\n"
+        "import tuimon.catalog.catalog, tuimon.catalog.machine_gpus, tuimon.catalog.ls_command\n"
+        "heavy = ('torch', 'textual', 'pydantic', 'numpy')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy"
+        " or m.startswith(('tuimon.monitor', 'tuimon.training', 'tuimon.ui'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
