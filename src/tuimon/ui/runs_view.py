@@ -274,6 +274,32 @@ def row_cells(run: RunSummary, marked: bool, now: float | None = None) -> tuple[
     )
 
 
+def row_key(run: RunSummary, marked: bool, today: int) -> tuple[Any, ...]:
+    """Everything a row's text depends on (`today`: the day of the year, for the start
+    time): a refresh rebuilds only the rows whose key changed (a live run's duration moves
+    each second; a finished run's row stays as it was)."""
+    alert = run.alert or {}
+    loss = "nan" if run.loss is not None and math.isnan(run.loss) else run.loss
+    duration = format_duration(run.duration) if run.duration is not None else None
+    return (
+        run.name,
+        run.status,
+        run.step,
+        run.total_steps,
+        loss,
+        run.loss_trend,
+        alert.get("rule"),
+        alert.get("severity"),
+        run.alerts_open,
+        tuple(run.gpus),
+        run.gpu_mem,
+        run.started,
+        duration,
+        marked,
+        today,
+    )
+
+
 def row_text(run: RunSummary, marked: bool = False, now: float | None = None) -> list[str]:
     """The row as plain strings (tests, `tuimon ls`-like captures)."""
     return [cell.plain for cell in row_cells(run, marked, now)]

@@ -58,14 +58,14 @@ class MachineGpuPanel(Static):
         super().__init__("", markup=False, **kwargs)  # type: ignore[arg-type]
         self.border_title = "Machine GPUs"
         self.lines: list[Text] = [Text("reading the GPUs…", style="dim")]
-        self._shown: list[str] | None = None
+        self._shown: tuple[list[MachineGpu], str] | None = None
 
     def show(self, gpus: Sequence[MachineGpu], reason: str) -> None:
-        lines = gpu_lines(gpus, reason)
-        plain = [line.markup for line in lines]
-        if plain == self._shown:
+        shown = (list(gpus), reason)
+        if shown == self._shown:
             return
-        self._shown = plain
+        self._shown = shown
+        lines = gpu_lines(gpus, reason)
         self.lines = lines
         wanted = max(1, len(lines)) + 2  # the border
         if self.styles.height is None or self.styles.height.value != wanted:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual.widgets import DataTable
 
 from tuimon.catalog.run_summary import RunSummary
-from tuimon.ui.runs_view import COLUMNS, row_cells
+from tuimon.ui.runs_view import COLUMNS, row_cells, row_key
 
 
 class RunsTable(DataTable[Text]):
@@ -23,6 +24,7 @@ class RunsTable(DataTable[Text]):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)  # type: ignore[arg-type]
         self.run_dirs: list[Path] = []  # the rows, in order
         self._cells: dict[Path, tuple[Text, ...]] = {}
+        self._keys: dict[Path, tuple[Any, ...]] = {}  # what each row's cells were made from
         self.rebuilds = 0  # how many times the rows were rebuilt (tests check in-place updates)
 
     def on_mount(self) -> None:
@@ -45,14 +47,27 @@ class RunsTable(DataTable[Text]):
         """Make the table hold `runs` in this order; the cursor stays on its run (or goes
         to `cursor` when given)."""
         now = time.time()
+        today = time.localtime(now).tm_yday
         keep = cursor if cursor is not None else self.selected
         wanted = [run.run_dir for run in runs]
-        cells = {run.run_dir: row_cells(run, run.run_dir in marked, now) for run in runs}
+        keys: dict[Path, tuple[Any, ...]] = {}
+        cells: dict[Path, tuple[Text, ...]] = {}
+        for run in runs:
+            is_marked = run.run_dir in marked
+            key = keys[run.run_dir] = row_key(run, is_marked, today)
+            kept = self._cells.get(run.run_dir)
+            if kept is not None and self._keys.get(run.run_dir) == key:
+                cells[run.run_dir] = kept  # nothing it shows has changed
+            else:
+                cells[run.run_dir] = row_cells(run, is_marked, now)
+        self._keys = keys
         if wanted != self.run_dirs:
             self._rebuild(wanted, cells)
         else:
             for run_dir in wanted:
                 before = self._cells.get(run_dir)
+                if before is cells[run_dir]:
+                    continue
                 for (column, _), cell, old in zip(
                     COLUMNS, cells[run_dir], before or (), strict=False
                 ):
