@@ -432,3 +432,26 @@ def test_the_catalog_and_ls_import_no_torch_textual_pydantic_or_numpy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_catalog_writes_nothing(tmp_path):
+    def tree() -> dict[str, tuple[int, int]]:
+        return {
+            str(path): (path.lstat().st_size, path.lstat().st_mtime_ns)
+            for path in sorted(tmp_path.rglob("*"))
+        }
+
+    write(tmp_path / "live", [start("live"), *steps(1, 50)])
+    write(tmp_path / "dead", [start("dead", pid=gone_pid()), *steps(1, 50)])
+    events = [start("done"), *steps(1, 3000), {"type": END, "status": COMPLETED}]
+    for seq, event in enumerate(events, start=1):
+        event["seq"] = seq
+    write(tmp_path / "done", events)
+    state = RunState()
+    state.apply_many(events)
+    assert write_state_cache(tmp_path / "done", state, tmp_path / "done" / EVENTS_FILE)
+    before = tree()
+    catalog = RunCatalog([tmp_path])
+    assert len(catalog.complete_alerts()) == 3
+    catalog.refresh()
+    assert tree() == before
