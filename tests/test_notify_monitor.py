@@ -223,6 +223,8 @@ def test_many_messages_while_the_receiver_hangs_are_dropped_not_waited_for(tmp_p
             assert notifier.dropped >= QUEUE_SIZE
             train(mon, model, opt, x, y, 3)
             server.release.set()
+        said = [e["text"] for e in events(tmp_path / "run") if e["type"] == MESSAGE]
+        assert sum("were dropped" in text for text in said) == 1  # said once, at the end
     finally:
         server.close()
 
@@ -261,13 +263,16 @@ def test_a_config_run_notifies_its_end(hook, tmp_path):
     no_secret_in(tmp_path / "run")
 
 
-@pytest.mark.parametrize("fail", [False, True])
-def test_a_script_under_tuimon_run_notify_is_heard_even_when_it_exits_at_once(hook, tmp_path, fail):
+@pytest.mark.parametrize("how", ["completes", "fails", "never closes"])
+def test_a_script_under_tuimon_run_notify_is_heard_even_when_it_exits_at_once(hook, tmp_path, how):
     """The script reads TUIMON_NOTIFY (what `tuimon run --notify` sets) and calls os._exit
-    right after the Monitor closes: the end's message was sent before close returned."""
+    right after the Monitor closes: the end's message was sent before close returned. A
+    script that never closes its Monitor is heard from its exit (the atexit close)."""
     env = {**worker_env(), NOTIFY_ENV: hook.url(SECRET)}
+    fail = how == "fails"
+    mode = {"completes": [], "fails": ["fail"], "never closes": ["no-close"]}[how]
     done = subprocess.run(
-        [sys.executable, str(LOOP), *(["fail"] if fail else [])],
+        [sys.executable, str(LOOP), *mode],
         capture_output=True,
         text=True,
         env=env,
@@ -275,6 +280,7 @@ def test_a_script_under_tuimon_run_notify_is_heard_even_when_it_exits_at_once(ho
         timeout=300,
     )
     assert done.returncode == (1 if fail else 0), done.stderr
+    assert "NOTIFY LOOP" in done.stdout
     [message] = hook.bodies()  # no wait: it arrived before the process exited
     assert message["event"] == ("failed" if fail else "completed")
     assert message["step"] == (5 if fail else 12) and message["run"] == "notify_loop"

@@ -28,7 +28,7 @@ from tuimon.run.events import ALERT, ERROR, WARNING, Severity
 # Messages waiting to be sent; more are dropped (and counted), never waited for.
 QUEUE_SIZE = 32
 # The longest close() waits for queued messages to go out (seconds).
-CLOSE_FLUSH_SECONDS = 15.0
+CLOSE_FLUSH_SECONDS = 10.0
 # The hang watch looks this many times per `hang_after` (at most once a second).
 HANG_CHECKS = 4
 _STOP = object()
@@ -91,7 +91,10 @@ class Notifier:
             return
         self._ended = True
         if end.get("status") in self.on:
-            self.queue(from_end(end, self.run, time.time()))
+            try:  # the message that matters most: it may wait for room (bounded)
+                self._queue.put(from_end(end, self.run, time.time()), timeout=CLOSE_FLUSH_SECONDS)
+            except queue.Full:
+                self.dropped += 1
 
     def queue(self, note: Notification) -> None:
         try:
@@ -103,6 +106,13 @@ class Notifier:
         """Stop the hang watch; send what is queued, waiting at most `timeout` seconds.
         True when everything queued went out (or failed) in time."""
         self._stop.set()
+        if self.dropped:
+            with contextlib.suppress(Exception):
+                self._note(
+                    f"{self.dropped} notification(s) to {self.target} were dropped: the "
+                    f"receiver was slower than the run ({QUEUE_SIZE} can wait)",
+                    WARNING,
+                )
         deadline = time.monotonic() + timeout
         try:
             self._queue.put(_STOP, timeout=timeout)
