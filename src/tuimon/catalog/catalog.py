@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tuimon.catalog.roots import find_run_dirs
+from tuimon.catalog.roots import scan_run_dirs
 from tuimon.catalog.run_follower import RunFollower
 from tuimon.catalog.run_summary import RunSummary
 from tuimon.run.field_types import as_number
@@ -48,18 +48,18 @@ class RunCatalog:
     def refresh(self) -> list[RunSummary]:
         """Rescan, read what is new, and return every run's summary, newest start first."""
         with self._lock:
-            found = {str(path): path for path in find_run_dirs(self.roots)}
+            found = {str(path): (path, log) for path, log in scan_run_dirs(self.roots)}
             for key in list(self._followers):
                 if key not in found:
                     self._drop(key)
             now, clock = time.time(), time.monotonic()
             changed: set[str] = set()
-            for key, path in found.items():
+            for key, (path, log) in found.items():
                 follower = self._followers.get(key)
                 if follower is None:
                     follower = self._followers[key] = RunFollower(path)
                 try:
-                    if follower.update():
+                    if follower.update(log):
                         follower.forget_liveness()
                         changed.add(key)
                 except OSError:

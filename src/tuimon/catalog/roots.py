@@ -37,15 +37,21 @@ def is_run_dir(path: Path) -> bool:
 def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
     """Every run directory directly under each root (or the root itself when it is one),
     each once; never a job's `ranks/<N>/`. Roots that are missing or unreadable give none."""
-    found: list[Path] = []
+    return [run_dir for run_dir, _ in scan_run_dirs(roots)]
+
+
+def scan_run_dirs(roots: Sequence[Path]) -> list[tuple[Path, os.stat_result]]:
+    """find_run_dirs, with the stat of each run's event log (one stat per run: the
+    catalog's rescan)."""
+    found: list[tuple[Path, os.stat_result]] = []
     seen: set[tuple[int, int]] = set()  # each event log once, however it is reached
     for root in roots:
         root = Path(root)
-        log = _log_identity(os.path.join(root, EVENTS_FILE))
+        log = _log_stat(os.path.join(root, EVENTS_FILE))
         if log is not None:
-            if log not in seen and not _is_rank_dir(root):
-                seen.add(log)
-                found.append(root)
+            if (log.st_dev, log.st_ino) not in seen and not _is_rank_dir(root):
+                seen.add((log.st_dev, log.st_ino))
+                found.append((root, log))
             continue
         if root.name == RANKS_DIR and is_run_dir(root.parent):
             continue  # a job's ranks: they belong to the job
@@ -55,10 +61,10 @@ def find_run_dirs(roots: Sequence[Path]) -> list[Path]:
         except (OSError, ValueError):
             continue
         for name, path in sorted(candidates):
-            log = _log_identity(os.path.join(path, EVENTS_FILE))
-            if log is not None and log not in seen:
-                seen.add(log)
-                found.append(root / name)
+            log = _log_stat(os.path.join(path, EVENTS_FILE))
+            if log is not None and (log.st_dev, log.st_ino) not in seen:
+                seen.add((log.st_dev, log.st_ino))
+                found.append((root / name, log))
     return found
 
 
@@ -80,13 +86,13 @@ def _is_rank_dir(path: Path) -> bool:
     return parent.name == RANKS_DIR and path.name.isdigit() and is_run_dir(parent.parent)
 
 
-def _log_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of an event log that is a regular file, else None."""
+def _log_stat(path: str) -> os.stat_result | None:
+    """The stat of an event log that is a regular file, else None."""
     try:
         info = os.stat(path)
     except (OSError, ValueError):
         return None
-    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+    return info if stat.S_ISREG(info.st_mode) else None
 
 
 def _unique(paths: Sequence[Path]) -> list[Path]:

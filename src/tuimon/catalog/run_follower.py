@@ -79,10 +79,11 @@ class RunFollower:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def update(self) -> bool:
-        """Read what the log gained since the last call; whether anything was read.
-        Raises OSError when the log cannot be read (gone, or not readable)."""
-        info = os.stat(self.log)
+    def update(self, info: os.stat_result | None = None) -> bool:
+        """Read what the log gained since the last call (`info`: the log's stat, when the
+        caller just took it); whether anything was read. Raises OSError when the log
+        cannot be read (gone, or not readable)."""
+        info = os.stat(self.log) if info is None else info
         identity = (info.st_dev, info.st_ino)
         if self.inode is not None and (identity != self.inode or info.st_size < self.offset):
             self._reset()  # replaced or truncated: a new log
@@ -98,7 +99,7 @@ class RunFollower:
             self._read_tail(first=False)
         else:
             self._follow()
-        self.size = info.st_size
+        self.size = max(info.st_size, self.offset)  # it may have grown while read
         return True
 
     def _read_head(self) -> None:
