@@ -186,7 +186,7 @@ def _export(
         tb_file: Path | None = None
         if tb_dir is not None:
             tb_dir.mkdir(parents=True, exist_ok=True)
-            tb_file = tb_dir / event_file_name()
+            tb_file = event_file_name(tb_dir)
             tensorboard = TensorBoardEvents(
                 outputs.enter_context(output_file(tb_file, replace=False)),
                 lambda: stream.t0,

@@ -13,11 +13,13 @@ checksums computed a batch at a time (`crc32c.py`).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from tuimon.errors import UsageError
@@ -63,10 +65,15 @@ def load_protos() -> Any:
     return Protos
 
 
-def event_file_name(now: float | None = None) -> str:
-    """The name TensorBoard's writers give an event file (time, host, pid, a counter)."""
-    when = time.time() if now is None else now
-    return f"{FILE_PREFIX}{int(when):010d}.{socket.gethostname()}.{os.getpid()}.0"
+def event_file_name(directory: Path, now: float | None = None) -> Path:
+    """A new event file's path, named as TensorBoard's writers name them (time, host, pid,
+    a counter: the first not taken in `directory`)."""
+    when = int(time.time() if now is None else now)
+    stem = f"{FILE_PREFIX}{when:010d}.{socket.gethostname()}.{os.getpid()}"
+    counter = 0
+    while os.path.lexists(path := directory / f"{stem}.{counter}"):
+        counter += 1
+    return path
 
 
 class TensorBoardEvents:
@@ -80,7 +87,7 @@ class TensorBoardEvents:
         self._file = file
         self._start_time = start_time  # the run's start, known once the log's start is read
         self._started = False
-        self._tags: set[str] = set()
+        self._templates: dict[str, bytes] = {}  # per tag: a value's bytes but its float
         self._records: list[bytes] = []
         self._batched = 0
         self._wall_time = 0.0
@@ -106,37 +113,48 @@ class TensorBoardEvents:
     def add(self, event: ScalarEvent) -> None:
         if not self._started:
             self._start()
-        p, tags = self._p, self._tags
-        values = []
+        templates = self._templates
+        values: list[bytes] = []
         for tag, number in event.scalars.items():
-            if tag not in tags:
-                if len(tags) >= MAX_TAGS:
-                    self.over_limit = True
-                    continue
-                tags.add(tag)
-                metadata = p.scalar_metadata
+            template = templates.get(tag)
+            if template is not None:
+                values.append(template + _float32(number))
+            elif len(templates) < MAX_TAGS:
+                values.append(self._first_value(tag, number))
             else:
-                metadata = None
-            values.append(
-                p.Value(
-                    tag=tag,
-                    metadata=metadata,
-                    tensor=p.TensorProto(
-                        dtype=p.DT_FLOAT, tensor_shape=p.scalar_shape, float_val=[number]
-                    ),
-                )
-            )
+                self.over_limit = True
         if not values:
             return
         if event.time is not None:
             self._wall_time = event.time
-        self._record(
-            p.Event(
-                wall_time=self._wall_time, step=event.step, summary=p.Summary(value=values)
-            ).SerializeToString()
-        )
+        summary = b"".join([_VALUE_FIELD + _varint(len(value)) + value for value in values])
+        head = self._p.Event(wall_time=self._wall_time, step=event.step).SerializeToString()
+        self._record(head + _SUMMARY_FIELD + _varint(len(summary)) + summary)
         self.events += 1
         self.values += len(values)
+
+    def _first_value(self, name: str, number: float) -> bytes:
+        """A tag's first value, with the scalars plugin's metadata, built as protos; and the
+        tag's template for the values after it: the serialized value without its last 4
+        bytes, which are the float (a tensor's `float_val` is the value's last field, as
+        protobuf writes fields in number order; checked here, else no template)."""
+        p = self._p
+        # A name JSON allowed but UTF-8 does not (a lone surrogate): escaped, not refused.
+        tag = name.encode("utf-8", "backslashreplace").decode("utf-8")
+        probe = p.Value(
+            tag=tag,
+            tensor=p.TensorProto(dtype=p.DT_FLOAT, tensor_shape=p.scalar_shape, float_val=[1.5]),
+        ).SerializeToString()
+        if probe.endswith(_float32(1.5)):
+            self._templates[name] = probe[:-4]
+        value = p.Value(
+            tag=tag,
+            metadata=p.scalar_metadata,
+            tensor=p.TensorProto(
+                dtype=p.DT_FLOAT, tensor_shape=p.scalar_shape, float_val=[_as_float32(number)]
+            ),
+        )
+        return bytes(value.SerializeToString())
 
     def finish(self) -> None:
         if not self._started:
@@ -171,6 +189,36 @@ class TensorBoardEvents:
                 self._header_crcs.clear()
             crc = self._header_crcs[length] = crc32c_many([header])[0]
         return _pack_crc(crc)
+
+
+# Protobuf's wire format for the two fields assembled here: Summary.value (field 1) and
+# Event.summary (field 5), both length-delimited (wire type 2).
+_VALUE_FIELD: Final = b"\x0a"
+_SUMMARY_FIELD: Final = b"\x2a"
+_FLOAT32 = struct.Struct("<f")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _as_float32(number: float) -> float:
+    """A float32 field's value: beyond float32's range is an infinity (not an error)."""
+    if number > _FLOAT32_MAX:
+        return math.inf
+    if number < -_FLOAT32_MAX:
+        return -math.inf
+    return number
+
+
+def _float32(number: float) -> bytes:
+    return _FLOAT32.pack(_as_float32(number))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _pack_crc(crc: int) -> bytes:
