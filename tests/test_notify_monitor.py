@@ -338,3 +338,20 @@ def test_notifying_runs_on_its_own_threads_only(hook, tmp_path):
     finally:
         patch.undo()
     assert seen and set(seen) == {"tuimon-notify"}
+
+
+@pytest.mark.parametrize("format", ["slack", "ntfy"])
+def test_slack_and_ntfy_bodies_reach_the_server_as_they_expect(hook, tmp_path, format):
+    model, opt, x, y = tiny()
+    notify = {"url": hook.url("/base/my-topic"), "format": format}
+    with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True, notify=notify) as mon:
+        train(mon, model, opt, x, y, 3)
+    [received] = hook.received
+    if format == "slack":  # an incoming webhook: {"text"} POSTed to the hook itself
+        assert received["path"] == "/base/my-topic" and set(received["body"]) == {"text"}
+        assert "completed at step 3" in received["body"]["text"]
+    else:  # ntfy's JSON publishing: to the server's root, the topic in the body
+        assert received["path"] == "/base/"
+        assert received["body"]["topic"] == "my-topic" and received["body"]["priority"] == 3
+        assert "completed at step 3" in received["body"]["title"]
+        assert received["body"]["tags"] == ["white_check_mark"]
