@@ -67,7 +67,7 @@ KEYS: tuple[Key, ...] = (
         "Smoothing",
         "smoothing",
         "S",
-        "smoothing of the plots: 0 (raw) → 0.6 → 0.9 → 0.99 (and the run's own)",
+        "plot smoothing: raw → 0.6 → 0.9 → 0.99 (and the run's own)",
     ),
     Key("question_mark", "help", "Help", "help", "?", "this help"),
     Key(
