@@ -280,10 +280,14 @@ async def all_shown(pilot, screen: RunsScreen, runs: Runs) -> None:
 
 
 async def test_the_table_shows_every_run_in_its_state_with_its_figures(runs):
-    app = RunsApp([runs.root], refresh_s=0.2)
+    nowhere = runs.root.parent / "nowhere"  # a --root typo: said, not an error
+    app = RunsApp([runs.root, nowhere], refresh_s=0.2)
     async with app.run_test(size=(160, 40)) as pilot:
         screen = screen_of(app)
         await all_shown(pilot, screen, runs)
+        title = screen.title_text.plain
+        assert title.startswith(f"tuimon runs · 4 runs under {runs.root}, {nowhere}")
+        assert title.endswith(f"no such directory: {nowhere}")
         assert sorted(screen.table.run_dirs) == sorted(runs.all)
         done = screen.table.row_plain(runs.completed)
         assert done[1] == "● mlp" and done[3] == "30/30"

@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from tuimon.catalog.catalog import RunCatalog
 from tuimon.catalog.machine_gpus import MachineGpu, machine_gpus
+from tuimon.catalog.roots import missing_roots
 from tuimon.catalog.run_summary import RunSummary
 from tuimon.control.client import ControlClient, ControlError
 from tuimon.control.commands import STOP
@@ -53,10 +54,16 @@ class CatalogRead(Message):
     """A refresh's result, from the catalog thread."""
 
     def __init__(
-        self, runs: list[RunSummary], gpus: list[MachineGpu], reason: str, seconds: float
+        self,
+        runs: list[RunSummary],
+        gpus: list[MachineGpu],
+        reason: str,
+        seconds: float,
+        missing: list[Path] | None = None,
     ) -> None:
         super().__init__()
         self.runs = runs
+        self.missing = missing or []  # roots that are not directories
         self.gpus = gpus
         self.reason = reason
         self.seconds = seconds
@@ -99,6 +106,8 @@ class RunsScreen(Screen[None]):
         self.runs: list[RunSummary] = []
         self.gpus: list[MachineGpu] = []
         self.gpu_reason = ""
+        self.missing_roots: list[Path] = []
+        self.title_text = Text()  # the line above the table, as drawn
         self.refreshes = 0  # catalog reads shown (tests wait for a fresh one)
         self.last_refresh_s = 0.0  # the last read's cost, in the worker thread
         self._reading = False
@@ -142,10 +151,12 @@ class RunsScreen(Screen[None]):
         try:
             runs = self.catalog.refresh()
             gpus, reason = machine_gpus(runs, self.catalog.latest_system(), self.nvml)
+            missing = missing_roots(self.roots)
         except Exception as exc:  # a bug must not stop the refreshes: say it, go on
             self.post_message(CatalogRead(self.runs, self.gpus, f"catalog error: {exc}", 0.0))
             return
-        self.post_message(CatalogRead(runs, gpus, reason, time.perf_counter() - began))
+        took = time.perf_counter() - began
+        self.post_message(CatalogRead(runs, gpus, reason, took, missing))
 
     @on(CatalogRead)
     def catalog_read(self, message: CatalogRead) -> None:
@@ -153,6 +164,7 @@ class RunsScreen(Screen[None]):
         self.runs = message.runs
         self.gpus, self.gpu_reason = message.gpus, message.reason
         self.last_refresh_s = message.seconds
+        self.missing_roots = message.missing
         self.redraw()
         self.refreshes += 1
 
@@ -179,8 +191,12 @@ class RunsScreen(Screen[None]):
         title.append(f" · {SORT_TITLES.get(self.view.sort, self.view.sort)}", style="dim")
         if self.view.filter_text:
             title.append(f" · filter: {printable(self.view.filter_text, keep_newlines=False)}")
+        if self.missing_roots:
+            missing = ", ".join(printable(str(p), keep_newlines=False) for p in self.missing_roots)
+            title.append(f" · no such directory: {missing}", style="bold yellow")
         if self.view.marked:
             title.append(f" · {len(self.view.marked)} selected", style="bold")
+        self.title_text = title
         self.query_one("#runs-title", Static).update(title)
 
     # -- the selected run -----------------------------------------------------------------
