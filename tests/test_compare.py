@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 from rich.style import Style
@@ -17,7 +18,13 @@ from textual.app import App
 from tuimon.run.scalar_history import ScalarHistory
 from tuimon.ui.overlay_plot import plot_color
 from tuimon.ui.run_colors import run_color, run_colors
-from tuimon.ui.screens.compare_screen import CompareScreen, ConfigDiffScreen, OverlayPanel
+from tuimon.ui.screens.compare_screen import (
+    CompareScreen,
+    ConfigDiffScreen,
+    OverlayPanel,
+    metric_order,
+    relative_change,
+)
 
 from conftest import REPO, until
 
@@ -242,3 +249,33 @@ async def test_logs_are_read_off_the_ui_thread(two_runs, monkeypatch):
         assert "◆ mlp-lr-high (baseline)" in legend(panel(screen, "loss").text)
     assert len(threads) >= 4
     assert threading.main_thread() not in threads
+
+
+def test_relative_change_reads_both_runs_at_the_same_x():
+    run = (np.array([0.0, 10.0, 20.0]), np.array([4.0, 2.0, 1.0]))
+    base = (np.array([0.0, 10.0]), np.array([4.0, 4.0]))  # shorter: compared at x=10
+    assert relative_change(run, base) == (10.0, 2.0, -50.0)
+    assert relative_change(base, run) == (10.0, 4.0, 100.0)
+    empty = (np.empty(0), np.empty(0))
+    assert relative_change(run, empty) is None
+    zero = (np.array([0.0, 20.0]), np.array([0.0, 0.0]))
+    assert relative_change(run, zero) is None  # no percentage of zero
+
+
+def test_metric_order_puts_val_loss_first_and_leaves_step_fields_out():
+    names = ["lr", "loss", "lr/1", "grad_norm", "layer_grad_norms/net.1", "bleu", "val_acc"]
+    assert metric_order([*names, "val_loss", "metrics/loss"]) == [
+        "val_loss",
+        "val_acc",
+        "bleu",
+        "metrics/loss",
+    ]
+
+
+async def test_m_opens_every_metric_of_these_runs(two_runs):
+    metrics_screen = pytest.importorskip("tuimon.ui.screens.metrics_screen")
+    app = CompareApp(two_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await drawn(pilot, app.compare, 2)
+        await pilot.press("M")
+        await until(pilot, lambda: isinstance(app.screen, metrics_screen.MetricsScreen))

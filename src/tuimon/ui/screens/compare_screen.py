@@ -41,7 +41,7 @@ LOSS = "loss"
 VAL_LOSS = "val_loss"
 X_AXES = ("step", "time")  # BucketSeries columns: step, elapsed seconds since the start
 SMOOTHING = (0.0, 0.6, 0.9, 0.99)
-VALIDATION_PREFIXES = ("val_", "eval_", "val/", "eval/", "validation", "test_", METRIC_PREFIX)
+VALIDATION_PREFIXES = ("val_", "eval_", "val/", "eval/", "validation", "test_")
 MAX_METRICS = 64  # metric candidates copied per read: a bound a hostile log cannot pass
 READ_EVERY = 1.0  # seconds between reads of the logs' new bytes
 
@@ -329,7 +329,9 @@ class CompareScreen(Screen[None]):
                     at = f"step {x:.0f}" if self.x_axis == "step" else f"{x:.0f} s"
                     style = "green" if percent < 0 else "red" if percent > 0 else ""
                     line.append(f"  {percent:+.1f}% vs baseline", style=style)
-                    line.append(f" at {at} ({format_value(value)})", style="dim")
+                    line.append(f" at {at}", style="dim")
+                    if x < float(points[0][-1]):  # the baseline is shorter: read earlier
+                        line.append(f" (loss there {format_value(value)})", style="dim")
             lines.append(line)
         return Text("\n").join(lines)
 
