@@ -406,6 +406,10 @@ def test_gpus_and_memory_come_from_the_latest_system_sample(tmp_path):
     assert (summary.gpus, summary.gpu_mem) == ([0, 2], 5 << 30)
     assert catalog.latest_system() is not None
     assert summary.to_json()["gpus"] == [0, 2]
+    write(run, [{"type": END, "status": COMPLETED, "time": time.time()}], mode="ab")
+    [summary] = catalog.refresh()
+    assert (summary.gpus, summary.gpu_mem) == ([], None)  # ended: it holds none now
+    assert catalog.latest_system() is None  # no live run samples the machine
 
 
 def test_a_distributed_job_says_its_world_size_and_json_is_strict(tmp_path):

@@ -18,7 +18,14 @@ from typing import Any
 
 from tuimon.catalog.cached_alerts import cached_open_alerts
 from tuimon.catalog.log_tail import MAX_TAIL_BYTES, RECENT_STEPS, read_tail
-from tuimon.catalog.run_summary import DIED, UNKNOWN, RunSummary, compact_alert, worst_alert
+from tuimon.catalog.run_summary import (
+    DIED,
+    ENDED_STATUSES,
+    UNKNOWN,
+    RunSummary,
+    compact_alert,
+    worst_alert,
+)
 from tuimon.control.commands import STATUS_COMMANDS
 from tuimon.run.events import (
     ALERT,
@@ -234,7 +241,8 @@ class RunFollower:
         else:
             duration = now - started if started is not None else None
         alerts = list(self.open_alerts.values())
-        gpus, gpu_mem = _gpu_use(self.system)
+        # An ended run holds no GPU any more: what it held at its last sample is history.
+        gpus, gpu_mem = _gpu_use(self.system) if status not in ENDED_STATUSES else ([], None)
         distributed = as_dict(start.get("distributed"))
         pid = start.get("pid")
         host = start.get("host")
