@@ -116,6 +116,10 @@ async def test_m_lists_bleu_logged_by_a_script_filters_and_plots_it(runs, monkey
         assert "smoothing 0.9" in plot  # the run's own weight, passed from the app
         await pilot.press("S")
         await until(pilot, lambda: "smoothing 0.99" in screen.plot_text())
+        assert "elapsed s" not in plot and "step" in plot.splitlines()[-1]
+        await pilot.press("t", "y")  # elapsed seconds on x, a log y axis
+        await until(pilot, lambda: "elapsed s" in screen.plot_text())
+        await until(pilot, lambda: "[log]" in screen.plot_text().splitlines()[0])
 
         # Esc clears the filter: every scalar again, the cursor still on bleu.
         await pilot.press("escape")
@@ -123,10 +127,10 @@ async def test_m_lists_bleu_logged_by_a_script_filters_and_plots_it(runs, monkey
         assert screen.filter_text == "" and screen.selected_name() == "bleu"
         # Keys typed into the filter are text, not the screen's or the app's keys
         # (t: x axis, y: log, s: checkpoint, p: pause).
+        options = screen.options
         await pilot.press("slash", *"step_ty")
         await until(pilot, lambda: screen.filter_text == "step_ty")
-        assert screen.row_texts() == {} and screen.options.x_mode == "step"
-        assert not screen.options.log_y
+        assert screen.row_texts() == {} and screen.options == options
         await pilot.press("backspace")
         await until(pilot, lambda: list(screen.row_texts()) == ["step_time"])
         await pilot.press("escape")
