@@ -389,6 +389,17 @@ async def test_enter_attaches_to_a_live_run_and_replays_an_ended_one(runs):
     assert await opened(runs, live, "r") == (OPEN_REPLAY, live)
 
 
+async def test_keys_typed_after_q_do_not_change_what_the_screen_exits_with(runs):
+    app = RunsApp([runs.root], refresh_s=0.2, view=RunsViewState(cursor=runs.completed))
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = screen_of(app)
+        await all_shown(pilot, screen, runs)
+        screen.action_quit()
+        screen.action_replay_run()  # `r` right after `q`, before the app has closed
+        screen.action_open_run()
+    assert app.return_value is None
+
+
 async def test_space_selects_runs_and_c_compares_two_or_more(runs):
     app = RunsApp([runs.root], refresh_s=0.2)
     async with app.run_test(size=(160, 40)) as pilot:

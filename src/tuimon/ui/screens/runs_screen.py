@@ -111,6 +111,9 @@ class RunsScreen(Screen[None]):
         self.refreshes = 0  # catalog reads shown (tests wait for a fresh one)
         self.last_refresh_s = 0.0  # the last read's cost, in the worker thread
         self._reading = False
+        # Set by the first key that closes the screen: keys typed ahead while the app
+        # shuts down (`q` then `r`) must not change what it closes with.
+        self.leaving = False
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -230,6 +233,9 @@ class RunsScreen(Screen[None]):
 
     def _leave(self, how: str, run: RunSummary) -> None:
         """The runs screen closes; the launcher opens the run's UI, then comes back."""
+        if self.leaving:
+            return
+        self.leaving = True
         self.view.cursor = run.run_dir
         self.app.exit((how, run.run_dir))
 
@@ -351,4 +357,6 @@ class RunsScreen(Screen[None]):
         self.app.push_screen(RunsHelpScreen())
 
     def action_quit(self) -> None:
-        self.app.exit(None)
+        if not self.leaving:
+            self.leaving = True
+            self.app.exit(None)
