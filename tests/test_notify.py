@@ -122,7 +122,12 @@ def closed_port() -> int:
 def test_a_bare_string_is_a_url_or_a_command():
     url = MonitorConfig.model_validate({"notify": "https://hooks.slack.com/services/T/B/X"})
     assert url.notify is not None and url.notify.url == "https://hooks.slack.com/services/T/B/X"
-    assert url.notify.command is None and url.notify.on == ["error", "failed", "completed", "hang"]
+    assert url.notify.command is None and url.notify.when == [
+        "error",
+        "failed",
+        "completed",
+        "hang",
+    ]
     command = MonitorConfig.model_validate({"notify": "notify-send 'a run' --urgency=low"})
     assert command.notify is not None and command.notify.command is not None
     assert command.notify.url is None
@@ -137,7 +142,7 @@ def test_a_bare_string_is_a_url_or_a_command():
         ("", "monitor.notify.command", "the command is empty"),
         ("notify 'unclosed", "monitor.notify.command", "No closing quotation"),
         ({"url": "http://h/x", "command": "x"}, "monitor.notify", "a url or a command"),
-        ({"url": "http://h/x", "on": ["eror"]}, "monitor.notify.on", "'error'"),
+        ({"url": "http://h/x", "when": ["eror"]}, "monitor.notify.when", "'error'"),
         ({"url": "http://h/x", "hang_after": 0}, "monitor.notify.hang_after", "greater than 0"),
         ({"url": "http://h/x", "format": "teams"}, "monitor.notify.format", "'slack'"),
         ({"url": "http://h/x", "retries": 3}, "monitor.notify", "unknown key"),
@@ -155,6 +160,16 @@ def test_a_malformed_notify_in_a_config_is_refused_at_its_line_and_key(
     assert f"config.yaml:{line}:" in problem and says in problem
 
 
+def test_an_on_key_which_yaml_reads_as_true_is_told_to_be_when(write_config):
+    text = ENDLESS_CONFIG + "  notify:\n    url: http://h/x\n    on: [hang]\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(text))
+    [problem] = caught.value.problems
+    assert "monitor.notify: `on:` reads as true in YAML: write `when:" in problem
+    line = text.splitlines().index("  notify:") + 1
+    assert f"config.yaml:{line}:" in problem
+
+
 def test_notify_from_the_command_line_set(write_config):
     path = write_config()
     config = load_config(path, ["monitor.notify.url=http://127.0.0.1:9/hook"])
@@ -169,7 +184,7 @@ def test_notify_from_the_command_line_set(write_config):
     [
         (42, "Monitor(notify=...): a URL, a command or a dict"),
         ("ftp://x", "Monitor(notify=...): url: must start with http"),
-        ({"url": "http://h/x", "on": ["done"]}, "Monitor(notify=...): on.0:"),
+        ({"url": "http://h/x", "when": ["done"]}, "Monitor(notify=...): when.0:"),
     ],
 )
 def test_a_malformed_monitor_notify_is_a_value_error_naming_the_keyword(given: Any, says: str):
@@ -179,11 +194,11 @@ def test_a_malformed_monitor_notify_is_a_value_error_naming_the_keyword(given: A
 
 
 def test_tuimon_run_notify_sets_the_target_and_keeps_the_script_s_other_settings():
-    script = {"url": "http://script/hook", "on": ["failed"], "hang_after": 5}
+    script = {"url": "http://script/hook", "when": ["failed"], "hang_after": 5}
     settings = monitor_settings(None, {"notify": script}, notify="python sink.py")
     assert settings.notify is not None
     assert settings.notify.command == "python sink.py" and settings.notify.url is None
-    assert settings.notify.on == ["failed"] and settings.notify.hang_after == 5
+    assert settings.notify.when == ["failed"] and settings.notify.hang_after == 5
     alone = monitor_settings(None, {}, notify="https://ntfy.sh/topic")
     assert alone.notify is not None and alone.notify.url == "https://ntfy.sh/topic"
     with pytest.raises(ValueError, match=rf"{NOTIFY_ENV} \(tuimon run --notify\)"):
@@ -308,7 +323,7 @@ def test_a_command_gets_the_json_on_stdin_and_its_failure_is_an_error(tmp_path):
 
 
 def test_notify_config_round_trips_its_fields():
-    settings = NotifyConfig.model_validate({"url": "http://h/x", "on": ["hang"], "hang_after": 2})
-    assert settings.target == "http://h/x" and settings.on == ["hang"]
+    settings = NotifyConfig.model_validate({"url": "http://h/x", "when": ["hang"], "hang_after": 2})
+    assert settings.target == "http://h/x" and settings.when == ["hang"]
     with pytest.raises(ValidationError):
-        NotifyConfig.model_validate({"on": ["hang"]})
+        NotifyConfig.model_validate({"when": ["hang"]})

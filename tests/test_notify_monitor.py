@@ -119,7 +119,7 @@ def test_a_run_that_raises_sends_exactly_one_failed_message_with_the_traceback_t
 
 def test_an_error_alert_sends_one_message_per_episode(hook, tmp_path):
     model, opt, x, y = tiny()
-    notify = {"url": hook.url(), "on": ["error"]}
+    notify = {"url": hook.url(), "when": ["error"]}
     with Monitor(
         model, opt, run_dir=tmp_path / "run", quiet=True, log_every=1, notify=notify
     ) as mon:
@@ -139,7 +139,7 @@ def test_an_error_alert_sends_one_message_per_episode(hook, tmp_path):
 
 def test_a_hang_is_said_once_and_a_new_step_re_arms_it(hook, tmp_path):
     model, opt, x, y = tiny()
-    notify = {"url": hook.url(), "on": ["hang"], "hang_after": 1}
+    notify = {"url": hook.url(), "when": ["hang"], "hang_after": 1}
     with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True, notify=notify) as mon:
         train(mon, model, opt, x, y, 3)
         [first] = hook.wait_for(1, event="hang", step=3)  # the loop stops stepping
@@ -188,7 +188,7 @@ def test_a_slow_receiver_never_slows_the_steps(tmp_path):
     server = HookServer(hold=True)  # each request waits until the test releases it
     try:
         model, opt, x, y = tiny()
-        notify = {"url": server.url(), "on": ["error", "completed"]}
+        notify = {"url": server.url(), "when": ["error", "completed"]}
         with Monitor(
             model, opt, run_dir=tmp_path / "run", quiet=True, log_every=1, notify=notify
         ) as mon:
@@ -210,7 +210,7 @@ def test_many_messages_while_the_receiver_hangs_are_dropped_not_waited_for(tmp_p
     server = HookServer(hold=True)
     try:
         model, opt, x, y = tiny()
-        notify = {"url": server.url(), "on": ["error"]}
+        notify = {"url": server.url(), "when": ["error"]}
         with Monitor(model, opt, run_dir=tmp_path / "run", quiet=True, notify=notify) as mon:
             notifier = mon._notifier
             assert notifier is not None

@@ -258,7 +258,7 @@ class RuleOverride(BaseModel):
     enabled: bool = True
 
 
-NotifyOn = Literal[notify_targets.NOTIFY_ON]  # type: ignore[valid-type]
+NotifyWhen = Literal[notify_targets.NOTIFY_WHEN]  # type: ignore[valid-type]
 NotifyFormat = Literal[notify_targets.FORMATS]  # type: ignore[valid-type]
 
 
@@ -272,8 +272,9 @@ class NotifyConfig(StrictModel):
     command: str | None = Field(
         None, description="a command (split like a shell, run without one): the JSON on stdin"
     )
-    on: list[NotifyOn] = Field(
-        list(notify_targets.DEFAULT_ON),
+    # Not `on`: YAML 1.1 reads an `on:` key as true.
+    when: list[NotifyWhen] = Field(
+        list(notify_targets.DEFAULT_WHEN),
         description="what notifies: error (alert), failed, completed, stopped, hang",
     )
     hang_after: float = Field(
@@ -295,6 +296,8 @@ class NotifyConfig(StrictModel):
         if isinstance(value, str):  # ftp://… is a URL tuimon cannot send to, not a program
             url = notify_targets.is_url(value) or "://" in value.split(" ", 1)[0]
             return {"url" if url else "command": value}
+        if isinstance(value, dict) and True in value:  # `on: [...]`, which YAML reads as true
+            raise ValueError("`on:` reads as true in YAML: write `when: [error, failed, ...]`")
         return value
 
     @field_validator("url")

@@ -33,7 +33,7 @@ def monitor_settings(
 ) -> MonitorConfig:
     """`doctor=` and keyword settings merged (keywords win), validated; `autofix` forces it
     on; `notify` (from `tuimon run --notify`) is the notifications' target, keeping the
-    other `notify=` settings (on, hang_after…) the script gives."""
+    other `notify=` settings (when, hang_after…) the script gives."""
     if given is not None and not isinstance(given, dict):
         raise TypeError(f"Monitor(doctor=...) takes a dict of settings, got {type(given).__name__}")
     data = {**(given or {}), **keywords}
@@ -64,7 +64,7 @@ def _notify_settings(given: Any, target: str | None) -> NotifyConfig | None:
     ValueError naming the keyword (or the variable) and what is wrong."""
     if given is not None and not isinstance(given, str | dict | NotifyConfig):
         raise ValueError(
-            f"{NOTIFY_ORIGIN}: a URL, a command or a dict (url, command, on, hang_after, "
+            f"{NOTIFY_ORIGIN}: a URL, a command or a dict (url, command, when, hang_after, "
             f"format, timeout), got {type(given).__name__}"
         )
     origin = NOTIFY_ORIGIN

@@ -48,7 +48,7 @@ class Notifier:
         read by the hang watch (the training thread only writes them)."""
         self.settings = settings
         self.run = run
-        self.on = frozenset(settings.on)
+        self.when = frozenset(settings.when)
         self._current_step = current_step
         self._status = status
         self._note = note
@@ -62,7 +62,7 @@ class Notifier:
         self._sender = threading.Thread(target=self._send_all, name="tuimon-notify", daemon=True)
         self._sender.start()
         self._watch: threading.Thread | None = None
-        if HANG in self.on:
+        if HANG in self.when:
             self._hangs = HangWatch(settings.hang_after, current_step(), time.monotonic())
             self._watch = threading.Thread(
                 target=self._watch_hangs, name="tuimon-notify-hang", daemon=True
@@ -79,7 +79,7 @@ class Notifier:
     def observe(self, events: list[dict[str, Any]]) -> None:
         """Log listener (batches): an error alert becomes a message (one per episode: the
         doctor alerts once per episode)."""
-        if ERROR not in self.on:
+        if ERROR not in self.when:
             return
         for event in events:
             if event.get("type") == ALERT and event.get("severity") == ERROR:
@@ -90,7 +90,7 @@ class Notifier:
         if self._ended:
             return
         self._ended = True
-        if end.get("status") in self.on:
+        if end.get("status") in self.when:
             try:  # the message that matters most: it may wait for room (bounded)
                 self._queue.put(from_end(end, self.run, time.time()), timeout=CLOSE_FLUSH_SECONDS)
             except queue.Full:

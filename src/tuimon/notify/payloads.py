@@ -40,7 +40,7 @@ class RunFacts:
 
 @dataclass
 class Notification:
-    """One message: `event` is a kind of `monitor.notify.on` (error, failed, completed,
+    """One message: `event` is a kind of `monitor.notify.when` (error, failed, completed,
     stopped, hang); the other fields are those that apply to it."""
 
     event: str

@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 from tuimon.run.events import COMPLETED, ERROR, FAILED, STOPPED
 
-# What can notify (`monitor.notify.on`): an error alert, how the run ended, a hang.
+# What can notify (`monitor.notify.when`): an error alert, how the run ended, a hang.
 HANG: Final = "hang"
-NOTIFY_ON: Final[tuple[str, ...]] = (ERROR, FAILED, COMPLETED, STOPPED, HANG)
-DEFAULT_ON: Final[tuple[str, ...]] = (ERROR, FAILED, COMPLETED, HANG)
+NOTIFY_WHEN: Final[tuple[str, ...]] = (ERROR, FAILED, COMPLETED, STOPPED, HANG)
+DEFAULT_WHEN: Final[tuple[str, ...]] = (ERROR, FAILED, COMPLETED, HANG)
 # The body a webhook gets: chosen from the URL (auto), or named.
 AUTO: Final = "auto"
 SLACK: Final = "slack"
