@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,10 +189,11 @@ async def test_config_diff_shows_what_differs_side_by_side(two_runs):
         await until(pilot, lambda: app.screen is screen)
 
 
-def fake_run(run_dir: Path, name: str, losses: list[float]) -> None:
+def fake_run(run_dir: Path, name: str, losses: list[float], **start) -> None:
     """A log as a script could write it: a start (named `name`), then steps."""
     run_dir.mkdir(parents=True)
     events = [{"type": "start", "name": name, "config": {"lr": 0.1, name: 1}, "time": 0.0}]
+    events[0].update(start)
     events += [
         {"type": "step", "step": i + 1, "loss": loss, "lr": 0.1, "time": float(i + 1)}
         for i, loss in enumerate(losses)
@@ -202,7 +205,10 @@ def fake_run(run_dir: Path, name: str, losses: list[float]) -> None:
 async def test_hostile_names_stay_text_and_a_growing_log_is_followed(tmp_path):
     hostile, plain = tmp_path / "hostile", tmp_path / "plain"
     fake_run(hostile, HOSTILE_NAME, [3.0, float("nan"), 2.0, float("inf"), 1.0])
-    fake_run(plain, "plain", [2.0, 1.5])
+    # The plain run's worker was a real process, gone without an end: it died.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)
+    fake_run(plain, "plain", [2.0, 1.5], pid=gone.pid, host=socket.gethostname(), time=time.time())
     app = CompareApp([hostile, plain])
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.compare
@@ -213,6 +219,9 @@ async def test_hostile_names_stay_text_and_a_growing_log_is_followed(tmp_path):
             assert "[bold red]evil[/]" in text.plain  # shown as written, not as markup
             assert "\x1b]0;" not in rendered(text)
         assert "[bold red]evil[/]" in legend(loss.text)
+        lines = screen.runs_text().plain.splitlines()
+        assert "  unknown  " in lines[0]  # no pid recorded
+        assert "  died  " in lines[1]  # its pid is gone, and no end in its log
         await pilot.press("D")
         await until(pilot, lambda: isinstance(app.screen, ConfigDiffScreen))
         keys = [row[0] for row in app.screen.rows()]
@@ -245,7 +254,7 @@ async def test_logs_are_read_off_the_ui_thread(two_runs, monkeypatch):
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.compare
         await drawn(pilot, screen, 2)
-        await until(pilot, lambda: screen.reads >= 2)  # the first read and a timer's
+        await until(pilot, lambda: len(threads) >= 4)  # the first read and a timer's
         assert "◆ mlp-lr-high (baseline)" in legend(panel(screen, "loss").text)
     assert len(threads) >= 4
     assert threading.main_thread() not in threads

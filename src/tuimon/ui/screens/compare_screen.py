@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,13 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
+from tuimon.catalog.run_summary import DIED, UNKNOWN
 from tuimon.number_text import format_value
 from tuimon.run.config_diff import ABSENT, config_diff, run_config
+from tuimon.run.events import RUNNING
 from tuimon.run.scalar_history import ScalarHistory
 from tuimon.run.scalars import LR, METRIC_PREFIX, STEP_FIELDS
+from tuimon.run.worker_liveness import worker_liveness
 from tuimon.terminal_text import printable
 from tuimon.ui.keymap import compare_bindings
 from tuimon.ui.overlay_plot import OverlayCurve, draw_overlay, drawable_points
@@ -75,16 +78,24 @@ def metric_order(names: Sequence[str]) -> list[str]:
     return ([VAL_LOSS] if VAL_LOSS in metrics else []) + validation + rest
 
 
-def read_curves(history: ScalarHistory, name: str) -> RunCurves:
-    """Read what the run's log gained and copy the columns compare draws (on a thread)."""
-    history.update()
+def run_status(history: ScalarHistory) -> str:
+    """How the run ended, or without an end: running, died (its pid is gone) or unknown
+    (its pid cannot be checked from this host)."""
+    if history.status is not None:
+        return history.status
+    verdict = worker_liveness(history.start).verdict
+    return RUNNING if verdict == "alive" else DIED if verdict == "gone" else UNKNOWN
+
+
+def read_curves(history: ScalarHistory, name: str, status: str) -> RunCurves:
+    """Copies of the columns compare draws, from what `history` has read (on a thread)."""
     start = history.start
     label = start.get("name") if isinstance(start, dict) else None
     metrics = metric_order(history.names())[:MAX_METRICS]
     curves = RunCurves(
         run_dir=history.run_dir,
         name=label if isinstance(label, str) and label else name,
-        status=history.status,
+        status=status,
         start=dict(start) if isinstance(start, dict) else None,
         metrics=metrics,
     )
@@ -204,6 +215,7 @@ class CompareScreen(Screen[None]):
         self.metric: str | None = None  # the validation plot's; None: the default
         self.reads = 0  # reads of the logs taken by the UI (tests wait on it)
         self._reading = threading.Lock()
+        self._read: list[RunCurves] = []  # the reading thread's last copies
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -228,12 +240,31 @@ class CompareScreen(Screen[None]):
         if not self._reading.acquire(blocking=False):
             return
         try:
-            runs = [
-                read_curves(h, d.name) for h, d in zip(self.histories, self.run_dirs, strict=True)
-            ]
+            runs, news = self._read_all()
         finally:
             self._reading.release()
-        self.app.call_from_thread(self._take, runs)
+        if news:
+            self.app.call_from_thread(self._take, runs)
+
+    def _read_all(self) -> tuple[list[RunCurves], bool]:
+        """Every run's curves, copied anew only for runs whose log grew; and whether
+        anything changed since the last read."""
+        runs: list[RunCurves] = []
+        news = not self._read
+        for index, history in enumerate(self.histories):
+            grew = history.update()
+            status = run_status(history)
+            previous = self._read[index] if self._read else None
+            if previous is None or grew:
+                runs.append(read_curves(history, self.run_dirs[index].name, status))
+                news = True
+            elif previous.status != status:
+                runs.append(replace(previous, status=status))
+                news = True
+            else:
+                runs.append(previous)
+        self._read = runs
+        return runs, news
 
     def _take(self, runs: list[RunCurves]) -> None:
         self.runs = runs
@@ -316,7 +347,7 @@ class CompareScreen(Screen[None]):
             line.append(f"{index + 1} ")
             line.append("◆ " if index == self.baseline else "■ ", style=self.run_palette[index])
             line.append(printable(label, keep_newlines=False), style=self.run_palette[index])
-            line.append(f"  {printable(run.status or 'running', keep_newlines=False)}", "dim")
+            line.append(f"  {printable(run.status or '…', keep_newlines=False)}", "dim")
             points = losses[index]
             if points[0].size:
                 line.append(f"  loss {format_value(float(points[1][-1]))}")
