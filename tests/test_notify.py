@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import re
 import socket
 import sys
 import threading
@@ -23,7 +24,7 @@ from tuimon.monitor.settings import monitor_settings
 from tuimon.notify.delivery import DeliveryError, post_json, run_command
 from tuimon.notify.hang_watch import HangWatch
 from tuimon.notify.payloads import RunFacts, body, from_alert, from_end, from_hang
-from tuimon.notify.targets import JSON, NTFY, SLACK, format_for, shown_target
+from tuimon.notify.targets import JSON, NTFY, SLACK, format_for, shown_target, target_problem
 from tuimon.run.events import PAUSED, RUNNING
 from tuimon.run.run_dir import NOTIFY_ENV
 
@@ -203,6 +204,29 @@ def test_tuimon_run_notify_sets_the_target_and_keeps_the_script_s_other_settings
     assert alone.notify is not None and alone.notify.url == "https://ntfy.sh/topic"
     with pytest.raises(ValueError, match=rf"{NOTIFY_ENV} \(tuimon run --notify\)"):
         monitor_settings(None, {}, notify="https://")
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("https://ntfy.sh/topic", None),
+        ("python sink.py --to 'ml team'", None),
+        ("ftp://host/x", "must start with http:// or https://"),
+        ("https://", "needs a host"),
+        ("https://ntfy.sh/", "names its topic"),
+        ("", "the command is empty"),
+        ("sink 'unclosed", "No closing quotation"),
+    ],
+)
+def test_a_bare_target_is_checked_as_the_schema_checks_it(target: str, says: str | None):
+    """What `tuimon run --notify X` can check before it starts the script."""
+    problem = target_problem(target)
+    assert (problem is None) if says is None else (problem is not None and says in problem)
+    if says is None:
+        assert MonitorConfig.model_validate({"notify": target}).notify is not None
+    else:
+        with pytest.raises(ValidationError, match=re.escape(says)):
+            MonitorConfig.model_validate({"notify": target})
 
 
 def test_script_env_passes_notify_to_the_script(tmp_path):

@@ -125,3 +125,18 @@ def redacted_argv(argv: list[str]) -> list[str]:
             out.append(arg)
         follows_flag = arg == "--notify"
     return out
+
+
+def target_problem(target: str) -> str | None:
+    """Why a bare target (`tuimon run --notify X`, `notify: X`) cannot be used, or None:
+    for a command line to check before it starts anything (no pydantic needed)."""
+    if "://" in target.split(" ", 1)[0] or is_url(target):
+        problem = url_problem(target)
+        if problem is None and format_for(target, AUTO) == NTFY and not ntfy_topic(target)[1]:
+            problem = "an ntfy URL names its topic: https://ntfy.sh/TOPIC"
+        return problem
+    try:
+        command_argv(target)
+    except ValueError as exc:
+        return str(exc)
+    return None
