@@ -185,6 +185,10 @@ class TuimonApp(App[None]):
         stack = self.screen_stack
         if not self._panels or not stack:
             return  # not mounted yet, or shutting down (the timer may still fire once)
+        if isinstance(stack[-1], MetricsScreen) and not everything:
+            # The panels are hidden under a full screen: drawn again when it closes.
+            self._announce_news()
+            return
         self._fit_status_bar()
         self._fit_rank_strip()
         self.query_one_main(DoctorPanel).no_commands = self.no_commands
@@ -506,7 +510,10 @@ class TuimonApp(App[None]):
             return
         with self.state.lock:
             weight = self.options.smoothing_for(self.state.smoothing)
-        self.push_screen(MetricsScreen([self.run_dir], smoothing=weight))
+        self.push_screen(
+            MetricsScreen([self.run_dir], smoothing=weight),
+            lambda _: self.refresh_panels(everything=True),
+        )
 
     def action_cycle_x(self) -> None:
         self.options = self.options.next_x_mode()
