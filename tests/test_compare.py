@@ -139,6 +139,14 @@ async def test_keys_change_the_axis_and_the_smoothing(two_runs):
         for _ in range(3):  # 0.9, 0.99, then back to none
             await pilot.press("S")
         await until(pilot, lambda: loss.smoothing == 0.0 and loss.text.plain == raw)
+        await pilot.press("y")
+        await until(pilot, lambda: loss.log_y and "log y" in screen.title_text().plain)
+        val = panel(screen, "val")
+        await pilot.press("v")  # the validation plot's next metric
+        await until(pilot, lambda: val.border_title == "val_acc")
+        assert screen.runs_text().plain.splitlines()[0].startswith("› 1")
+        await pilot.press("tab")
+        await until(pilot, lambda: screen.runs_text().plain.splitlines()[1].startswith("› 2"))
 
 
 async def test_baseline_is_listed_first_and_each_run_is_given_relative_to_it(two_runs):
