@@ -215,3 +215,22 @@ def test_the_script_logs_bleu_and_step_fields(runs):
     assert series is not None and series.total == STEPS // EVERY
     assert history.status == "completed"
     assert os.path.getsize(runs[0] / "events.jsonl") == history.offset
+
+
+async def test_on_a_live_run_the_table_follows_its_log(write_config, start_worker):
+    """Attached to a live worker, the screen reads the same events.jsonl and keeps up."""
+    worker = start_worker(write_config())
+    app = TuimonApp(worker.run_dir, fps=20)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.connection_status == "connected" and app.state.step > 0)
+        await pilot.press("M")
+        await until(pilot, lambda: isinstance(app.screen, MetricsScreen))
+        screen = app.screen
+        assert isinstance(screen, MetricsScreen)
+        await until(pilot, lambda: "loss" in screen.row_texts())
+        first = int(screen.row_texts()["loss"][-1])
+        await until(pilot, lambda: int(screen.row_texts()["loss"][-1]) > first)
+        assert "samples_per_s" in screen.row_texts()
+        await pilot.press("q")  # closes the screen, not the app
+        await until(pilot, lambda: not isinstance(app.screen, MetricsScreen))
+        assert app.is_running
