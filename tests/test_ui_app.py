@@ -339,3 +339,18 @@ async def test_tuimon_run_attaches_to_a_users_script(tmp_path):
             process.kill()
     events = [e for e in (run_dir / "events.jsonl").read_text().splitlines() if e]
     assert '"status":"stopped"' in events[-1]
+
+
+async def test_help_shows_every_key_at_80x24(tmp_path):
+    """`?` on the smallest terminal tuimon supports lists every key, the last one too."""
+    from tuimon.ui import keymap
+    from tuimon.ui.screens.help_screen import HelpScreen
+
+    app = TuimonApp(tmp_path, fps=20)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        table = app.screen.query(Static).last()
+        dialog = app.screen.query_one("#dialog")
+        assert table.region.height >= len(keymap.KEYS)
+        assert dialog.content_region.contains_region(table.region)
