@@ -90,7 +90,9 @@ def rendered(renderable) -> str:
 
 async def drawn(pilot, screen: CompareScreen, runs: int) -> None:
     """Until the logs were read and the loss plot shows `runs` curves."""
-    await until(pilot, lambda: screen.reads > 0 and len(panel(screen, "loss").curves) == runs)
+    await until(pilot, lambda: screen.runs_read == runs)
+    assert len(panel(screen, "loss").curves) == runs
+    assert "reading logs" not in screen.title_text().plain
     await fresh(pilot, screen)
 
 

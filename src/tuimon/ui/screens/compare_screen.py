@@ -214,6 +214,7 @@ class CompareScreen(Screen[None]):
         self.smoothing = SMOOTHING[0]
         self.metric: str | None = None  # the validation plot's; None: the default
         self.reads = 0  # reads of the logs taken by the UI (tests wait on it)
+        self.runs_read = 0  # runs whose log the first read has been through
         self._reading = threading.Lock()
         self._read: list[RunCurves] = []  # the reading thread's last copies
 
@@ -244,14 +245,19 @@ class CompareScreen(Screen[None]):
         finally:
             self._reading.release()
         if news:
-            self.app.call_from_thread(self._take, runs)
+            self.app.call_from_thread(self._take, runs, len(runs))
 
     def _read_all(self) -> tuple[list[RunCurves], bool]:
         """Every run's curves, copied anew only for runs whose log grew; and whether
-        anything changed since the last read."""
+        anything changed since the last read. The first read shows each run as soon as
+        its log is read (a long log takes seconds)."""
         runs: list[RunCurves] = []
-        news = not self._read
+        first = not self._read
+        news = first
         for index, history in enumerate(self.histories):
+            if first and index:
+                waiting = [RunCurves(d, d.name) for d in self.run_dirs[index:]]
+                self.app.call_from_thread(self._take, runs + waiting, index)
             grew = history.update()
             status = run_status(history)
             previous = self._read[index] if self._read else None
@@ -266,8 +272,10 @@ class CompareScreen(Screen[None]):
         self._read = runs
         return runs, news
 
-    def _take(self, runs: list[RunCurves]) -> None:
+    def _take(self, runs: list[RunCurves], read: int) -> None:
+        """Show `runs`, of which the first `read` have had their logs read."""
         self.runs = runs
+        self.runs_read = read
         self.reads += 1
         self.redraw()
 
@@ -332,8 +340,8 @@ class CompareScreen(Screen[None]):
             title.append(f" · smoothing {self.smoothing:g}")
         if self.log_y:
             title.append(" · log y")
-        if self.reads == 0:
-            title.append(" · reading logs…", style="dim")
+        if self.runs_read < len(self.runs):
+            title.append(f" · reading logs ({self.runs_read}/{len(self.runs)})…", style="dim")
         return title
 
     def runs_text(self) -> Text:
