@@ -355,3 +355,23 @@ def test_slack_and_ntfy_bodies_reach_the_server_as_they_expect(hook, tmp_path, f
         assert received["body"]["topic"] == "my-topic" and received["body"]["priority"] == 3
         assert "completed at step 3" in received["body"]["title"]
         assert received["body"]["tags"] == ["white_check_mark"]
+
+
+def test_a_receiver_that_never_answers_cannot_hold_the_end_of_the_run(tmp_path, monkeypatch):
+    """close() gives the queue a bounded time (here cut to 1 s), then ends the run anyway."""
+    import tuimon.notify.notifier as notifier_module
+
+    monkeypatch.setattr(notifier_module, "CLOSE_FLUSH_SECONDS", 1.0)
+    server = HookServer(hold=True)  # never released before the run has ended
+    try:
+        model, opt, x, y = tiny()
+        notify = {"url": server.url(), "when": ["completed"], "timeout": 300}
+        run = tmp_path / "run"
+        with Monitor(model, opt, run_dir=run, quiet=True, notify=notify) as mon:
+            train(mon, model, opt, x, y, 3)
+        assert server.entered.is_set() or server.wait_for(1, event="completed")
+        assert not server.release.is_set()  # the end's POST is still unanswered
+        log = events(run)
+        assert log[-1]["type"] == END and log[-1]["status"] == "completed"
+    finally:
+        server.close()

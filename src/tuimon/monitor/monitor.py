@@ -145,7 +145,7 @@ class Monitor:
     StopTraining, which the `with` block turns into a `stopped` run) or "flag" (only
     `should_stop` is set). `doctor` (a dict) and any other keyword: the settings of a
     config's `monitor:` section (autofix, snapshot_every, rules, probes, log_every…);
-    `notify` (a webhook URL, a command, or a dict: url/command, on, hang_after, format) is
+    `notify` (a webhook URL, a command, or a dict: url/command, when, hang_after, format) is
     where a message goes on an error alert, the end or a hang (`tuimon run --notify`).
     `scaler`: the run's `torch.amp.GradScaler`, whose loss scale each step records (no
     sync: the scale stays on the device until the step's other values are fetched).

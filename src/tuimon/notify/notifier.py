@@ -58,6 +58,7 @@ class Notifier:
         self.dropped = 0
         self._warned = False
         self._ended = False
+        self._deadline: float | None = None  # when close() stops waiting
         self._stop = threading.Event()
         self._sender = threading.Thread(target=self._send_all, name="tuimon-notify", daemon=True)
         self._sender.start()
@@ -86,12 +87,15 @@ class Notifier:
                 self.queue(from_alert(event, self.run))
 
     def run_ended(self, end: Mapping[str, Any]) -> None:
-        """The `end` event, before it is logged: its message, if `on` names its status."""
+        """The `end` event, before it is logged: its message, if `when` names its status.
+        The message that matters most may wait for room in the queue, within the time
+        close() then has left."""
         if self._ended:
             return
         self._ended = True
+        self._deadline = time.monotonic() + CLOSE_FLUSH_SECONDS
         if end.get("status") in self.when:
-            try:  # the message that matters most: it may wait for room (bounded)
+            try:
                 self._queue.put(from_end(end, self.run, time.time()), timeout=CLOSE_FLUSH_SECONDS)
             except queue.Full:
                 self.dropped += 1
@@ -102,9 +106,10 @@ class Notifier:
         except queue.Full:
             self.dropped += 1
 
-    def close(self, timeout: float = CLOSE_FLUSH_SECONDS) -> bool:
-        """Stop the hang watch; send what is queued, waiting at most `timeout` seconds.
-        True when everything queued went out (or failed) in time."""
+    def close(self) -> bool:
+        """Stop the hang watch; send what is queued, waiting at most CLOSE_FLUSH_SECONDS
+        from the end (`run_ended`) or from now. True when everything queued went out (or
+        failed) in time."""
         self._stop.set()
         if self.dropped:
             with contextlib.suppress(Exception):
@@ -113,9 +118,9 @@ class Notifier:
                     f"receiver was slower than the run ({QUEUE_SIZE} can wait)",
                     WARNING,
                 )
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline or time.monotonic() + CLOSE_FLUSH_SECONDS
         try:
-            self._queue.put(_STOP, timeout=timeout)
+            self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             return False
         self._sender.join(max(0.0, deadline - time.monotonic()))
