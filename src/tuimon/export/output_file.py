@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from tuimon.run.private_files import TEMP_PREFIX, TEMP_SUFFIX, file_mode, fsync_dir
 
-BUFFER_BYTES = 1 << 20
+BUFFER_BYTES = 256 << 10
 # Filesystems where link(2) is not offered: the name is then taken exclusively by an empty
 # placeholder (O_EXCL | O_NOFOLLOW) that the finished file is renamed over.
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)

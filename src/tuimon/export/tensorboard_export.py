@@ -32,8 +32,8 @@ FILE_PREFIX: Final = "events.out.tfevents."  # what TensorBoard looks for in a d
 FILE_VERSION: Final = "brain.Event:2"
 WRITER: Final = "tuimon export"
 MAX_TAGS = 4096  # as the CSV's columns: a bound a hostile log cannot pass
-BATCH_RECORDS = 4096  # records whose checksums are computed together
-BATCH_BYTES = 4 << 20
+BATCH_RECORDS = 2048  # records whose checksums are computed together
+BATCH_BYTES = 512 << 10
 
 
 def load_protos() -> Any:
