@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import Footer, Input, Static
 
 from tuimon.catalog.catalog import RunCatalog
 from tuimon.catalog.machine_gpus import MachineGpu, machine_gpus
@@ -214,11 +214,6 @@ class RunsScreen(Screen[None]):
     def toast(self, message: str, **kwargs: Any) -> None:
         """A notification quoting run names: printable, never markup."""
         self.app.notify(printable(message), markup=False, **kwargs)
-
-    @on(DataTable.RowSelected)
-    def row_chosen(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.action_open_run()
 
     def action_open_run(self) -> None:
         run = self.selected_run()
