@@ -298,3 +298,15 @@ async def test_m_opens_every_metric_of_these_runs(two_runs):
         await drawn(pilot, app.compare, 2)
         await pilot.press("M")
         await until(pilot, lambda: isinstance(app.screen, metrics_screen.MetricsScreen))
+
+
+async def test_closing_while_the_logs_are_read_is_clean(two_runs):
+    app = CompareApp(two_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.compare
+        await until(pilot, lambda: app.screen is screen)
+        readers = [w for w in app.workers if w.group == "compare-read"]
+        await pilot.press("escape")  # most likely while the first read is under way
+        await until(pilot, lambda: app.screen is not screen)
+        await until(pilot, lambda: all(w.is_finished for w in readers))
+        assert readers and all(w.error is None for w in readers)

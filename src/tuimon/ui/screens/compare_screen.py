@@ -217,6 +217,7 @@ class CompareScreen(Screen[None]):
         self.runs_read = 0  # runs whose log the first read has been through
         self._reading = threading.Lock()
         self._read: list[RunCurves] = []  # the reading thread's last copies
+        self.composed = False
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -229,6 +230,7 @@ class CompareScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.composed = True
         self.redraw()
         self.read_logs()
         self.set_interval(READ_EVERY, self.read_logs)
@@ -316,7 +318,7 @@ class CompareScreen(Screen[None]):
         return curves
 
     def redraw(self) -> None:
-        if not self.is_mounted:
+        if not self.composed or not self.is_attached:  # a read landing before or after
             return
         x_label = X_LABELS[self.x_axis]
         options: dict[str, Any] = {
