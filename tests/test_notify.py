@@ -351,3 +351,18 @@ def test_notify_config_round_trips_its_fields():
     assert settings.target == "http://h/x" and settings.when == ["hang"]
     with pytest.raises(ValidationError):
         NotifyConfig.model_validate({"when": ["hang"]})
+
+
+def test_tuimon_run_refuses_a_bad_notify_target_before_starting_anything(
+    tmp_path, capsys, monkeypatch
+):
+    from tuimon import cli
+
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "never_run.py"
+    script.write_text("raise SystemExit('started')\n")
+    code = cli.main(["run", "--notify", "ftp://example.com/hook", str(script)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--notify" in err and "http" in err
+    assert not (tmp_path / "runs").exists()

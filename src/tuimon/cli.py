@@ -248,6 +248,12 @@ def run_command(args: list[str]) -> int:
     parser.add_argument("script", help="the Python script (tuimon's options go before it)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args(args)
+    if options.notify is not None:
+        from tuimon.notify.targets import shown_target, target_problem
+
+        problem = target_problem(options.notify)
+        if problem:
+            raise UsageError(f"--notify {shown_target(options.notify)}: {problem}")
     misplaced = [arg for arg in options.args if arg.split("=")[0] in _TORCHRUN_FLAGS]
     if misplaced:
         # After SCRIPT it would be the script's own argument, and the job one process.
