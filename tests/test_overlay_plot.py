@@ -12,6 +12,7 @@ from tuimon.series.smoothing import smooth
 from tuimon.ui.overlay_plot import (
     EMPTY_TEXT,
     OverlayCurve,
+    debiased_ema,
     draw_overlay,
     drawable_points,
     plot_color,
@@ -48,6 +49,16 @@ def test_smoothing_zero_is_the_raw_curve_and_more_changes_what_is_drawn():
     assert np.array_equal(drawable_points(curves[0])[1], NOISY)
     # Smoothed, the noise is gone: far fewer distinct drawn values than raw.
     assert np.std(np.diff(ys)) < np.std(np.diff(NOISY)) / 3
+
+
+@pytest.mark.parametrize("weight", [0.01, 0.3, 0.6, 0.9, 0.99, 0.999])
+@pytest.mark.parametrize("size", [1, 2, 700, 6000])  # across the blocks' boundaries
+def test_numpy_ema_is_the_debiased_ema_of_series_smoothing(weight, size):
+    values = np.random.default_rng(size).normal(size=size) * 10 + np.linspace(0, 100, size)
+    expected = np.array(smooth(values.tolist(), weight))
+    assert np.allclose(debiased_ema(values, weight), expected, rtol=1e-9, atol=1e-9)
+    huge = np.full(size, 1e100)  # the largest value drawn: no overflow
+    assert np.allclose(debiased_ema(huge, weight), huge)
 
 
 def test_every_palette_colour_reaches_the_curve_cells():

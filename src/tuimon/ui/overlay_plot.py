@@ -20,7 +20,6 @@ from rich.color import Color, ColorParseError
 from rich.text import Text
 
 from tuimon.series.decimate import minmax_columns
-from tuimon.series.smoothing import smooth
 from tuimon.terminal_text import printable
 from tuimon.ui.plotting import tick_labels
 
@@ -59,6 +58,27 @@ def plot_color(color: str) -> int | str:
     return "default" if number is None else number
 
 
+def debiased_ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """`series/smoothing.smooth` of finite values, in numpy: the same debiased EMA, without
+    a Python call per point (compare smooths every curve of every run at each redraw).
+
+    In a block starting at 0, the EMA is w^k (b + (1 - w) cumsum(x_j w^-j)); blocks are
+    short enough that w^-j stays below 1e100 (x w^-j is finite for |x| up to `DRAWABLE`),
+    and each carries the last EMA over."""
+    if weight <= 0:
+        return values.astype(float, copy=True)
+    block = max(1, int(230 / -math.log(weight)))  # w^-j < e^230 (1e100): x w^-j finite
+    biased = np.empty(values.size)
+    carried = 0.0
+    for start in range(0, values.size, block):
+        chunk = values[start : start + block]
+        powers = weight ** np.arange(chunk.size)
+        sums = np.cumsum(chunk / powers) * (1 - weight)
+        biased[start : start + chunk.size] = powers * weight * carried + powers * sums
+        carried = float(biased[start + chunk.size - 1])
+    return biased / (1 - weight ** np.arange(1, values.size + 1))
+
+
 def drawable_points(
     curve: OverlayCurve, *, log_y: bool = False, smoothing: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +89,13 @@ def drawable_points(
     count = min(xs.size, ys.size)
     xs, ys = xs[:count], ys[:count]
     keep = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[keep], ys[keep]
+    xs, ys = np.clip(xs[keep], -DRAWABLE, DRAWABLE), np.clip(ys[keep], -DRAWABLE, DRAWABLE)
     if smoothing > 0 and ys.size:
-        ys = np.asarray(smooth(ys.tolist(), min(smoothing, 0.999)), dtype=float)
+        ys = debiased_ema(ys, min(smoothing, 0.999))
     if log_y:
         positive = ys > 0
         xs, ys = xs[positive], ys[positive]
-    return np.clip(xs, -DRAWABLE, DRAWABLE), np.clip(ys, -DRAWABLE, DRAWABLE)
+    return xs, ys
 
 
 def draw_overlay(
