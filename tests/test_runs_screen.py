@@ -5,6 +5,7 @@ failed one, a completed one)."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -16,10 +17,13 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input
 
+from tuimon.catalog.roots import ROOTS_ENV
 from tuimon.catalog.run_summary import DIED, RunSummary
 from tuimon.control.client import is_alive
+from tuimon.errors import UsageError
 from tuimon.run.events import COMPLETED, FAILED, RUNNING, STOPPED
 from tuimon.run.log_reader import read_events
+from tuimon.runs_launch import parse_roots
 from tuimon.ui.runs_app import RunsApp
 from tuimon.ui.runs_view import (
     OPEN_ATTACH,
@@ -42,7 +46,16 @@ from tuimon.ui.screens.runs_screen import RunsHelpScreen, RunsScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel
 
-from conftest import ENDLESS_CONFIG, REPO, Worker, kill_workers, launch_worker, until, worker_env
+from conftest import (
+    ENDLESS_CONFIG,
+    REPO,
+    Worker,
+    kill_workers,
+    launch_worker,
+    run_tuimon,
+    until,
+    worker_env,
+)
 
 MLP = REPO / "configs" / "mlp.yaml"
 
@@ -139,6 +152,20 @@ def test_each_sort_orders_the_runs_and_missing_values_go_last():
     assert order(SORT_STEP) == ["c", "b", "d", "a"]
     assert [next_sort(s) for s in SORTS] == [*SORTS[1:], SORTS[0]]
     assert [r.name for r in visible_runs(runs, "state:died state:failed", SORT_NAME)] == ["a", "d"]
+
+
+def test_roots_come_from_each_root_or_the_default_list_and_bad_usage_is_refused(
+    monkeypatch, tmp_path
+):
+    monkeypatch.setenv(ROOTS_ENV, os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b")]))
+    assert parse_roots([]) == [Path("runs"), tmp_path / "a", tmp_path / "b"]
+    assert parse_roots(["--root", "x", "--root=y"]) == [Path("x"), Path("y")]
+    with pytest.raises(UsageError, match="--root"):
+        parse_roots(["--root"])
+    with pytest.raises(UsageError, match="unexpected argument"):
+        parse_roots(["--root", "x", "stray"])
+    done = run_tuimon("runs", "--bogus", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "unexpected argument(s) --bogus" in done.stderr
 
 
 # -- real runs in every state -------------------------------------------------------------
