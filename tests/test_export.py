@@ -445,6 +445,11 @@ def test_usage_errors_exit_2_and_say_what_is_wrong(
     out = tmp_path / "no-such-dir" / "x.csv"
     assert main(["export", str(script_run), "--csv", str(out)]) == 2
     assert "no such directory" in capsys.readouterr().err
+    log = script_run / "events.jsonl"
+    before = log.read_bytes()
+    assert main(["export", str(script_run), "--csv", str(log), "--force"]) == 2
+    assert "is the run's log" in capsys.readouterr().err
+    assert log.read_bytes() == before
 
 
 # -- the terminal ---------------------------------------------------------------------------

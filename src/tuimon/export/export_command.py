@@ -112,6 +112,8 @@ def export_command(args: list[str]) -> int:
     tb_dir = None if options.tensorboard is None else Path(options.tensorboard) / name
     try:
         if csv_path is not None and csv_path != STDOUT:
+            if _is_the_log(Path(csv_path), log):
+                raise UsageError(f"{csv_path} is the run's log: the CSV goes elsewhere")
             check_free(Path(csv_path), replace=options.force)
         if tb_dir is not None:
             _check_tensorboard_dir(tb_dir, replace=options.force)
@@ -136,8 +138,9 @@ def export_command(args: list[str]) -> int:
         progress.close()
         if isinstance(exc, BrokenPipeError):
             return _stdout_closed()
-        where = exc.filename or "the output"
-        _say(f"cannot write {where}: {exc.strerror or exc}")
+        reading = exc.filename is not None and Path(exc.filename) == log
+        what = "read" if reading else "write"
+        _say(f"cannot {what} {exc.filename or 'the output'}: {exc.strerror or exc}")
         return EXIT_FAILED
     finally:
         progress.close()
@@ -170,7 +173,6 @@ def _export(
         base = 0
     stream = ScalarStream(log, rank=rank, end=end)
     progress.label = "writing"
-    written: list[str] = []
     with contextlib.ExitStack() as outputs:
         sinks: list[_Sink] = []
         rows: CsvRows | None = None
@@ -206,27 +208,37 @@ def _export(
     progress.close()
     if rows is not None and scan is not None:
         where = "stdout" if csv_path == STDOUT else csv_path
-        written.append(f"{rows.rows} rows, {len(scan.columns) + 4} columns -> {where}")
+        _say(f"{rows.rows} rows, {len(scan.columns) + 4} columns -> {where}")
     if tensorboard is not None and tb_file is not None and tb_dir is not None:
         if options.force:
             _remove_earlier_event_files(tb_dir, keep=tb_file.name)
-        written.append(f"{tensorboard.events} events, {tensorboard.values} values -> {tb_file}")
-    for line in written:
-        _say(line)
-    reading = first if first is not None else stream
-    note = reading.reader.damage_note()
+        _say(f"{tensorboard.events} events, {tensorboard.values} values -> {tb_file}")
+    over_limit = (scan is not None and scan.over_limit) or (
+        tensorboard is not None and tensorboard.over_limit
+    )
+    _report_reading(first if first is not None else stream, over_limit)
+    return EXIT_OK
+
+
+def _report_reading(stream: ScalarStream, over_limit: bool) -> None:
+    """What was left out of the log, said on stderr: damaged lines, other ranks, names."""
+    note = stream.reader.damage_note()
     if note:
         _say(note)
-    if reading.other_ranks:
+    if stream.other_ranks:
         _say(
-            f"{reading.other_ranks} events of other ranks than {reading.rank} left out "
+            f"{stream.other_ranks} events of other ranks than {stream.rank} left out "
             "(--rank N exports another's)"
         )
-    if (scan is not None and scan.over_limit) or (
-        tensorboard is not None and tensorboard.over_limit
-    ):
+    if over_limit:
         _say(f"more than {min(MAX_COLUMNS, MAX_TAGS)} scalar names: the rest were left out")
-    return EXIT_OK
+
+
+def _is_the_log(target: Path, log: Path) -> bool:
+    try:
+        return target.exists() and os.path.samefile(target, log)
+    except OSError:
+        return False
 
 
 def _find_log(path: Path) -> tuple[Path, str]:
