@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console
 from rich.style import Style
 from textual.app import App
+from textual.widgets import Static
 
 from tuimon.run.scalar_history import ScalarHistory
 from tuimon.ui.overlay_plot import plot_color
@@ -191,6 +192,8 @@ async def test_config_diff_shows_what_differs_side_by_side(two_runs):
         assert rows["optimizer.lr"] == ["0.01", "0.001"]
         assert rows["name"] == ["mlp-lr-high", "mlp-lr-low"]
         assert "train.max_steps" not in rows and "model.hidden" not in rows
+        title = diff.query_one("#diff-title", Static).content
+        assert "2 keys differ" in str(title)
         await pilot.press("a")  # every key, the identical ones too
         await until(pilot, lambda: diff.every_key)
         rows = {row[0]: row[1:] for row in diff.rows()}

@@ -507,7 +507,8 @@ class ConfigDiffScreen(ModalScreen[None]):
         elif self.every_key:
             what = f"every key ({len(diff)})"
         else:
-            what = f"{len(diff)} keys differ" if diff else "the configs are identical"
+            differ = "1 key differs" if len(diff) == 1 else f"{len(diff)} keys differ"
+            what = differ if diff else "the configs are identical"
         self.query_one("#diff-title", Static).update(Text(f"Config diff · {what}"))
 
     def action_toggle_all(self) -> None:
