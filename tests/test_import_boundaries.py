@@ -66,8 +66,23 @@ class Boundary:
 
 BOUNDARIES = {
     "ui": Boundary(
-        ("tuimon.ui.app",),
+        (
+            "tuimon.ui.app",
+            "tuimon.ui.runs_app",
+            "tuimon.runs_launch",
+            "tuimon.ui.screens.compare_screen",
+            "tuimon.ui.screens.metrics_screen",
+        ),
         ("torch", "tuimon.monitor", "tuimon.training", "pydantic", "yaml"),
+    ),
+    # `tuimon ls` and `tuimon export` answer at once, beside training runs.
+    "catalog": Boundary(
+        ("tuimon.catalog.catalog", "tuimon.catalog.ls_command", "tuimon.catalog.machine_gpus"),
+        ("torch", "textual", "pydantic", "yaml", "tuimon.monitor"),
+    ),
+    "export": Boundary(
+        ("tuimon.export.export_command",),
+        ("torch", "textual", "pydantic", "tensorboard", "tuimon.monitor"),
     ),
     "worker": Boundary(
         ("tuimon.monitor.monitor", "tuimon.training.trainer", "tuimon.worker"), ("textual",)
