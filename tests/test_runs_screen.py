@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input
 
+from tuimon.catalog.machine_gpus import MachineGpu
 from tuimon.catalog.roots import ROOTS_ENV
 from tuimon.catalog.run_summary import DIED, RunSummary
 from tuimon.control.client import is_alive
@@ -44,7 +45,7 @@ from tuimon.ui.runs_view import (
 from tuimon.ui.screens.choice_screen import ChoiceScreen
 from tuimon.ui.screens.runs_screen import RunsHelpScreen, RunsScreen
 from tuimon.ui.screens.text_screen import TextScreen
-from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel
+from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel, gpu_lines
 
 from conftest import (
     ENDLESS_CONFIG,
@@ -152,6 +153,18 @@ def test_each_sort_orders_the_runs_and_missing_values_go_last():
     assert order(SORT_STEP) == ["c", "b", "d", "a"]
     assert [next_sort(s) for s in SORTS] == [*SORTS[1:], SORTS[0]]
     assert [r.name for r in visible_runs(runs, "state:died state:failed", SORT_NAME)] == ["a", "d"]
+
+
+def test_the_gpu_panel_names_the_runs_on_each_gpu_or_says_why_there_is_none():
+    busy = MachineGpu(0, "H200\x1b[2J", 87.0, 30 << 30, 80 << 30, [f"r{i}" for i in range(6)])
+    idle = MachineGpu(1, None, None, None, None, [])
+    first, second = gpu_lines([busy, idle], "")
+    assert first.plain == (
+        "GPU0 util  87% mem ███░░░░░ 30.0 GiB/80.0 GiB  H200 · runs: r0, r1, r2, r3 +2"
+    )
+    assert second.plain == "GPU1 util  n/a mem ········ n/a/n/a · no tuimon run"
+    [why] = gpu_lines([], "no NVIDIA GPU (NVML library not found)")
+    assert why.plain == "no NVIDIA GPU (NVML library not found)"
 
 
 def test_roots_come_from_each_root_or_the_default_list_and_bad_usage_is_refused(
