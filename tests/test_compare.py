@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -313,3 +314,27 @@ async def test_closing_while_the_logs_are_read_is_clean(two_runs):
         await until(pilot, lambda: app.screen is not screen)
         await until(pilot, lambda: all(w.is_finished for w in readers))
         assert readers and all(w.error is None for w in readers)
+
+
+async def test_a_live_run_grows_on_the_plot_and_shows_died_when_killed(
+    two_runs, start_worker, write_config, monkeypatch
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # leave a core to the app under test
+    live = start_worker(write_config())
+    app = CompareApp([two_runs[0], live.run_dir])
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.compare
+        await drawn(pilot, screen, 2)
+        loss = panel(screen, "loss")
+
+        def last_step() -> float:
+            [curve] = [c for c in loss.curves if c.label == "endless"]
+            return float(curve.xs[-1]) if curve.xs.size else -1.0
+
+        await until(pilot, lambda: last_step() > 0)
+        first = last_step()
+        await until(pilot, lambda: last_step() > first)  # read again as the log grew
+        assert "  running  " in screen.runs_text().plain.splitlines()[1]
+        live.process.send_signal(signal.SIGKILL)
+        live.process.wait(timeout=30)
+        await until(pilot, lambda: "  died  " in screen.runs_text().plain.splitlines()[1])
