@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuimon.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from tuimon.catalog.catalog import RunCatalog
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,19 +53,30 @@ def parse_roots(args: list[str]) -> list[Path]:
     return [Path(root).expanduser() for root in options.root] or default_roots()
 
 
+def start_first_read(roots: list[Path]) -> RunCatalog:
+    """The catalog, its first read (every log's head and tail: most of the time to a full
+    table) already under way on a thread while Textual is imported and the app starts;
+    the screen's first refresh waits for it on the catalog's lock, then reads only what
+    is new."""
+    from tuimon.catalog.catalog import RunCatalog
+
+    catalog = RunCatalog(roots)
+    threading.Thread(target=catalog.refresh, name="tuimon-first-read", daemon=True).start()
+    return catalog
+
+
 def runs_command(args: list[str]) -> int:
     roots = parse_roots(args)
+    catalog = start_first_read(roots)
     if os.environ.get("SSH_CONNECTION"):
         # Fewer, cheaper frames over the network; set before Textual is imported.
         os.environ.setdefault("TEXTUAL_FPS", "5")
         os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")
-    from tuimon.catalog.catalog import RunCatalog
     from tuimon.launch import run_app
     from tuimon.system.nvml import NVML
     from tuimon.ui.runs_app import RunsApp
     from tuimon.ui.runs_view import OPEN_REPLAY, RunsViewState
 
-    catalog = RunCatalog(roots)
     view = RunsViewState()
     nvml = NVML()
     try:
