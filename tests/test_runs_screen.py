@@ -449,7 +449,7 @@ async def test_space_selects_runs_and_c_compares_two_or_more(runs):
         await pilot.press("space")
         await until(pilot, lambda: screen.table.row_plain(runs.completed)[0] == "✓")
         await pilot.press("c")  # one run: nothing to compare it with
-        await pilot.pause()
+        await until(pilot, lambda: any("select 2 or more" in t for t in screen.toasts))
         assert isinstance(app.screen, RunsScreen)
         screen.table.move_cursor(row=screen.table.run_dirs.index(runs.failed))
         await pilot.press("space")
@@ -476,7 +476,7 @@ async def test_x_refuses_an_ended_run_and_stops_a_live_one_after_asking(runs):
         await pilot.press("x")
         await pilot.pause()
         assert isinstance(app.screen, RunsScreen)  # nothing to ask: it has ended
-        assert any("nothing to stop" in n.message for n in app._notifications)
+        assert screen.toasts[-1] == "mlp is completed: there is nothing to stop"
 
         screen.table.move_cursor(row=screen.table.run_dirs.index(runs.live.run_dir))
         await pilot.pause()

@@ -114,6 +114,7 @@ class RunsScreen(Screen[None]):
         # Set by the first key that closes the screen: keys typed ahead while the app
         # shuts down (`q` then `r`) must not change what it closes with.
         self.leaving = False
+        self.toasts: list[str] = []  # every notification shown, in order (tests read them)
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -207,12 +208,13 @@ class RunsScreen(Screen[None]):
     def selected_run(self) -> RunSummary | None:
         run_dir = self.table.selected
         if run_dir is None:
-            self.app.notify("no run selected", severity="warning")
+            self.toast("no run selected", severity="warning")
             return None
         return next((run for run in self.runs if run.run_dir == run_dir), None)
 
     def toast(self, message: str, **kwargs: Any) -> None:
         """A notification quoting run names: printable, never markup."""
+        self.toasts.append(printable(message))
         self.app.notify(printable(message), markup=False, **kwargs)
 
     def action_open_run(self) -> None:
