@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -382,6 +383,24 @@ async def test_filter_and_sort_and_the_cursor_stays_on_its_run(runs):
                 ),
             )
             assert screen.table.selected == runs.failed
+
+
+async def test_a_new_run_appears_and_a_deleted_one_goes(runs, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copytree(runs.completed, root / "first")
+    app = RunsApp([root], refresh_s=0.2)
+    async with app.run_test(size=(160, 40)) as pilot:
+        screen = screen_of(app)
+        await until(pilot, lambda: screen.table.run_dirs == [root / "first"])
+        shutil.copytree(runs.failed, root / "second")
+        await until(
+            pilot, lambda: sorted(screen.table.run_dirs) == [root / "first", root / "second"]
+        )
+        assert status_cell(screen, root / "second") == FAILED
+        shutil.rmtree(root / "first")
+        await until(pilot, lambda: screen.table.run_dirs == [root / "second"])
+        assert screen.table.selected == root / "second"
 
 
 async def test_help_lists_the_keys(runs):
