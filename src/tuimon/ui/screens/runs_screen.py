@@ -60,10 +60,12 @@ class CatalogRead(Message):
         reason: str,
         seconds: float,
         missing: list[Path] | None = None,
+        error: str = "",
     ) -> None:
         super().__init__()
         self.runs = runs
         self.missing = missing or []  # roots that are not directories
+        self.error = error  # why this read failed ("" when it did not)
         self.gpus = gpus
         self.reason = reason
         self.seconds = seconds
@@ -107,6 +109,7 @@ class RunsScreen(Screen[None]):
         self.gpus: list[MachineGpu] = []
         self.gpu_reason = ""
         self.missing_roots: list[Path] = []
+        self.error = ""  # why the last read of the catalog failed, on the title line
         self.title_text = Text()  # the line above the table, as drawn
         self.refreshes = 0  # catalog reads shown (tests wait for a fresh one)
         self.last_refresh_s = 0.0  # the last read's cost, in the worker thread
@@ -157,7 +160,11 @@ class RunsScreen(Screen[None]):
             gpus, reason = machine_gpus(runs, self.catalog.latest_system(), self.nvml)
             missing = missing_roots(self.roots)
         except Exception as exc:  # a bug must not stop the refreshes: say it, go on
-            self.post_message(CatalogRead(self.runs, self.gpus, f"catalog error: {exc}", 0.0))
+            error = f"reading the runs failed: {type(exc).__name__}: {exc}"
+            read = CatalogRead(
+                self.runs, self.gpus, self.gpu_reason, 0.0, self.missing_roots, error
+            )
+            self.post_message(read)
             return
         took = time.perf_counter() - began
         self.post_message(CatalogRead(runs, gpus, reason, took, missing))
@@ -169,6 +176,7 @@ class RunsScreen(Screen[None]):
         self.gpus, self.gpu_reason = message.gpus, message.reason
         self.last_refresh_s = message.seconds
         self.missing_roots = message.missing
+        self.error = message.error
         self.redraw()
         self.refreshes += 1
 
@@ -195,6 +203,8 @@ class RunsScreen(Screen[None]):
         title.append(f" · {SORT_TITLES.get(self.view.sort, self.view.sort)}", style="dim")
         if self.view.filter_text:
             title.append(f" · filter: {printable(self.view.filter_text, keep_newlines=False)}")
+        if self.error:
+            title.append(f" · {printable(self.error, keep_newlines=False)}", style="bold red")
         if self.missing_roots:
             missing = ", ".join(printable(str(p), keep_newlines=False) for p in self.missing_roots)
             title.append(f" · no such directory: {missing}", style="bold yellow")
