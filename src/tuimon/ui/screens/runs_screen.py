@@ -111,7 +111,6 @@ class RunsScreen(Screen[None]):
         self.missing_roots: list[Path] = []
         self.error = ""  # why the last read of the catalog failed, on the title line
         self.title_text = Text()  # the line above the table, as drawn
-        self.refreshes = 0  # catalog reads shown (tests wait for a fresh one)
         self.last_refresh_s = 0.0  # the last read's cost, in the worker thread
         self._reading = False
         # Set by the first key that closes the screen: keys typed ahead while the app
@@ -178,7 +177,6 @@ class RunsScreen(Screen[None]):
         self.missing_roots = message.missing
         self.error = message.error
         self.redraw()
-        self.refreshes += 1
 
     def redraw(self) -> None:
         table = self.table
