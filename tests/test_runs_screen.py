@@ -44,7 +44,7 @@ from tuimon.ui.runs_view import (
     visible_runs,
 )
 from tuimon.ui.screens.choice_screen import ChoiceScreen
-from tuimon.ui.screens.runs_screen import RunsHelpScreen, RunsScreen
+from tuimon.ui.screens.runs_screen import NO_RUNS_HINT, RunsHelpScreen, RunsScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel, gpu_lines
 
@@ -180,6 +180,19 @@ def test_roots_come_from_each_root_or_the_default_list_and_bad_usage_is_refused(
         parse_roots(["--root", "x", "stray"])
     done = run_tuimon("runs", "--bogus", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "unexpected argument(s) --bogus" in done.stderr
+
+
+async def test_with_no_runs_the_screen_says_how_to_start_one(tmp_path):
+    app = RunsApp([tmp_path], refresh_s=0.2)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = screen_of(app)
+        await until(pilot, lambda: NO_RUNS_HINT in screen.title_text.plain)
+        assert screen.table.run_dirs == [] and screen.table.selected is None
+        await pilot.press("enter", "d", "x", "space", "c")  # nothing selected: nothing breaks
+        assert screen.toasts[:4] == ["no run selected"] * 3 + [
+            "select 2 or more runs with space to compare them (0 selected)"
+        ]
+        assert app.return_value is None and isinstance(app.screen, RunsScreen)
 
 
 # -- real runs in every state -------------------------------------------------------------

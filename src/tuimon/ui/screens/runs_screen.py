@@ -48,6 +48,7 @@ from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel
 from tuimon.ui.widgets.runs_table import RunsTable
 
 REFRESH_S = 1.0  # how often the catalog is read again
+NO_RUNS_HINT = "no runs yet: tuimon CONFIG.yaml or tuimon run SCRIPT.py starts one"
 
 
 class CatalogRead(Message):
@@ -201,6 +202,8 @@ class RunsScreen(Screen[None]):
         title.append(f" · {SORT_TITLES.get(self.view.sort, self.view.sort)}", style="dim")
         if self.view.filter_text:
             title.append(f" · filter: {printable(self.view.filter_text, keep_newlines=False)}")
+        if not self.runs and not self.error:
+            title.append(f" · {NO_RUNS_HINT}", style="dim")
         if self.error:
             title.append(f" · {printable(self.error, keep_newlines=False)}", style="bold red")
         if self.missing_roots:
