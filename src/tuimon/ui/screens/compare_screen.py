@@ -244,10 +244,10 @@ class CompareScreen(Screen[None]):
             return
         try:
             runs, news = self._read_all()
+            if news:  # waits for the UI thread to take them: a read ends once shown
+                self.app.call_from_thread(self._take, runs, len(runs))
         finally:
             self._reading.release()
-        if news:
-            self.app.call_from_thread(self._take, runs, len(runs))
 
     def _read_all(self) -> tuple[list[RunCurves], bool]:
         """Every run's curves, copied anew only for runs whose log grew; and whether
