@@ -325,12 +325,12 @@ async def test_a_live_run_grows_on_the_plot_and_shows_died_when_killed(
     app = CompareApp([two_runs[0], live.run_dir])
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.compare
-        await drawn(pilot, screen, 2)
+        await until(pilot, lambda: screen.runs_read == 2)  # the live one may have no step yet
         loss = panel(screen, "loss")
 
         def last_step() -> float:
-            [curve] = [c for c in loss.curves if c.label == "endless"]
-            return float(curve.xs[-1]) if curve.xs.size else -1.0
+            live_curves = [c for c in loss.curves if c.label == "endless" and c.xs.size]
+            return float(live_curves[0].xs[-1]) if live_curves else -1.0
 
         await until(pilot, lambda: last_step() > 0)
         first = last_step()
