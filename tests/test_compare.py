@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -46,7 +47,8 @@ def two_runs(tmp_path_factory) -> list[Path]:
         command = [sys.executable, "-m", "tuimon", MLP, "--headless", "--quiet"]
         command += ["--run-dir", str(root / directory), "--set", "train.max_steps=40"]
         command += ["--set", f"optimizer.lr={lr}", "--set", f"name={name}"]
-        processes.append(subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two at once on a 2-core box
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL))
     for process in processes:
         assert process.wait(timeout=240) == 0
     return [root / directory for directory in RUNS]
