@@ -30,6 +30,7 @@ from tuimon.ui.screens.compare_screen import (
     metric_order,
     relative_change,
 )
+from tuimon.ui.screens.text_screen import TextScreen
 
 from conftest import REPO, until
 
@@ -201,6 +202,11 @@ async def test_config_diff_shows_what_differs_side_by_side(two_runs):
         await until(pilot, lambda: diff.every_key)
         rows = {row[0]: row[1:] for row in diff.rows()}
         assert rows["train.max_steps"] == ["40", "40"]
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is screen)
+        await pilot.press("question_mark")  # the keys, from the same registry as the bindings
+        await until(pilot, lambda: isinstance(app.screen, TextScreen))
+        assert "pin the selected run" in rendered(app.screen.query_one("#text-content").content)
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is screen)
 

@@ -115,6 +115,7 @@ COMPARE_KEYS: tuple[Key, ...] = (
     Key("v", "next_metric", "Val metric", "compare-metric", "v", "validation plot: next metric"),
     Key("D", "config_diff", "Config diff", "compare-diff", "D", "the runs' configs side by side"),
     Key("M", "all_metrics", "Metrics", "compare-metrics", "M", "every metric across these runs"),
+    Key("question_mark", "help", "Help", "compare-help", "?", "this help"),
     Key("escape,q", "close", "Back", "compare-back", "esc", "back to the runs"),
 )
 COMPARE_DIGITS = 9  # 1…9 select that run

@@ -35,10 +35,11 @@ from tuimon.run.scalar_history import ScalarHistory
 from tuimon.run.scalars import LR, METRIC_PREFIX, STEP_FIELDS
 from tuimon.run.worker_liveness import worker_liveness
 from tuimon.terminal_text import printable
-from tuimon.ui.keymap import compare_bindings
+from tuimon.ui.keymap import COMPARE_KEYS, compare_bindings
 from tuimon.ui.overlay_plot import OverlayCurve, draw_overlay, drawable_points
 from tuimon.ui.plotting import X_LABELS
 from tuimon.ui.run_colors import run_colors
+from tuimon.ui.screens.text_screen import TextScreen
 
 LOSS = "loss"
 VAL_LOSS = "val_loss"
@@ -440,6 +441,10 @@ class CompareScreen(Screen[None]):
             self.notify("the metrics screen is not available", severity="warning")
             return
         self.app.push_screen(MetricsScreen(self.run_dirs))
+
+    def action_help(self) -> None:
+        keys = "\n".join(f"{key.display:>5}  {key.help}" for key in COMPARE_KEYS)
+        self.app.push_screen(TextScreen("Compare keys", keys))
 
     def action_close(self) -> None:
         self.dismiss(None)
