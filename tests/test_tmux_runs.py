@@ -1,6 +1,6 @@
 """`tuimon --root DIR` in a real terminal: every run in its state (one killed with SIGKILL
-shows `died`), a finished run's replay opened with enter, and `q` back to the runs screen
-as it was left, then `q` to quit."""
+shows `died`), a finished run's replay and a live run's UI opened with enter, `q` back to
+the runs screen as it was left each time, then `q` to quit."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from test_runs_screen import Runs, start_runs
 
+from tuimon.control.client import is_alive
+
 from tmux_terminal import Tmux, tmux_server
 
 STATES = ("running", "completed", "failed", "died")
+ALL_SHOWN = "tuimon runs · 4 runs under runs"  # unfiltered ("1 of 4 runs" when filtered)
 NAMES = ("live-run", "mlp", "broken", "killed-run")
 
 
@@ -33,7 +36,7 @@ def test_every_state_shows_and_a_replay_returns_to_the_runs_screen(tmux, runs, t
     rc = tmp_path / "rc.txt"
     tmux.start("runs", f"{sys.executable} -m tuimon --root runs; echo $? > {rc}", 160, 40)
     screen = tmux.wait_for(
-        "runs", lambda s: all(w in s for w in (*STATES, *NAMES)) and "4 runs under runs" in s
+        "runs", lambda s: all(w in s for w in (*STATES, *NAMES)) and ALL_SHOWN in s
     )
     assert "Machine GPUs" in screen
 
@@ -50,7 +53,19 @@ def test_every_state_shows_and_a_replay_returns_to_the_runs_screen(tmux, runs, t
     tmux.keys("runs", "q")
     tmux.wait_for("runs", lambda s: "1 of 4 runs" in s and "filter: mlp" in s)
     tmux.keys("runs", "Escape")
-    tmux.wait_for("runs", lambda s: "4 runs under runs" in s and all(w in s for w in STATES))
+    tmux.wait_for("runs", lambda s: ALL_SHOWN in s and all(w in s for w in STATES))
+
+    # enter on the live run: its own UI, attached to the worker; q leaves the run going.
+    tmux.keys("runs", "/")
+    tmux.keys("runs", "live", "Enter")
+    tmux.wait_for("runs", lambda s: "1 of 4 runs" in s and "live-run" in s)
+    tmux.keys("runs", "Enter")
+    tmux.wait_for("runs", lambda s: "live-run" in s and "running" in s and "Loss" in s)
+    tmux.keys("runs", "q")
+    tmux.wait_for("runs", lambda s: "1 of 4 runs" in s and "filter: live" in s)
+    assert is_alive(runs.live.run_dir)
+    tmux.keys("runs", "Escape")
+    tmux.wait_for("runs", lambda s: ALL_SHOWN in s)
 
     tmux.keys("runs", "q")
     deadline = time.monotonic() + 60
