@@ -304,7 +304,8 @@ def test_metric_order_puts_val_loss_first_and_leaves_step_fields_out():
 
 
 async def test_m_opens_every_metric_of_these_runs(two_runs):
-    metrics_screen = pytest.importorskip("tuimon.ui.screens.metrics_screen")
+    from tuimon.ui.screens import metrics_screen
+
     app = CompareApp(two_runs)
     async with app.run_test(size=(120, 40)) as pilot:
         await drawn(pilot, app.compare, 2)

@@ -143,3 +143,20 @@ def test_hostile_labels_are_printable_text_not_markup():
     )
     assert "\x1b" not in text.plain and "\x07" not in text.plain and "\x9b" not in text.plain
     assert "[red]x[/]" in text.plain
+
+
+def test_the_single_run_plot_draws_yellow_and_survives_a_diverged_value():
+    """The single-run panels share plot_color and the clip: the validation loss's yellow
+    reaches the cells, and a series spanning ±1e308 draws instead of raising."""
+    from tuimon.ui.plotting import Curve, PlotSpec, render_plot
+
+    xs = np.arange(50, dtype=float)
+    spec = PlotSpec(
+        curves=[
+            Curve(xs, np.linspace(1.0, 2.0, 50), "yellow"),
+            Curve(xs, np.where(xs == 25, 1e308, -1e308), "cyan"),
+        ]
+    )
+    text = render_plot(spec, 60, 12)
+    assert plot_color("yellow") in cell_colors(text)
+    assert len(text.plain.splitlines()) == 12

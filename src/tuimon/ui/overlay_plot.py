@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import plotext as plt
-from rich.color import Color, ColorParseError
 from rich.text import Text
 
 from tuimon.series.decimate import minmax_columns
 from tuimon.terminal_text import printable
-from tuimon.ui.plotting import tick_labels
+from tuimon.ui.plotting import DRAWABLE, plot_color, tick_labels
 
 SWATCH = "■"
 BASELINE_SWATCH = "◆"
@@ -29,10 +28,6 @@ BASELINE_NOTE = " (baseline)"
 EMPTY_TEXT = "no data yet"
 MIN_PLOT_LINES = 3
 LEGEND_GAP = "  "
-# Values are clipped to ±this before drawing: plotext computes with a value range, and
-# ±1e308 (a diverged run, a damaged log) would overflow it to NaN; clipped, a spike that
-# big still reaches the plot's edge.
-DRAWABLE = 1e100
 
 
 @dataclass
@@ -45,17 +40,6 @@ class OverlayCurve:
     xs: np.ndarray
     ys: np.ndarray
     baseline: bool = False
-
-
-def plot_color(color: str) -> int | str:
-    """`color` as plotext draws it: its ANSI number (plotext knows neither "yellow" nor
-    "bright_cyan" by name and would draw them uncoloured), so a curve's cells carry the
-    same colour as its run's swatch in the legend and in the runs table."""
-    try:
-        number = Color.parse(color).number
-    except ColorParseError:
-        return "default"
-    return "default" if number is None else number
 
 
 def debiased_ema(values: np.ndarray, weight: float) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import numpy as np
 import plotext as plt
+from rich.color import Color, ColorParseError
 from rich.text import Text
 
 from tuimon.run.run_state import RunState
@@ -22,6 +23,12 @@ from tuimon.series.smoothing import DebiasedEMA
 
 X_MODES = ("step", "epoch", "time")
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "elapsed s"}
+
+
+# Values are clipped to ±this before drawing: plotext computes with a value range, and
+# ±1e308 (a diverged run, a damaged log) would overflow it to NaN; clipped, a spike that
+# big still reaches the plot's edge.
+DRAWABLE = 1e100
 
 
 METRIC_PREFIX = "metrics/"  # RunState keeps each `mon.log()` scalar as metrics/<name>
@@ -188,6 +195,18 @@ def x_of(state: RunState, event: Mapping[str, Any], options: ViewOptions) -> flo
     return float(step)
 
 
+def plot_color(color: str) -> int | str:
+    """`color` as plotext draws it: its ANSI number (plotext knows neither "yellow" nor
+    "bright_cyan" by name and would draw them uncoloured), so a curve's cells carry the
+    same colour as its run's swatch in the legend and in the runs table. A name Rich does
+    not know (plotext's "orange") is passed on as it is."""
+    try:
+        number = Color.parse(color).number
+    except ColorParseError:
+        return color
+    return color if number is None else number
+
+
 def render_plot(spec: PlotSpec, width: int, height: int, x_label: str = "") -> Text:
     """The plot as Rich Text of exactly `height` lines no wider than `width`."""
     if width < 10 or height < 3:
@@ -202,13 +221,14 @@ def render_plot(spec: PlotSpec, width: int, height: int, x_label: str = "") -> T
     for curve in spec.curves:
         if not curve.xs.size:
             continue
-        xs, ys = curve.xs.tolist(), curve.ys.tolist()
+        xs, ys = curve.xs.tolist(), np.clip(curve.ys, -DRAWABLE, DRAWABLE).tolist()
+        color = plot_color(curve.color)
         if curve.points:
-            plt.scatter(xs, ys, marker="dot", color=curve.color)
+            plt.scatter(xs, ys, marker="dot", color=color)
         else:
-            plt.plot(xs, ys, marker="braille", color=curve.color)
+            plt.plot(xs, ys, marker="braille", color=color)
     for x, color in spec.vlines:
-        plt.vline(x, color)
+        plt.vline(x, plot_color(color))
     if spec.log_y:
         plt.yscale("log")
     ticks = y_ticks(spec, max(2, min(5, height // 3)))
@@ -225,7 +245,7 @@ def render_plot(spec: PlotSpec, width: int, height: int, x_label: str = "") -> T
 def y_ticks(spec: PlotSpec, count: int) -> list[float]:
     """A few evenly spaced y ticks (log-spaced on a log axis) with short labels."""
     values = [c.ys[np.isfinite(c.ys)] for c in spec.curves if c.ys.size]
-    ys = np.concatenate(values) if values else np.empty(0)
+    ys = np.clip(np.concatenate(values), -DRAWABLE, DRAWABLE) if values else np.empty(0)
     if spec.log_y:
         ys = ys[ys > 0]
     if ys.size == 0:
