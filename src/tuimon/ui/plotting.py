@@ -16,6 +16,7 @@ import plotext as plt
 from rich.color import Color, ColorParseError
 from rich.text import Text
 
+from tuimon.number_text import format_value
 from tuimon.run.run_state import RunState
 from tuimon.series.bucketed import BucketSeries
 from tuimon.series.decimate import minmax_columns
@@ -193,6 +194,16 @@ def x_of(state: RunState, event: Mapping[str, Any], options: ViewOptions) -> flo
         per_epoch = (state.start or {}).get("steps_per_epoch")
         return step / per_epoch if isinstance(per_epoch, int) and per_epoch else None
     return float(step)
+
+
+def range_text(series: BucketSeries) -> str | None:
+    """ "  min 0.12  max 2.3" over every point of a series, or None when none is finite."""
+    low, high = series.column("lo"), series.column("hi")
+    if not np.isfinite(low).any():
+        return None
+    return (
+        f"  min {format_value(float(np.nanmin(low)))}  max {format_value(float(np.nanmax(high)))}"
+    )
 
 
 def plot_color(color: str) -> int | str:

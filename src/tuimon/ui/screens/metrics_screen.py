@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from textual import on, work
@@ -45,6 +44,7 @@ from tuimon.ui.plotting import (
     PlotSpec,
     ViewOptions,
     bucket_curves,
+    range_text,
     render_plot,
     smoothed_curves,
     smoothed_values,
@@ -159,14 +159,8 @@ def plot_view(
     ]
     if len(series) == 1 and shown:
         one = shown[0][0]
-        low, high = one.column("lo"), one.column("hi")
         header.append(f"  latest {format_value(one.latest)}", style="bold cyan")
-        if np.isfinite(low).any():
-            header.append(
-                f"  min {format_value(float(np.nanmin(low)))}"
-                f"  max {format_value(float(np.nanmax(high)))}",
-                style="dim",
-            )
+        header.append(range_text(one) or "", style="dim")
         header.append(f"  ({one.total} points)", style="dim")
     header.append(f"  · {smoothing_text(weight)}", style="dim")
     if options.log_y:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from rich.console import Group, RenderableType
 from rich.text import Text
 
@@ -24,6 +23,7 @@ from tuimon.ui.plotting import (
     PlotSpec,
     ViewOptions,
     last_finite,
+    range_text,
     render_plot,
     series_curves,
     smoothed_curves,
@@ -113,13 +113,7 @@ class LossPanel(Panel):
         header = Text(no_wrap=True, overflow="ellipsis")
         header.append(f"{name} ", style="dim")
         header.append(format_value(state.last_metrics.get(name)), style="bold cyan")
-        low, high = series.column("lo"), series.column("hi")
-        if np.isfinite(low).any():
-            header.append(
-                f"  min {format_value(float(np.nanmin(low)))}"
-                f"  max {format_value(float(np.nanmax(high)))}",
-                style="dim",
-            )
+        header.append(range_text(series) or "", style="dim")
         header.append(f"  ({series.total} logged; m: next)", style="dim")
         if options.log_y:
             header.append("  [log]", style="dim")
