@@ -30,7 +30,7 @@ from tuimon.ui.screens.compare_screen import (
     metric_order,
     relative_change,
 )
-from tuimon.ui.screens.text_screen import TextScreen
+from tuimon.ui.screens.help_screen import HelpScreen
 
 from conftest import REPO, until
 
@@ -205,8 +205,9 @@ async def test_config_diff_shows_what_differs_side_by_side(two_runs):
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is screen)
         await pilot.press("question_mark")  # the keys, from the same registry as the bindings
-        await until(pilot, lambda: isinstance(app.screen, TextScreen))
-        assert "pin the selected run" in rendered(app.screen.query_one("#text-content").content)
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        keys = app.screen.query(Static).last().content
+        assert "pin the selected run" in rendered(keys)
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is screen)
 

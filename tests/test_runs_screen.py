@@ -44,7 +44,8 @@ from tuimon.ui.runs_view import (
     visible_runs,
 )
 from tuimon.ui.screens.choice_screen import ChoiceScreen
-from tuimon.ui.screens.runs_screen import NO_RUNS_HINT, RunsHelpScreen, RunsScreen
+from tuimon.ui.screens.help_screen import HelpScreen
+from tuimon.ui.screens.runs_screen import NO_RUNS_HINT, RunsScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel, gpu_lines
 
@@ -420,7 +421,7 @@ async def test_help_lists_the_keys(runs):
     app = RunsApp([runs.root], refresh_s=0.2)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("question_mark")
-        await until(pilot, lambda: isinstance(app.screen, RunsHelpScreen))
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
         await until(pilot, lambda: isinstance(app.screen, RunsScreen))
 
@@ -490,10 +491,8 @@ async def test_space_selects_runs_and_c_compares_two_or_more(runs):
         await pilot.press("space")  # again: deselected
         await until(pilot, lambda: screen.table.row_plain(runs.failed)[0] == " ")
         await pilot.press("space")
-        try:
-            from tuimon.ui.screens.compare_screen import CompareScreen
-        except ImportError:
-            pytest.skip("the compare screen is not in this build yet")
+        from tuimon.ui.screens.compare_screen import CompareScreen
+
         await pilot.press("c")
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
 

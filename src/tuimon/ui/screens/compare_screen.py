@@ -39,7 +39,7 @@ from tuimon.ui.keymap import COMPARE_KEYS, compare_bindings
 from tuimon.ui.overlay_plot import OverlayCurve, draw_overlay, drawable_points
 from tuimon.ui.plotting import X_LABELS
 from tuimon.ui.run_colors import run_colors
-from tuimon.ui.screens.text_screen import TextScreen
+from tuimon.ui.screens.help_screen import HelpScreen
 
 LOSS = "loss"
 VAL_LOSS = "val_loss"
@@ -435,16 +435,12 @@ class CompareScreen(Screen[None]):
         self.app.push_screen(ConfigDiffScreen(configs, self.run_palette))
 
     def action_all_metrics(self) -> None:
-        try:  # the metrics screen (every scalar of these runs), imported when asked for
-            from tuimon.ui.screens.metrics_screen import MetricsScreen
-        except ImportError:
-            self.notify("the metrics screen is not available", severity="warning")
-            return
+        from tuimon.ui.screens.metrics_screen import MetricsScreen  # when asked for
+
         self.app.push_screen(MetricsScreen(self.run_dirs))
 
     def action_help(self) -> None:
-        keys = "\n".join(f"{key.display:>5}  {key.help}" for key in COMPARE_KEYS)
-        self.app.push_screen(TextScreen("Compare keys", keys))
+        self.app.push_screen(HelpScreen(COMPARE_KEYS, "compare · keys · Esc closes"))
 
     def action_close(self) -> None:
         self.dismiss(None)

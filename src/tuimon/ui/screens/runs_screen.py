@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from tuimon.catalog.catalog import RunCatalog
@@ -43,6 +41,7 @@ from tuimon.ui.runs_view import (
     visible_runs,
 )
 from tuimon.ui.screens.choice_screen import ChoiceScreen
+from tuimon.ui.screens.help_screen import HelpScreen
 from tuimon.ui.screens.text_screen import TextScreen
 from tuimon.ui.widgets.machine_gpu_panel import MachineGpuPanel
 from tuimon.ui.widgets.runs_table import RunsTable
@@ -70,22 +69,6 @@ class CatalogRead(Message):
         self.gpus = gpus
         self.reason = reason
         self.seconds = seconds
-
-
-class RunsHelpScreen(ModalScreen[None]):
-    """`?` on the runs screen: its keys, from RUNS_KEYS."""
-
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
-
-    def compose(self) -> ComposeResult:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold cyan", justify="right")
-        table.add_column()
-        for key in RUNS_KEYS:
-            table.add_row(key.display, key.help)
-        with Vertical(id="dialog"):
-            yield Static("tuimon runs · keys · Esc closes", classes="dialog-title")
-            yield Static(table)
 
 
 class RunsScreen(Screen[None]):
@@ -362,7 +345,7 @@ class RunsScreen(Screen[None]):
         self.toast(f"sorted {SORT_TITLES[self.view.sort]}")
 
     def action_help(self) -> None:
-        self.app.push_screen(RunsHelpScreen())
+        self.app.push_screen(HelpScreen(RUNS_KEYS, "tuimon runs · keys · Esc closes"))
 
     def action_quit(self) -> None:
         if not self.leaving:
