@@ -4,6 +4,7 @@ failed one, a completed one)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -181,6 +182,23 @@ def test_roots_come_from_each_root_or_the_default_list_and_bad_usage_is_refused(
         parse_roots(["--root", "x", "stray"])
     done = run_tuimon("runs", "--bogus", cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and "unexpected argument(s) --bogus" in done.stderr
+
+
+def test_tuimon_with_stdout_not_a_terminal_prints_the_runs_as_ls_does(tmp_path):
+    """`tuimon > file` or `tuimon | grep`: no UI to draw, so the runs screen's table as text."""
+    run = tmp_path / "root" / "piped-run"
+    run.mkdir(parents=True)
+    start = {"type": "start", "name": "piped-run", "time": 1.0, "seq": 1, "total_steps": 5}
+    end = {"type": "end", "status": "completed", "time": 2.0, "seq": 3}
+    step = {"type": "step", "step": 5, "loss": 0.25, "time": 1.5, "seq": 2}
+    run.joinpath("events.jsonl").write_text(
+        "".join(json.dumps(event) + "\n" for event in (start, step, end))
+    )
+    done = run_tuimon("--root", str(tmp_path / "root"), cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if "piped-run" in line)
+    assert "completed" in line and "5/5" in line
+    assert "\x1b" not in done.stdout  # text, not a screen
 
 
 async def test_with_no_runs_the_screen_says_how_to_start_one(tmp_path):

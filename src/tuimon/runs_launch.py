@@ -1,5 +1,6 @@
 """`tuimon` alone (or `tuimon runs`, `tuimon --root DIR`): the runs screen, and the run
-UIs opened from it, one after the other in this terminal.
+UIs opened from it, one after the other in this terminal (with stdout not a terminal:
+`tuimon ls`'s table instead).
 
 The runs screen exits with the run to open; its own UI (attached to a live worker, or a
 replay of the log) runs here until its `q`, then the runs screen comes back with the same
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +69,11 @@ def start_first_read(roots: list[Path]) -> RunCatalog:
 
 def runs_command(args: list[str]) -> int:
     roots = parse_roots(args)
+    if not sys.stdout.isatty():
+        # `tuimon > runs.txt`, `tuimon | grep`, cron: the same runs as a table, no UI.
+        from tuimon.catalog.ls_command import ls_command
+
+        return ls_command(args)
     catalog = start_first_read(roots)
     if os.environ.get("SSH_CONNECTION"):
         # Fewer, cheaper frames over the network; set before Textual is imported.
