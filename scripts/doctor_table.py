@@ -46,10 +46,9 @@ def main() -> int:
             zoo = "needs a GPU: unit-tested on samples"
         defaults = ", ".join(f"{k}={v:g}" for k, v in rule.defaults.items()) or "—"
         action = " (**a** applies it)" if rule.id in ACTIONS else ""
-        print(
-            f"| `{rule.id}` ({rule.severity}) | {rule.summary} | {defaults} | "
-            f"{rule.fix}{action} | {zoo} |"
-        )
+        cells = [f"`{rule.id}` ({rule.severity})", rule.summary, defaults, rule.fix + action, zoo]
+        # A `|` in a rule's words (|tanh|) would end its cell: Markdown's escape keeps it.
+        print("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return 0
 
 

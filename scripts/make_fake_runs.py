@@ -79,6 +79,8 @@ def make_fake_runs(
     gone_pid = dead_pid() if gone_pid is None else gone_pid
     alive_since = psutil.Process(alive_pid).create_time()
     body_steps = max(0, steps - TAIL_STEPS)
+    # Encoded once and shared by every run, so its times start at 0 (not Unix time): the
+    # benches read the tail; an export of a fake run shows a negative `elapsed`.
     body, body_events = _encoded(_steps(1, body_steps, steps, t0=0.0, seq=3, gpu=0))
     made = []
     now = time.time()

@@ -1,9 +1,9 @@
 """What differs between runs' configs: the rows of compare's side-by-side config diff.
 
-A run's config is its start event's `config` (the YAML a config run was started with, or
-what a script passed as `Monitor(config=...)`). A script that passed none still says in
-its start event what it trained with (model class and size, optimizer and its LRs,
-scheduler, precision, the Monitor's settings...), so those facts stand in for it. Each
+A run's config is its start event's `config` (the YAML a config run was started with). A
+script's Monitor has no config, but its start event still says what it trained with
+(model class and size, optimizer and its LRs, scheduler, precision, the Monitor's
+settings...), so those facts stand in for it. Each
 config is flattened to dotted keys ("optimizer.lr"); a key is a difference when any two
 runs disagree on it, a run without it included. Pure: no Textual, no torch.
 """

@@ -27,7 +27,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
-from tuimon.catalog.run_summary import DIED, UNKNOWN
+from tuimon.catalog.run_summary import DIED
 from tuimon.number_text import format_value
 from tuimon.run.config_diff import ABSENT, config_diff, run_config
 from tuimon.run.events import RUNNING
@@ -80,12 +80,12 @@ def metric_order(names: Sequence[str]) -> list[str]:
 
 
 def run_status(history: ScalarHistory) -> str:
-    """How the run ended, or without an end: running, died (its pid is gone) or unknown
-    (its pid cannot be checked from this host)."""
+    """How the run ended, or without an end: died when its pid is gone, else running (a
+    run on another host keeps what its log says, as on the runs screen: its pid cannot
+    be checked from here)."""
     if history.status is not None:
         return history.status
-    verdict = worker_liveness(history.start).verdict
-    return RUNNING if verdict == "alive" else DIED if verdict == "gone" else UNKNOWN
+    return DIED if worker_liveness(history.start).verdict == "gone" else RUNNING
 
 
 def read_curves(history: ScalarHistory, name: str, status: str) -> RunCurves:
