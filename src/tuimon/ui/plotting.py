@@ -105,7 +105,15 @@ def smoothed_curves(
     ys = smoothed_values(series.column("last"), weight, series.span)
     if log_y:
         ys = np.where(ys > 0, ys, np.nan)
-    xs, lows, highs = minmax_columns(x, ys, ys, width)
+    return envelope_curves(x, ys, ys, width, color)
+
+
+def envelope_curves(
+    x: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int, color: str
+) -> list[Curve]:
+    """Per-column max and min of the points as curves of at most `width` points: one
+    curve where they agree."""
+    xs, lows, highs = minmax_columns(x, lo, hi, width)
     curves = [Curve(xs, highs, color)]
     if not np.array_equal(lows, highs):
         curves.append(Curve(xs, lows, color))
@@ -175,11 +183,7 @@ def bucket_curves(
     if log_y:
         lo = np.where(lo > 0, lo, np.where(hi > 0, hi, np.nan))
         hi = np.where(hi > 0, hi, np.nan)
-    xs, lows, highs = minmax_columns(x, lo, hi, width)
-    curves = [Curve(xs, highs, color)]
-    if not np.array_equal(lows, highs):
-        curves.append(Curve(xs, lows, color))
-    return curves
+    return envelope_curves(x, lo, hi, width, color)
 
 
 def x_of(state: RunState, event: Mapping[str, Any], options: ViewOptions) -> float | None:
