@@ -38,6 +38,9 @@ from tuimon.run.replay_cache import load_cached_state, write_state_cache
 from tuimon.run.run_dir import STATE_FILE
 from tuimon.run.run_state import load_run_state
 
+sys.path.insert(0, str(Path(__file__).parent))
+from make_fake_runs import step_event
+
 LAYERS = ["net.1", "net.3", "net.5"]
 STEPS_PER_EPOCH = 390
 STEP_SECONDS = 0.002
@@ -120,26 +123,7 @@ def run_events(steps: int, t0: float = 1_800_000_000.0):
                 "layers": {"net.1": 0.0, "net.3": 0.0},
                 "time": now,
             }
-        event: dict[str, Any] = {
-            "type": "step",
-            "step": step,
-            "epoch": step // STEPS_PER_EPOCH,
-            "time": now,
-            "lr": 0.05 * (1 + math.cos(math.pi * step / steps)) / 2,
-            "step_time": STEP_SECONDS * (0.9 + 0.2 * noise),
-            "data_time": STEP_SECONDS * 0.1 * noise,
-            "samples": 64,
-            "optimizer_steps": 1,
-            "samples_per_s": 64 / STEP_SECONDS,
-            "loss": loss,
-            "grad_norm": 0.5 + noise,
-        }
-        if step % 20 == 0:
-            event["layer_grad_norms"] = {name: 0.1 * (i + 1) for i, name in enumerate(LAYERS)}
-        if step % 50 == 0:
-            event["update_ratio"] = 1e-3 * (1 + noise)
-            event["layer_update_ratios"] = {name: 1e-3 * (i + 1) for i, name in enumerate(LAYERS)}
-        yield event
+        yield step_event(step, steps, now, noise, loss, samples=64, step_seconds=STEP_SECONDS)
         if step % STEPS_PER_EPOCH == 0:
             yield {
                 "type": "metrics",

@@ -151,6 +151,41 @@ def _encoded(events: Any) -> tuple[bytes, int]:
     return b"".join(lines), len(lines)
 
 
+def step_event(
+    step: int,
+    total: int,
+    now: float,
+    noise: float,
+    loss: float,
+    *,
+    samples: int,
+    step_seconds: float,
+    steps_per_epoch: int = STEPS_PER_EPOCH,
+) -> dict[str, Any]:
+    """A step event shaped like a real run's (cosine LR, per-layer norms every 20 steps,
+    update ratios every 50): shared by the benches' fake logs."""
+    event: dict[str, Any] = {
+        "type": "step",
+        "step": step,
+        "epoch": step // steps_per_epoch,
+        "time": now,
+        "lr": 0.05 * (1 + math.cos(math.pi * step / total)) / 2,
+        "step_time": step_seconds * (0.9 + 0.2 * noise),
+        "data_time": step_seconds * 0.1 * noise,
+        "samples": samples,
+        "optimizer_steps": 1,
+        "samples_per_s": samples / step_seconds,
+        "loss": loss,
+        "grad_norm": 0.5 + noise,
+    }
+    if step % 20 == 0:
+        event["layer_grad_norms"] = {name: 0.1 * (i + 1) for i, name in enumerate(LAYERS)}
+    if step % 50 == 0:
+        event["update_ratio"] = 1e-3 * (1 + noise)
+        event["layer_update_ratios"] = {name: 1e-3 * (i + 1) for i, name in enumerate(LAYERS)}
+    return event
+
+
 def _steps(
     first: int, last: int, total: int, *, t0: float, seq: int, gpu: int = 0, scale: float = 1.0
 ) -> Any:
@@ -167,25 +202,7 @@ def _steps(
                 {"type": "probe", "probe": "stale_grad", "step": step, "stale": False,
                  "param": "net.5.bias", "time": now}
             )  # fmt: skip
-        event: dict[str, Any] = {
-            "type": "step",
-            "step": step,
-            "epoch": step // STEPS_PER_EPOCH,
-            "time": now,
-            "lr": 0.05 * (1 + math.cos(math.pi * step / total)) / 2,
-            "step_time": STEP_SECONDS * (0.9 + 0.2 * noise),
-            "data_time": STEP_SECONDS * 0.1 * noise,
-            "samples": 128,
-            "optimizer_steps": 1,
-            "samples_per_s": 128 / STEP_SECONDS,
-            "loss": loss,
-            "grad_norm": 0.5 + noise,
-        }
-        if step % 20 == 0:
-            event["layer_grad_norms"] = {name: 0.1 * (i + 1) for i, name in enumerate(LAYERS)}
-        if step % 50 == 0:
-            event["update_ratio"] = 1e-3 * (1 + noise)
-            event["layer_update_ratios"] = {name: 1e-3 * (i + 1) for i, name in enumerate(LAYERS)}
+        event = step_event(step, total, now, noise, loss, samples=128, step_seconds=STEP_SECONDS)
         events.append(event)
         if step % STEPS_PER_EPOCH == 0:
             events.append({"type": "metrics", "step": step, "val_loss": loss + 0.2, "time": now})
